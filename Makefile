@@ -1,0 +1,89 @@
+# catsdogs: `make train` runs the whole chain (preprocess -> train -> evaluate -> export); `make test` runs the tests.
+# Every target installs what it needs into .venv first. `make help` lists targets and variables.
+-include .env
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3## interpreter used to create .venv (3.10 or newer)
+WORKDIR ?= work## root of everything a run writes (local path or gs://)
+IMAGES ?= $(WORKDIR)/raw/PetImages## folder, glob or gs:// path to preprocess; the default is downloaded by `make data`
+DATASET ?= $(WORKDIR)/data## TFRecords, metadata.json and rejected-*.jsonl
+MODEL_DIR ?= $(WORKDIR)/model## checkpoints, logs, metrics.json, report.png and export/<version>/
+EPOCHS ?=## training epochs (empty: the trainer's default schedule)
+ARCH ?=## model architecture: empty for the default, or seed_cnn, or a keras.applications name
+MODEL ?= $(MODEL_DIR)/export## export to score with: a version directory or a root whose `latest` names one
+SCORE_IMAGES ?= $(IMAGES)## folder, glob or gs:// path that `make score` scores
+SCORES ?= $(WORKDIR)/scores## where scoring runs write <run_id>/predictions-*.jsonl and errors-*.jsonl
+RUNNER ?= DirectRunner## Beam runner for preprocess and score (DirectRunner, DataflowRunner, DaskRunner)
+OVERWRITE ?=## set to 1 to let `make preprocess` replace an existing dataset
+PREPROCESS_ARGS ?=## extra flags for catsdogs-preprocess (see: .venv/bin/catsdogs-preprocess --help)
+TRAIN_ARGS ?=## extra flags for catsdogs-train
+SCORE_ARGS ?=## extra flags for catsdogs-score
+
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_URL := https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-8368-6DEBA77B919F/kagglecatsanddogs_5340.zip
+DEFAULT_IMAGES := $(WORKDIR)/raw/PetImages
+HELP_VARS := $(shell grep -hE '^[A-Z_]+ \?=.*## ' $(MAKEFILE_LIST) | cut -d' ' -f1)
+
+.PHONY: help setup test lint data preprocess train train-only score clean
+
+help: ## show this help
+	@echo "Usage: make <target> [VARIABLE=value ...]"
+	@echo
+	@echo "Targets:"
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):.*## (.*)/  \1|\2/' | column -t -s'|'
+	@echo
+	@echo "Variables (current value in brackets):"
+	@grep -hE '^[A-Z_]+ \?=.*## ' $(MAKEFILE_LIST) | sed -E 's/^([A-Z_]+) \?=.*## (.*)/\1|\2/' | \
+	  env $(foreach v,$(HELP_VARS),'$(v)=$($(v))') bash -c \
+	  'while IFS="|" read -r name text; do printf "  %-16s %s [%s]\n" "$$name" "$$text" "$${!name-}"; done'
+
+$(STAMP): setup.py
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[cpu,test,bench]'
+	@touch $@
+
+setup: $(STAMP) ## create .venv and install the project (fast when nothing changed)
+
+test: setup ## run the test suite (unit, pipeline, training and end-to-end tests)
+	$(BIN)/python -m pytest
+
+lint: setup ## ruff over the code
+	$(BIN)/ruff check .
+
+data: setup ## download the default Kaggle Cats and Dogs archive when IMAGES is the default and missing
+	@if [ "$(IMAGES)" != "$(DEFAULT_IMAGES)" ] || [ -d "$(DEFAULT_IMAGES)" ]; then exit 0; fi; \
+	mkdir -p $(WORKDIR)/raw; \
+	echo "Downloading the Kaggle Cats and Dogs archive (787 MB) to $(WORKDIR)/raw ..."; \
+	if ! curl -fL --connect-timeout 15 --retry 2 -o $(WORKDIR)/raw/kagglecatsanddogs.zip.part "$(DATA_URL)"; then \
+	  rm -f $(WORKDIR)/raw/kagglecatsanddogs.zip.part; \
+	  echo "error: could not download $(DATA_URL)." >&2; \
+	  echo "       Without network access, point the job at images you have: make train IMAGES=<folder or gs:// path>" >&2; \
+	  exit 1; \
+	fi; \
+	mv $(WORKDIR)/raw/kagglecatsanddogs.zip.part $(WORKDIR)/raw/kagglecatsanddogs.zip; \
+	cd $(WORKDIR)/raw && $(CURDIR)/$(BIN)/python -m zipfile -e kagglecatsanddogs.zip . && rm kagglecatsanddogs.zip
+
+preprocess: data ## image folders -> validated, deduplicated, split TFRecords in DATASET
+	$(BIN)/catsdogs-preprocess --input '$(IMAGES)' --output_dir '$(DATASET)' --runner $(RUNNER) \
+	  --skip_if_current $(if $(OVERWRITE),--overwrite) $(PREPROCESS_ARGS)
+
+train: preprocess train-only ## the main job: preprocess, train, evaluate and export a model
+
+train-only: setup ## train, evaluate and export from an existing DATASET
+	$(BIN)/catsdogs-train --data_dir '$(DATASET)' --model_dir '$(MODEL_DIR)' \
+	  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(ARCH),--model $(ARCH)) $(TRAIN_ARGS)
+
+score: setup ## score SCORE_IMAGES with MODEL into SCORES/<run_id>/
+	$(BIN)/catsdogs-score --model '$(MODEL)' --input '$(SCORE_IMAGES)' --output_dir '$(SCORES)' \
+	  --runner $(RUNNER) $(SCORE_ARGS)
+
+clean: ## remove .venv, caches and WORKDIR when it is local
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info build dist
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	@case "$(WORKDIR)" in gs://*) echo "WORKDIR is on GCS: not removed";; *) rm -rf "$(WORKDIR)";; esac
