@@ -21,6 +21,7 @@ OVERWRITE ?=## set to 1 to let `make preprocess` replace an existing dataset
 PREPROCESS_ARGS ?=## extra flags for catsdogs-preprocess (see: .venv/bin/catsdogs-preprocess --help)
 TRAIN_ARGS ?=## extra flags for catsdogs-train
 SCORE_ARGS ?=## extra flags for catsdogs-score
+BENCH_ARGS ?=## flags for benchmarks/bench.py, e.g. --quick or --sections preprocess
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -29,7 +30,7 @@ DATA_URL := https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-836
 DEFAULT_IMAGES := $(WORKDIR)/raw/PetImages
 HELP_VARS := $(shell grep -hE '^[A-Z_]+ \?=.*## ' $(MAKEFILE_LIST) | cut -d' ' -f1)
 
-.PHONY: help setup test lint data preprocess train train-only score clean
+.PHONY: help setup test lint data preprocess train train-only score bench clean
 
 help: ## show this help
 	@echo "Usage: make <target> [VARIABLE=value ...]"
@@ -82,6 +83,9 @@ train-only: setup ## train, evaluate and export from an existing DATASET
 score: setup ## score SCORE_IMAGES with MODEL into SCORES/<run_id>/
 	$(BIN)/catsdogs-score --model '$(MODEL)' --input '$(SCORE_IMAGES)' --output_dir '$(SCORES)' \
 	  --runner $(RUNNER) $(SCORE_ARGS)
+
+bench: setup ## run the benchmarks on ../shared/data and write benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 clean: ## remove .venv, caches and WORKDIR when it is local
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info build dist
