@@ -1,0 +1,152 @@
+"""Export a trained Keras model as a SavedModel with two serving signatures, and publish it.
+
+The contract (docs/ARCHITECTURE.md, "Model directory"):
+
+    serving_default(image_bytes: tf.string [None]) -> {probability: float32 [None], class_name: tf.string [None]}
+    serve_pixels(pixels: uint8 [None, h, w, 3])    -> the same outputs
+
+`probability` is the probability of `class_names[1]` (dog). The bytes path decodes any JPEG/PNG/GIF/BMP with
+`tf.io.decode_image`, resizes with bilinear antialiased interpolation to `input_size` (squashed, like the training
+records) and rounds to 8-bit values, as `beam_pipelines.imaging.decode_image` (Pillow) does for the pixels path. The
+Keras model takes float pixels in [0, 255] and scales them itself.
+
+Known differences between the two paths, both small on photos (see tests/trainer/test_export.py): Pillow applies EXIF
+orientation and composites transparency over white, `tf.io.decode_image` does neither; Pillow decodes large JPEGs at
+reduced DCT scale before resizing.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+
+from trainer import provenance, publish
+
+FORMAT_VERSION = 1
+THRESHOLD = 0.5
+SIGNATURES = {"bytes": "serving_default", "pixels": "serve_pixels"}
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_hashes(root: str, exclude=(publish.MODEL_INFO,)) -> dict:
+    """{relative path with / separators: sha256} of every file below root, except the excluded top-level names."""
+    hashes = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            relative = os.path.relpath(path, root).replace(os.sep, "/")
+            if relative not in exclude:
+                hashes[relative] = sha256_file(path)
+    return dict(sorted(hashes.items()))
+
+
+def _model_input_dtype(model) -> str:
+    inputs = getattr(model, "inputs", None)
+    if inputs:
+        return str(inputs[0].dtype)
+    return "float32"
+
+
+def build_archive(model, *, class_names, input_size):
+    """A keras.export.ExportArchive tracking model, with the two signatures of the contract."""
+    import keras
+    import tensorflow as tf
+
+    height, width = (int(v) for v in input_size)
+    names = tf.constant(list(class_names), dtype=tf.string)
+    input_dtype = tf.as_dtype(_model_input_dtype(model))
+
+    def predict(pixels):  # float32 [None, h, w, 3] with integral values in [0, 255]
+        probability = model(tf.cast(pixels, input_dtype), training=False)
+        probability = tf.reshape(tf.cast(probability, tf.float32), [-1])
+        class_name = tf.gather(names, tf.cast(probability >= THRESHOLD, tf.int32))
+        return {"probability": probability, "class_name": class_name}
+
+    def decode_one(data):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
+        # Pillow rounds its resized picture to uint8; do the same so both signatures see the same values.
+        return tf.clip_by_value(tf.round(image), 0.0, 255.0)
+
+    def serve_bytes(image_bytes):
+        pixels = tf.map_fn(decode_one, image_bytes,
+                           fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32))
+        return predict(pixels)
+
+    def serve_pixels(pixels):
+        return predict(tf.cast(pixels, tf.float32))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SIGNATURES["bytes"], serve_bytes,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    archive.add_endpoint(SIGNATURES["pixels"], serve_pixels,
+                         input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8, name="pixels")])
+    return archive
+
+
+def _check_signatures(saved_model_dir: str, input_size) -> None:
+    """Loads the written SavedModel and runs both signatures on one picture: a broken export is never published."""
+    import numpy as np
+    import tensorflow as tf
+
+    height, width = input_size
+    pixels = np.zeros((1, height, width, 3), np.uint8)
+    pixels[:, :, : width // 2] = 200
+    png = tf.io.encode_png(pixels[0])
+    loaded = tf.saved_model.load(saved_model_dir)
+    from_bytes = loaded.signatures[SIGNATURES["bytes"]](image_bytes=tf.reshape(png, [1]))
+    from_pixels = loaded.signatures[SIGNATURES["pixels"]](pixels=tf.constant(pixels))
+    for outputs in (from_bytes, from_pixels):
+        if set(outputs) != {"probability", "class_name"} or outputs["probability"].shape != (1,):
+            raise RuntimeError(f"export check failed: unexpected outputs {outputs}")
+    difference = abs(float(from_bytes["probability"][0]) - float(from_pixels["probability"][0]))
+    if difference > 1e-4:  # a lossless PNG of exactly input_size must give the same answer on both paths
+        raise RuntimeError(f"export check failed: the two signatures disagree by {difference} on the same PNG")
+
+
+def export_model(model, export_root: str, *, class_names, input_size, model_name: str,
+                 metrics: dict | None = None, training_data: dict | None = None,
+                 version: str | None = None) -> str:
+    """Writes model as a SavedModel plus model_info.json, checks it loads, and publishes it to
+    <export_root>/<version> (moving `latest` forward). Returns the published path or URI."""
+    version = str(version) if version is not None else str(int(time.time()))
+    if not version.isdigit():
+        raise ValueError(f"export version must be an integer (seconds since the epoch), got {version!r}")
+    class_names = [str(name) for name in class_names]
+    if len(class_names) != 2:
+        raise ValueError(f"exactly two class names are supported, got {class_names}")
+    input_size = [int(v) for v in input_size]
+    staging = tempfile.mkdtemp(prefix=f"catsdogs-export-{version}-")
+    try:
+        build_archive(model, class_names=class_names, input_size=input_size).write_out(staging, verbose=False)
+        _check_signatures(staging, input_size)
+        info = {
+            "format_version": FORMAT_VERSION,
+            "model_version": version,
+            "model_name": model_name,
+            "class_names": class_names,
+            "input_size": input_size,
+            "signatures": dict(SIGNATURES),
+            "threshold": THRESHOLD,
+            "metrics": metrics or {},
+            "training_data": training_data or {},
+            "code_version": provenance.code_version(),
+            "created_at": provenance.utc_now(),
+            "files": file_hashes(staging),
+        }
+        with open(os.path.join(staging, publish.MODEL_INFO), "w") as handle:
+            json.dump(info, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        return publish.publish_export(staging, export_root, version)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
