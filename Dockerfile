@@ -1,0 +1,78 @@
+# syntax=docker/dockerfile:1
+# Two images from one file, both tagged by git commit (never :latest) by `make image`:
+#   --target cpu  python:3.11-slim + `.[cpu]` (tensorflow-cpu): preprocessing, scoring, small CPU training
+#   --target gpu  the official TensorFlow GPU image (CUDA and cuDNN matched to TF) + our package and the
+#                 non-TensorFlow pins; TensorFlow is not re-installed, so CUDA is not shipped twice.
+# Every version comes from setup.py's PINS. Both run as the numeric non-root user 10001 and write only to
+# /tmp and /scratch (the Kubernetes manifests mount emptyDirs there under a read-only root filesystem).
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG TF_GPU_IMAGE=tensorflow/tensorflow:2.21.0-gpu
+
+# Reads PINS out of setup.py without running setuptools: one requirement per line, TensorFlow excluded
+# (the cpu image gets it through the `cpu` extra, the gpu image from its base).
+FROM ${PYTHON_IMAGE} AS pins
+WORKDIR /src
+COPY setup.py .
+RUN python - <<'PY'
+import ast
+
+tree = ast.parse(open("setup.py").read())
+pins = next(ast.literal_eval(node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PINS")
+with open("/src/non-tf-pins.txt", "w") as out:
+    out.writelines(spec + "\n" for name, spec in sorted(pins.items()) if not name.startswith("tensorflow"))
+PY
+
+FROM ${PYTHON_IMAGE} AS cpu
+ARG CATSDOGS_CODE_VERSION=unknown
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    CATSDOGS_CODE_VERSION=${CATSDOGS_CODE_VERSION} \
+    HOME=/scratch \
+    TMPDIR=/tmp \
+    MPLCONFIGDIR=/scratch/matplotlib \
+    KERAS_HOME=/scratch/keras
+WORKDIR /app
+COPY setup.py pyproject.toml ./
+COPY beam_pipelines ./beam_pipelines
+COPY trainer ./trainer
+# DL3013 wants `pkg==version`: `.[cpu]` is this repository, and everything it pulls is pinned in setup.py's PINS.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[cpu]" \
+ && pip check \
+ && groupadd --gid 10001 catsdogs \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /scratch --shell /usr/sbin/nologin catsdogs \
+ && mkdir -p /scratch && chown 10001:10001 /scratch
+USER 10001:10001
+CMD ["catsdogs-score", "--help"]
+
+FROM ${TF_GPU_IMAGE} AS gpu
+ARG CATSDOGS_CODE_VERSION=unknown
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    CATSDOGS_CODE_VERSION=${CATSDOGS_CODE_VERSION} \
+    HOME=/scratch \
+    TMPDIR=/tmp \
+    MPLCONFIGDIR=/scratch/matplotlib \
+    KERAS_HOME=/scratch/keras
+WORKDIR /app
+COPY --from=pins /src/non-tf-pins.txt /tmp/non-tf-pins.txt
+COPY setup.py pyproject.toml ./
+COPY beam_pipelines ./beam_pipelines
+COPY trainer ./trainer
+# The requirements file holds the exact `==` pins from setup.py; `.` (this repository) goes in with --no-deps
+# so pip cannot replace the base image's TensorFlow with a second CUDA build.
+RUN pip install --no-cache-dir -r /tmp/non-tf-pins.txt \
+ && pip install --no-cache-dir --no-deps . \
+ && rm /tmp/non-tf-pins.txt \
+ && python -c "import tensorflow as tf, keras; print('tensorflow', tf.__version__, 'keras', keras.__version__)" \
+ && groupadd --gid 10001 catsdogs \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /scratch --shell /usr/sbin/nologin catsdogs \
+ && mkdir -p /scratch && chown 10001:10001 /scratch
+USER 10001:10001
+CMD ["catsdogs-train", "--help"]
