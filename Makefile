@@ -21,6 +21,9 @@ OVERWRITE ?=## set to 1 to let `make preprocess` replace an existing dataset
 PREPROCESS_ARGS ?=## extra flags for catsdogs-preprocess (see: .venv/bin/catsdogs-preprocess --help)
 TRAIN_ARGS ?=## extra flags for catsdogs-train
 SCORE_ARGS ?=## extra flags for catsdogs-score
+IMAGE_REPO ?= us-docker.pkg.dev/catsdogs-demo/catsdogs## registry path for `make image` (images catsdogs-cpu and catsdogs-gpu)
+IMAGE_PUSH ?=## set to 1 to let `make image` also push the images
+K8S_OUT ?= build/k8s## where `make k8s-render` writes one rendered manifest per overlay
 BENCH_ARGS ?=## flags for benchmarks/bench.py, e.g. --quick or --sections preprocess
 
 VENV := .venv
@@ -30,7 +33,7 @@ DATA_URL := https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-836
 DEFAULT_IMAGES := $(WORKDIR)/raw/PetImages
 HELP_VARS := $(shell grep -hE '^[A-Z_]+ \?=.*## ' $(MAKEFILE_LIST) | cut -d' ' -f1)
 
-.PHONY: help setup test lint data preprocess train train-only score bench clean
+.PHONY: help setup test lint data preprocess train train-only score bench clean image k8s-render k8s-validate hadolint
 
 help: ## show this help
 	@echo "Usage: make <target> [VARIABLE=value ...]"
@@ -54,7 +57,7 @@ setup: $(STAMP) ## create .venv and install the project (fast when nothing chang
 test: setup ## run the test suite (unit, pipeline, training and end-to-end tests)
 	$(BIN)/python -m pytest
 
-lint: setup ## ruff over the code
+lint: setup hadolint ## ruff over the code, hadolint over the Dockerfile
 	$(BIN)/ruff check .
 
 data: setup ## download the default Kaggle Cats and Dogs archive when IMAGES is the default and missing
@@ -91,3 +94,46 @@ clean: ## remove .venv, caches and WORKDIR when it is local
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info build dist
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	@case "$(WORKDIR)" in gs://*) echo "WORKDIR is on GCS: not removed";; *) rm -rf "$(WORKDIR)";; esac
+
+# Deployment (docs/DEPLOY.md). Images are tagged with the commit, never :latest; the manifests are rendered
+# with that tag and validated offline against the Kubernetes schemas of K8S_VERSION, then by checkov.
+IMAGE_TAG := $(shell git rev-parse --short HEAD 2>/dev/null)
+K8S_VERSION := 1.32.0
+K8S_OVERLAYS := $(notdir $(wildcard k8s/overlays/*))
+CHECKOV := .venv-checkov/bin/checkov
+
+image: ## build the cpu and gpu images as IMAGE_REPO/catsdogs-{cpu,gpu}:<git commit> (IMAGE_PUSH=1 pushes)
+	@test -n "$(IMAGE_TAG)" || { echo "error: not a git checkout: images are tagged by commit" >&2; exit 1; }
+	@if [ -n "$$(git status --porcelain -- Dockerfile .dockerignore setup.py pyproject.toml beam_pipelines trainer)" ]; then \
+	  echo "error: uncommitted changes in files the image contains; commit them so tag $(IMAGE_TAG) names the code" >&2; \
+	  exit 1; fi
+	for target in cpu gpu; do \
+	  docker build --target $$target --build-arg CATSDOGS_CODE_VERSION=$$(git rev-parse --short=12 HEAD) \
+	    -t $(IMAGE_REPO)/catsdogs-$$target:$(IMAGE_TAG) . ; \
+	  if [ -n "$(IMAGE_PUSH)" ]; then docker push $(IMAGE_REPO)/catsdogs-$$target:$(IMAGE_TAG); fi; \
+	done
+
+hadolint: setup ## lint the Dockerfile
+	$(BIN)/hadolint Dockerfile
+
+k8s-render: ## render each k8s overlay, images pinned to IMAGE_REPO:<git commit>, into K8S_OUT/<overlay>.yaml
+	@test -n "$(IMAGE_TAG)" || { echo "error: not a git checkout: images are tagged by commit" >&2; exit 1; }
+	@mkdir -p $(K8S_OUT) && rm -f $(K8S_OUT)/*.yaml
+	@for overlay in $(K8S_OVERLAYS); do \
+	  dir=$(K8S_OUT)/kustomize/$$overlay; mkdir -p $$dir; \
+	  { echo "apiVersion: kustomize.config.k8s.io/v1beta1"; echo "kind: Kustomization"; \
+	    echo "resources: [$$(realpath --relative-to=$$dir k8s/overlays/$$overlay)]"; echo "images:"; \
+	    for name in catsdogs-cpu catsdogs-gpu; do \
+	      echo "  - {name: $$name, newName: $(IMAGE_REPO)/$$name, newTag: \"$(IMAGE_TAG)\"}"; done; \
+	  } > $$dir/kustomization.yaml; \
+	  kubectl kustomize $$dir > $(K8S_OUT)/$$overlay.yaml; \
+	  echo "$(K8S_OUT)/$$overlay.yaml"; \
+	done
+
+k8s-validate: setup k8s-render $(CHECKOV) ## validate the rendered manifests offline (Kubernetes K8S_VERSION schemas) and with checkov
+	$(BIN)/kubernetes-validate --strict --quiet -k $(K8S_VERSION) $(K8S_OUT)/*.yaml
+	$(CHECKOV) --quiet --compact --skip-download --framework kubernetes $(foreach o,$(K8S_OVERLAYS),-f $(K8S_OUT)/$(o).yaml)
+
+$(CHECKOV): # its own virtualenv: checkov's pins clash with the project's
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install --quiet checkov==3.3.30
