@@ -1,0 +1,486 @@
+"""Batch scoring: classify every image under some folders with an exported model, on Apache Beam.
+
+Stages (one per line in `build`):
+  ListImages      folders / globs, local or gs://, listed lazily and recursively (storage.ListFiles)
+  JoinOnPath      CoGroupByKey of the listed paths with rows of earlier runs (--skip_scored): each path once,
+                  files the same model version already scored are `skipped`
+  DecodeImages    imaging.decode_image at the model's input_size, per file, before batching; unusable files go
+                  to the errors output with their reason and never reach (or break) a batch
+  Score           RunInference(KeyedModelHandler(PixelsModelHandler)): batches of --min/--max_batch_size
+                  through the SavedModel's `serve_pixels`, one model per worker process
+  WritePredictions, WriteErrors   sharded files via WriteToText (atomic finalisation), into a staging dir
+  CountOutcomes   the run's counts, computed in the pipeline (runners such as Dask report no metrics)
+Then the launcher swaps the staging dir into <output_dir>/<run_id>/ (a re-run of a run id replaces it) and
+writes summary.json last. Every listed file is in exactly one of predictions-* and errors-* (or is skipped).
+
+Command (local, both CPU cores):
+  python -m beam_pipelines.score --model work/model/export --input ../shared/data/kaggle-fullres \\
+      --output_dir work/scores --direct_running_mode=multi_processing --direct_num_workers=2
+Other runners: docs/SCORING.md (Dataflow, Dask). Exit status 1 and a message when more than
+--max_error_rate of the files are rejected; the outputs are written anyway.
+
+Cost: on 2 CPU cores with a small CNN at 160x160 expect on the order of 100 images/s; decoding full-size
+JPEGs, not the model, is usually the bound. Memory per worker: one model plus --max_batch_size images.
+"""
+
+import argparse
+import csv
+import datetime
+import difflib
+import io
+import json
+import logging
+import os
+import posixpath
+import sys
+import threading
+import time
+from collections import Counter
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, _BeamArgumentParser
+
+from beam_pipelines import imaging, model_handler, storage
+from beam_pipelines.options import ScoreOptions
+from trainer import provenance, publish
+
+NAMESPACE = "catsdogs.score"
+PREDICTION_FIELDS = ("path", "predicted_class", "probability", "model_version", "run_id", "scored_at")
+ERROR_FIELDS = ("path", "reason", "detail")
+READ_ERROR = "read_error"  # besides imaging.REASONS: the file could not be read at all
+FILE_TOO_LARGE = "file_too_large"
+COUNTS_FILE = "_counts.json"  # written by the pipeline, folded into summary.json by the launcher
+SUMMARY_FILE = "summary.json"
+PROGRESS_SECONDS = 30.0
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def staging_dir(output_dir: str, run_id: str) -> str:
+    return storage.join(output_dir, f".staging-{run_id}")
+
+
+def run_dir(output_dir: str, run_id: str) -> str:
+    return storage.join(output_dir, run_id)
+
+
+def default_run_id() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+# ---- per-element functions ---------------------------------------------------------------------------------------
+
+class DecodeImagesFn(beam.DoFn):
+    """(path, size) -> (path, uint8 pixels); unusable files -> tagged output `errors` as {path, reason, detail}."""
+
+    ERRORS = "errors"
+
+    def __init__(self, input_size, max_file_bytes: int):
+        self._size = tuple(input_size)
+        self._max_file_bytes = max_file_bytes
+
+    def process(self, element):
+        path, size = element
+        try:
+            if size > self._max_file_bytes:
+                raise imaging.ImageRejected(FILE_TOO_LARGE, f"{size} bytes is over --max_file_mb")
+            try:
+                data = storage.read_bytes(path)
+            except Exception as error:  # noqa: BLE001 - any storage failure is this file's problem only
+                raise imaging.ImageRejected(READ_ERROR, f"{type(error).__name__}: {error}") from None
+            try:
+                pixels = imaging.decode_image(data, self._size).pixels
+            except imaging.ImageRejected:
+                raise
+            except Exception as error:  # noqa: BLE001 - a decoder surprise must not fail the job
+                raise imaging.ImageRejected(imaging.DECODE_ERROR, f"{type(error).__name__}: {error}") from None
+        except imaging.ImageRejected as rejected:
+            beam.metrics.Metrics.counter(NAMESPACE, f"failed_{rejected.reason}").inc()
+            yield beam.pvalue.TaggedOutput(self.ERRORS, {"path": path, "reason": rejected.reason,
+                                                         "detail": rejected.detail})
+            return
+        yield path, pixels
+
+
+def split_scored(joined, skipped_tag: str = "skipped"):
+    """(path, {"matched": [sizes], "scored": [...]}) -> (path, size) to score, or the path to `skipped`."""
+    path, groups = joined
+    sizes = list(groups["matched"])
+    if not sizes:  # a path only earlier runs know about: gone from the inputs, nothing to do
+        return
+    beam.metrics.Metrics.counter(NAMESPACE, "matched").inc()
+    if any(True for _ in groups["scored"]):
+        beam.metrics.Metrics.counter(NAMESPACE, "skipped").inc()
+        yield beam.pvalue.TaggedOutput(skipped_tag, path)
+    else:
+        yield path, sizes[0]
+
+
+def is_prediction_file(path: str) -> bool:
+    """Prediction shards of finished runs: not staging dirs, not the aside copies replace_directory removes."""
+    name = posixpath.basename(path)
+    parts = path.split("/")
+    return (name.startswith("predictions-") and name.endswith((".jsonl", ".csv"))
+            and not any(part.startswith(".staging-") or ".old-" in part for part in parts[:-1]))
+
+
+def read_scored_paths(element, model_version: str, exclude_prefixes):
+    """A previous prediction file -> (path, True) for each row scored by model_version, streaming."""
+    file_path, _ = element
+    if not is_prediction_file(file_path) or file_path.startswith(tuple(exclude_prefixes)):
+        return
+    with FileSystems.open(file_path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        rows = csv.DictReader(text) if file_path.endswith(".csv") else (json.loads(line) for line in text
+                                                                          if line.strip())
+        for row in rows:
+            if str(row.get("model_version")) == model_version and row.get("path"):
+                yield row["path"], True
+
+
+def format_prediction(element, model_version: str, run_id: str) -> dict:
+    path, prediction = element
+    beam.metrics.Metrics.counter(NAMESPACE, "scored").inc()
+    beam.metrics.Metrics.counter(NAMESPACE, f"class_{prediction.class_name}").inc()
+    return {"path": path, "predicted_class": prediction.class_name, "probability": prediction.probability,
+            "model_version": model_version, "run_id": run_id, "scored_at": prediction.scored_at}
+
+
+def to_json_line(row: dict) -> str:
+    return json.dumps(row, ensure_ascii=False)
+
+
+def to_csv_line(row: dict) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow([row[field] for field in PREDICTION_FIELDS])
+    return buffer.getvalue()[:-1]  # WriteToText adds the newline
+
+
+def csv_header() -> str:
+    return ",".join(PREDICTION_FIELDS)
+
+
+class ReportProgressFn(beam.DoFn):
+    """Passes outcome keys through and logs, per worker process, files done and rate every 30 s."""
+
+    _lock = threading.Lock()
+    _state = {"done": 0, "scored": 0, "failed": 0, "start": None, "last": None}
+
+    def process(self, key):
+        if key == "scored" or key.startswith("failed:"):
+            state = self._state
+            with self._lock:
+                now = time.monotonic()
+                if state["start"] is None:
+                    state["start"] = state["last"] = now
+                state["done"] += 1
+                state["scored" if key == "scored" else "failed"] += 1
+                if now - state["last"] >= PROGRESS_SECONDS:
+                    state["last"] = now
+                    rate = state["done"] / max(now - state["start"], 1e-9)
+                    _LOGGER.warning("progress (worker pid %d): %d files done (%d scored, %d failed), %.1f files/s",
+                                    os.getpid(), state["done"], state["scored"], state["failed"], rate)
+        yield key
+
+
+class CountKeysFn(beam.CombineFn):
+    """Outcome keys -> {key: count}."""
+
+    def create_accumulator(self):
+        return Counter()
+
+    def add_input(self, counts, key):
+        counts[key] += 1
+        return counts
+
+    def merge_accumulators(self, accumulators):
+        merged = Counter()
+        for counts in accumulators:
+            merged.update(counts)
+        return merged
+
+    def extract_output(self, counts):
+        return dict(counts)
+
+
+def write_counts(counts: dict, path: str) -> str:
+    storage.write_json(path, counts)
+    return path
+
+
+# ---- pipeline ----------------------------------------------------------------------------------------------------
+
+def build(pipeline, options, model_info):
+    """Adds the scoring stages to pipeline. options.model must already be a resolved version directory and
+    options.run_id set (run() does both). Returns {"predictions", "errors", "counts"} PCollections."""
+    opts = options.view_as(ScoreOptions)
+    staging = staging_dir(opts.output_dir, opts.run_id)
+    version = str(model_info["model_version"])
+    suffix = "." + opts.format
+
+    matched = (pipeline
+               | "ListImages" >> storage.ListFiles(opts.input, NAMESPACE)
+               | "DropFolderMarkers" >> beam.Filter(lambda element: not element[0].endswith("/")))
+    if opts.skip_scored:
+        exclude = [run_dir(opts.output_dir, opts.run_id).rstrip("/") + "/", staging + "/"]
+        scored_before = (pipeline
+                         | "ListPreviousRuns" >> storage.ListFiles(opts.skip_scored, NAMESPACE + ".previous")
+                         | "ReadPreviousRows" >> beam.FlatMap(read_scored_paths, version, exclude))
+    else:
+        scored_before = pipeline | "NoPreviousRuns" >> beam.Create([]).with_output_types(tuple[str, bool])
+    todo, skipped = ({"matched": matched, "scored": scored_before}
+                     | "JoinOnPath" >> beam.CoGroupByKey()
+                     | "SplitScored" >> beam.FlatMap(split_scored).with_outputs("skipped", main="todo"))
+
+    decoded, errors = (todo
+                       | "DecodeImages" >> beam.ParDo(DecodeImagesFn(model_info["input_size"],
+                                                                     opts.max_file_mb * 1024 * 1024))
+                       .with_outputs(DecodeImagesFn.ERRORS, main="decoded"))
+    handler = KeyedModelHandler(model_handler.PixelsModelHandler(
+        opts.model, model_info, min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
+        intra_op_threads=opts.intra_op_threads, inter_op_threads=2 if opts.intra_op_threads else 0,
+        large_model=opts.share_model_across_processes))
+    predictions = (decoded
+                   | "Score" >> RunInference(handler)
+                   | "FormatPredictions" >> beam.Map(format_prediction, version, opts.run_id))
+
+    to_line = to_csv_line if opts.format == "csv" else to_json_line
+    prediction_files = (predictions
+                        | "SerializePredictions" >> beam.Map(to_line)
+                        | "WritePredictions" >> beam.io.WriteToText(
+                            storage.join(staging, "predictions"), file_name_suffix=suffix,
+                            num_shards=opts.num_shards, header=csv_header() if opts.format == "csv" else None))
+    error_files = (errors
+                   | "SerializeErrors" >> beam.Map(to_json_line)
+                   | "WriteErrors" >> beam.io.WriteToText(storage.join(staging, "errors"), file_name_suffix=".jsonl",
+                                                          num_shards=opts.num_shards))
+
+    # Everything ends in one last step that depends on both sinks: runners that compute only the final
+    # step's inputs (the DaskRunner) then still write every output, and counts.json proves both finished.
+    outcome_keys = (
+        (matched | "KeyMatched" >> beam.Map(lambda _: "listed"),
+         todo | "KeyAttempted" >> beam.Map(lambda _: "attempted"),
+         skipped | "KeySkipped" >> beam.Map(lambda _: "skipped"),
+         errors | "KeyFailed" >> beam.Map(lambda row: "failed:" + row["reason"]),
+         predictions | "KeyScored" >> beam.FlatMap(lambda row: ("scored", "class:" + row["predicted_class"])),
+         prediction_files | "KeyPredictionFiles" >> beam.Map(lambda _: "files:predictions"),
+         error_files | "KeyErrorFiles" >> beam.Map(lambda _: "files:errors"))
+        | "FlattenOutcomes" >> beam.Flatten())
+    counts = (outcome_keys
+              | "ReportProgress" >> beam.ParDo(ReportProgressFn())
+              | "CountOutcomes" >> beam.CombineGlobally(CountKeysFn()).without_defaults()
+              | "WriteCounts" >> beam.Map(write_counts, storage.join(staging, COUNTS_FILE)))
+    return {"predictions": predictions, "errors": errors, "counts": counts}
+
+
+# ---- launcher ----------------------------------------------------------------------------------------------------
+
+def _help_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="catsdogs-score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Beam's own flags pass through: --runner (default DirectRunner), --direct_running_mode, "
+               "--direct_num_workers, --project, --region, --temp_location, --setup_file, --sdk_container_image, "
+               "--dask_client_address, ... (see docs/SCORING.md).")
+    ScoreOptions._add_argparse_args(parser)
+    return parser
+
+
+def check_flags(argv) -> None:
+    """Fails with a message naming the flag and a likely fix when argv has a flag no Beam option class knows
+    (Beam itself only warns and drops it, so a typo such as --max_batchsize would silently be ignored)."""
+    if any(arg.startswith("--dask") for arg in argv):
+        try:
+            import apache_beam.runners.dask.dask_runner  # noqa: F401 - registers DaskOptions
+        except ImportError:
+            raise SystemExit("error: --dask_* flags need apache-beam[dask]: pip install 'apache-beam[dask]'") from None
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    subset = {}
+    for cls in PipelineOptions.__subclasses__():
+        subset.setdefault(str(cls), cls)
+    for cls in subset.values():
+        cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(argv)
+    flags = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")]
+    if flags:
+        known = [option for action in parser._actions for option in action.option_strings]
+        hints = []
+        for flag in flags:
+            close = difflib.get_close_matches(flag, known, n=1)
+            hints.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
+        raise SystemExit(f"error: unknown flag(s): {', '.join(hints)}; run `python -m beam_pipelines.score --help` "
+                         f"for the scoring flags")
+    positional = [arg for arg in unknown if not arg.startswith("-")]
+    if positional:
+        raise SystemExit(f"error: unexpected argument(s) {positional}; every value needs its flag, e.g. "
+                         f"--input {positional[0]}")
+
+
+def _fail(message: str):
+    raise SystemExit(f"error: {message}")
+
+
+def _under_prefix(path: str, prefix: str) -> bool:
+    if not storage.is_gcs(prefix):
+        prefix = os.path.abspath(prefix)
+        path = path if storage.is_gcs(path) else os.path.abspath(path)
+    prefix = prefix.rstrip("/") + "/"
+    return (path.rstrip("/") + "/").startswith(prefix)
+
+
+def resolve_and_check_model(model: str, allowed_prefix: str | None) -> tuple[str, dict]:
+    """The version directory to load and its verified model_info; exits with a clear message otherwise."""
+    if allowed_prefix and not _under_prefix(model, allowed_prefix):
+        _fail(f"--model {model} is outside --allowed_model_prefix {allowed_prefix}; use a model published there")
+    try:
+        resolved = publish.resolve_model(model, exists=FileSystems.exists)
+    except publish.PublishError as error:
+        _fail(str(error))
+    if allowed_prefix and not _under_prefix(resolved, allowed_prefix):
+        _fail(f"{model}'s `latest` points outside --allowed_model_prefix {allowed_prefix} ({resolved})")
+    try:
+        info = model_handler.check_model(resolved)
+    except model_handler.ModelError as error:
+        _fail(f"model {resolved} refused: {error}")
+    return resolved, info
+
+
+def _resolve_options(argv) -> tuple[PipelineOptions, dict]:
+    """Parses and checks every flag, the model and the inputs: everything that can fail before scoring."""
+    if "-h" in argv or "--help" in argv:
+        _help_parser().print_help()
+        raise SystemExit(0)
+    check_flags(argv)
+    options = PipelineOptions(argv)
+    score = options.view_as(ScoreOptions)
+    standard = options.view_as(StandardOptions)
+    if not standard.runner:  # left unset, Beam would try Prism, which needs a download
+        standard.runner = "DirectRunner"
+    if score.max_batch_size < score.min_batch_size:
+        _fail(f"--max_batch_size {score.max_batch_size} is below --min_batch_size {score.min_batch_size}; "
+              f"raise --max_batch_size or lower --min_batch_size")
+    if score.num_shards < 0:
+        _fail("--num_shards must be 0 (runner decides) or a positive number of files")
+    score.model, info = resolve_and_check_model(score.model, score.allowed_model_prefix)
+    storage.check_patterns_match(score.input)
+    score.run_id = score.run_id or default_run_id()
+    direct = options.view_as(DirectOptions)
+    if (not score.intra_op_threads and "direct" in str(standard.runner).lower()
+            and direct.direct_running_mode == "multi_processing"):
+        workers = direct.direct_num_workers or os.cpu_count() or 1
+        score.intra_op_threads = max(1, (os.cpu_count() or 1) // workers)
+    return options, info
+
+
+class _Heartbeat:
+    """Logs that the launcher is still waiting every 30 s, for runners whose workers log elsewhere."""
+
+    def __init__(self, run_id: str):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(run_id,), daemon=True)
+
+    def _beat(self, run_id):
+        start = time.monotonic()
+        while not self._stop.wait(PROGRESS_SECONDS):
+            _LOGGER.warning("scoring run %s still running after %.0f s", run_id, time.monotonic() - start)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+
+
+def summarize(counts: dict, info: dict, options, started_at: str, seconds: float, outputs: list[str]) -> dict:
+    score = options.view_as(ScoreOptions)
+    failed = {key.split(":", 1)[1]: n for key, n in sorted(counts.items()) if key.startswith("failed:")}
+    classes = {name: counts.get(f"class:{name}", 0) for name in info["class_names"]}
+    scored, skipped = counts.get("scored", 0), counts.get("skipped", 0)
+    attempted = counts.get("attempted", 0)
+    failed_total = sum(failed.values())
+    return {
+        "run_id": score.run_id,
+        "status": "succeeded",
+        "model": score.model,
+        "model_name": info["model_name"],
+        "model_version": str(info["model_version"]),
+        "class_names": info["class_names"],
+        "inputs": score.input,
+        "skip_scored": score.skip_scored or [],
+        "format": score.format,
+        "matched": attempted + skipped,
+        "listed": counts.get("listed", 0),
+        "scored": scored,
+        "failed": failed_total,
+        "failed_by_reason": failed,
+        "skipped": skipped,
+        "class_counts": classes,
+        "error_rate": round(failed_total / attempted, 6) if attempted else 0.0,
+        "max_error_rate": score.max_error_rate,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(scored / seconds, 2) if seconds > 0 else 0.0,
+        "output_files": sorted(outputs),
+        "runner": str(options.view_as(StandardOptions).runner),
+        "options": {k: v for k, v in options.get_all_options(drop_default=True).items()},
+        "code_version": provenance.code_version(),
+        "started_at": started_at,
+        "finished_at": provenance.utc_now(),
+    }
+
+
+def run(argv=None, test_pipeline=None) -> dict:
+    """Parses argv, checks the model and inputs, runs the scoring pipeline, publishes the run and returns
+    its summary. Exits (SystemExit) with a message on a bad flag or model, or when --max_error_rate is exceeded."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options, info = _resolve_options(argv)
+    score = options.view_as(ScoreOptions)
+    staging = staging_dir(score.output_dir, score.run_id)
+    final = run_dir(score.output_dir, score.run_id)
+    storage.delete_tree(staging)  # leftovers of a run that crashed before its swap
+    _LOGGER.warning("scoring %s with model %s (version %s) into %s", score.input, score.model,
+                    info["model_version"], final)
+
+    started_at, start = provenance.utc_now(), time.monotonic()
+    pipeline = test_pipeline or beam.Pipeline(options=options)
+    build(pipeline, options, info)
+    with _Heartbeat(score.run_id):
+        result = pipeline.run()
+        result.wait_until_finish()
+    seconds = time.monotonic() - start
+
+    counts_path = storage.join(staging, COUNTS_FILE)
+    if not storage.exists(counts_path):
+        _fail(f"the pipeline finished without writing {counts_path}; its outputs are incomplete, re-run it")
+    counts = storage.read_json(counts_path)
+    FileSystems.delete([counts_path])
+    outputs = [posixpath.basename(m.path) for m in storage.iter_files(staging.rstrip("/") + "/")]
+    summary = summarize(counts, info, options, started_at, seconds, outputs)
+    if summary["matched"] != summary["scored"] + summary["failed"] + summary["skipped"]:
+        _fail(f"internal error: {summary['matched']} files matched but {summary['scored']} scored, "
+              f"{summary['failed']} failed and {summary['skipped']} skipped; outputs left in {staging}")
+    too_many_errors = summary["error_rate"] > score.max_error_rate
+    if too_many_errors:
+        summary["status"] = "failed: error rate above --max_error_rate"
+    storage.replace_directory(staging, final)
+    storage.write_json(storage.join(final, SUMMARY_FILE), summary)  # last: readers take it as "complete"
+    print(json.dumps({k: summary[k] for k in ("run_id", "status", "matched", "scored", "failed",
+                                               "failed_by_reason", "skipped", "class_counts",
+                                               "images_per_second")}, ensure_ascii=False))
+    if too_many_errors:
+        _fail(f"{summary['failed']} of {summary['matched'] - summary['skipped']} files were rejected "
+              f"({summary['error_rate']:.1%} > --max_error_rate {score.max_error_rate:.1%}), by reason "
+              f"{summary['failed_by_reason']}; see {storage.join(final, 'errors-*.jsonl')}. Check --input points "
+              f"at image folders, or raise --max_error_rate")
+    return summary
+
+
+def main():
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run()
+
+
+if __name__ == "__main__":
+    main()
