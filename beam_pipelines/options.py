@@ -12,6 +12,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_pipelines.imaging import DEFAULT_MAX_PIXELS
 from trainer.features import DEFAULT_CLASS_NAMES, DEFAULT_IMAGE_SIZE
 
+from beam_pipelines.imaging import DEFAULT_MAX_PIXELS
+from trainer.features import DEFAULT_CLASS_NAMES, DEFAULT_IMAGE_SIZE
+
 
 class PreprocessOptions(PipelineOptions):
     """Flags of `python -m beam_pipelines.preprocess` (see its --help).
@@ -26,6 +29,7 @@ class PreprocessOptions(PipelineOptions):
         # ScoreOptions declares --input, --output_dir and --num_shards too; in Beam's merged parser the later
         # declaration replaces the earlier one instead of raising "conflicting option string".
         parser.conflict_handler = "resolve"
+        _ignore_required_when_merged(parser)
         group = parser.add_argument_group("catsdogs preprocessing")
         group.add_argument("--input", action="append", default=None,
                            help="folder or glob (`**` works), local or gs://, read recursively; repeat for several")
@@ -55,6 +59,20 @@ class PreprocessOptions(PipelineOptions):
         group.add_argument("--skip_if_current", action="store_true",
                            help="exit 0 without work when --output_dir holds a dataset made from the same "
                                 "inputs and options")
+
+
+def _ignore_required_when_merged(parser) -> None:
+    """Beam's get_all_options() (called by every runner to ship options to workers) parses all subclasses'
+    flags in one parser; a `required=True` flag of another pipeline would then abort this one. Each pipeline
+    still enforces its own flags through view_as(), which parses its class alone."""
+    parse_known_args = parser.parse_known_args
+
+    def parse_without_required(args=None, namespace=None):
+        for action in parser._actions:
+            action.required = False
+        return parse_known_args(args, namespace)
+
+    parser.parse_known_args = parse_without_required
 
 
 class ScoreOptions(PipelineOptions):
