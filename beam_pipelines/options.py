@@ -12,9 +12,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_pipelines.imaging import DEFAULT_MAX_PIXELS
 from trainer.features import DEFAULT_CLASS_NAMES, DEFAULT_IMAGE_SIZE
 
-from beam_pipelines.imaging import DEFAULT_MAX_PIXELS
-from trainer.features import DEFAULT_CLASS_NAMES, DEFAULT_IMAGE_SIZE
-
 
 class PreprocessOptions(PipelineOptions):
     """Flags of `python -m beam_pipelines.preprocess` (see its --help).
