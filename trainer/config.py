@@ -1,0 +1,166 @@
+"""The trainer's configuration: one frozen dataclass, validated when it is built, mapped one-to-one onto CLI flags.
+
+Bad values fail at launch with a message saying what to do, not an hour into a run on a worker. The resolved
+config (these fields plus what was derived at run time: replicas, global batch, learning rate, ...) is written to
+<model_dir>/config.json by every run; a restart with the same config resumes, a different one is refused.
+"""
+
+import argparse
+import dataclasses
+import typing
+
+SEED_CNN = "seed_cnn"
+RESNET_LITE = "resnet_lite"
+# keras.applications backbones: name -> (constructor in keras.applications, pixel scaling the ImageNet weights expect)
+APPLICATIONS = {
+    "efficientnet_b0": ("EfficientNetB0", "raw"),  # the network rescales 0-255 itself
+    "mobilenet_v3_small": ("MobileNetV3Small", "raw"),  # include_preprocessing=True: rescales 0-255 itself
+    "resnet50_v2": ("ResNet50V2", "minus_one_to_one"),
+}
+MODELS = (RESNET_LITE, SEED_CNN, *APPLICATIONS)
+MIXED_PRECISION = ("auto", "on", "off")
+CACHE = ("auto", "on", "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    data_dir: str
+    model_dir: str
+    model: str = RESNET_LITE
+    epochs: int = 30
+    batch_size: int = 32  # per replica; the global batch is batch_size x replicas
+    learning_rate: float = 1e-3  # peak rate for one replica at batch_size; scaled linearly with the replica count
+    warmup_epochs: float = 1.0
+    weight_decay: float = 1e-4  # AdamW; seed_cnn keeps the original recipe's plain Adam
+    label_smoothing: float = 0.0
+    width: int = 32  # resnet_lite: filters of the first stage, doubled at each later stage
+    depth: int = 2  # resnet_lite: residual blocks per stage
+    stages: int = 4  # resnet_lite: stages, each halving the resolution
+    dropout: float = 0.2  # before the classifier (resnet_lite and backbones)
+    augment: bool = True
+    weights: str | None = None  # keras.applications weights file (local or gs://), e.g. efficientnetb0_notop.h5
+    mixed_precision: str = "auto"  # auto: on when training on GPUs, off on CPU
+    time_budget_minutes: float | None = None  # stop training gracefully after this much training time
+    steps_per_epoch: int | None = None  # cap on steps per epoch (default: one pass over the training split)
+    early_stopping_patience: int = 5  # epochs without validation-loss improvement before stopping; 0: never
+    backup_every_steps: int = 100  # fault-tolerance backup frequency (and at every epoch end and on SIGTERM)
+    shuffle_buffer: int = 2048
+    cache: str = "auto"  # decoded training/validation images in memory: auto when they fit in cache_limit_mb
+    cache_limit_mb: int = 2048
+    seed: int = 42
+
+    def __post_init__(self):
+        problems = []
+
+        def need(ok, message):
+            if not ok:
+                problems.append(message)
+
+        need(bool(self.data_dir), "--data_dir is required: the preprocessed dataset (local path or gs://)")
+        need(bool(self.model_dir), "--model_dir is required: where checkpoints, logs, metrics and the export go")
+        need(self.model in MODELS, f"--model {self.model!r} is unknown; choose one of {', '.join(MODELS)}")
+        need(_is_int(self.epochs) and self.epochs >= 1, f"--epochs must be an integer >= 1 (got {self.epochs!r})")
+        need(_is_int(self.batch_size) and 1 <= self.batch_size <= 4096,
+             f"--batch_size (per replica) must be an integer in 1..4096 (got {self.batch_size!r})")
+        need(_is_number(self.learning_rate) and 0 < self.learning_rate <= 1,
+             f"--learning_rate must be in (0, 1] (got {self.learning_rate!r}); 1e-3 suits Adam")
+        epochs = self.epochs if _is_int(self.epochs) else 1
+        need(_is_number(self.warmup_epochs) and 0 <= self.warmup_epochs < max(epochs, 1) or self.warmup_epochs == 0,
+             f"--warmup_epochs must be >= 0 and less than --epochs ({self.epochs}) (got {self.warmup_epochs!r})")
+        need(_is_number(self.weight_decay) and 0 <= self.weight_decay < 1,
+             f"--weight_decay must be in [0, 1) (got {self.weight_decay!r})")
+        need(_is_number(self.label_smoothing) and 0 <= self.label_smoothing < 0.5,
+             f"--label_smoothing must be in [0, 0.5) (got {self.label_smoothing!r})")
+        for name, low, high in (("width", 4, 1024), ("depth", 1, 16), ("stages", 1, 6)):
+            value = getattr(self, name)
+            need(_is_int(value) and low <= value <= high,
+                 f"--{name} must be an integer in {low}..{high} (got {value!r})")
+        need(_is_number(self.dropout) and 0 <= self.dropout < 1, f"--dropout must be in [0, 1) (got {self.dropout!r})")
+        need(self.mixed_precision in MIXED_PRECISION,
+             f"--mixed_precision must be one of {', '.join(MIXED_PRECISION)} (got {self.mixed_precision!r})")
+        need(self.weights is None or self.model in APPLICATIONS,
+             f"--weights only applies to keras.applications backbones ({', '.join(APPLICATIONS)}), not {self.model}")
+        budget = self.time_budget_minutes
+        need(budget is None or (_is_number(budget) and budget > 0),
+             f"--time_budget_minutes must be > 0 (got {self.time_budget_minutes!r}); leave it out for no budget")
+        need(self.steps_per_epoch is None or (_is_int(self.steps_per_epoch) and self.steps_per_epoch >= 1),
+             f"--steps_per_epoch must be an integer >= 1 (got {self.steps_per_epoch!r}); leave it out for full epochs")
+        need(_is_int(self.early_stopping_patience) and self.early_stopping_patience >= 0,
+             f"--early_stopping_patience must be an integer >= 0 (got {self.early_stopping_patience!r})")
+        need(_is_int(self.backup_every_steps) and self.backup_every_steps >= 1,
+             f"--backup_every_steps must be an integer >= 1 (got {self.backup_every_steps!r})")
+        need(_is_int(self.shuffle_buffer) and self.shuffle_buffer >= 1,
+             f"--shuffle_buffer must be an integer >= 1 (got {self.shuffle_buffer!r})")
+        need(self.cache in CACHE, f"--cache must be one of {', '.join(CACHE)} (got {self.cache!r})")
+        need(_is_int(self.cache_limit_mb) and self.cache_limit_mb >= 0,
+             f"--cache_limit_mb must be an integer >= 0 (got {self.cache_limit_mb!r})")
+        need(_is_int(self.seed), f"--seed must be an integer (got {self.seed!r})")
+        if problems:
+            raise ValueError("invalid training config:\n  " + "\n  ".join(problems))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _optional(kind):
+    def parse(text: str):
+        return None if text.lower() in ("", "none") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+HELP = {
+    "data_dir": "preprocessed dataset: TFRecord shards + metadata.json (local path or gs://)",
+    "model_dir": "output: config.json, history.csv, metrics.json, report.png, logs/, backup/, checkpoints/, export/",
+    "model": f"architecture: {', '.join(MODELS)}",
+    "batch_size": "images per replica per step; global batch = batch_size x replicas",
+    "learning_rate": "peak learning rate for ONE replica at --batch_size; multiplied by the number of replicas",
+    "warmup_epochs": "linear warm-up from 0 to the peak rate, then cosine decay to 0",
+    "weights": "keras.applications weights file (local or gs://; no download at run time), e.g. *_notop.h5",
+    "mixed_precision": "float16 compute: auto (on with GPUs, off on CPU), on, off",
+    "time_budget_minutes": "stop training gracefully after this many minutes, then evaluate and export",
+    "steps_per_epoch": "cap on training steps per epoch (default: one pass over the training split)",
+    "cache": "keep decoded images in memory: auto (when they fit in --cache_limit_mb), on, off",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="catsdogs-train", description="Train, evaluate and export a classifier.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for field in dataclasses.fields(TrainConfig):
+        required = field.default is dataclasses.MISSING
+        default = None if required else field.default
+        kinds = [kind for kind in typing.get_args(field.type) if kind is not type(None)] or [field.type]
+        kind = {int: int, float: float, str: str, bool: _boolean}[kinds[0]]
+        if type(None) in typing.get_args(field.type):
+            kind = _optional(kind)
+        parser.add_argument(f"--{field.name}", type=kind, default=default, required=required,
+                            help=HELP.get(field.name, field.name.replace("_", " ")))
+    return parser
+
+
+def parse_args(argv=None) -> TrainConfig:
+    """CLI flags -> TrainConfig; a bad value exits with status 2 and the validation message, like argparse does."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return TrainConfig(**vars(args))
+    except ValueError as error:
+        parser.error(str(error))

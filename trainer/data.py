@@ -1,0 +1,133 @@
+"""The input pipeline: TFRecord shards (local or gs://) -> batches of (float32 pixels in [0, 255], float32 label).
+
+One step per line, in order:
+    list shards -> interleave parallel reads -> parse + decode JPEG -> [cache] -> [shuffle, repeat] -> batch
+    -> [augment: flips, zoom/crop, small rotations, colour] -> prefetch
+
+Corrupt records are never skipped: a bad TFRecord raises DataLossError and a bad JPEG InvalidArgumentError, so a
+damaged dataset stops the run instead of silently shrinking it. Multi-worker sharding is by FILE when every worker
+can get at least one shard, else by DATA (every worker reads everything and keeps its share).
+"""
+
+import json
+
+from trainer import features
+
+CACHE_AUTO_LIMIT_MB = 2048
+
+
+class DatasetMissing(FileNotFoundError):
+    pass
+
+
+def read_metadata(data_dir: str) -> dict:
+    """The dataset's metadata.json (written last by preprocessing, so it marks a complete dataset)."""
+    import tensorflow as tf
+
+    path = data_dir.rstrip("/") + "/" + features.METADATA_FILE
+    if not tf.io.gfile.exists(path):
+        raise DatasetMissing(f"{path} not found: {data_dir} is not a complete preprocessed dataset. "
+                             f"Run preprocessing first (make preprocess DATASET={data_dir}).")
+    with tf.io.gfile.GFile(path) as handle:
+        metadata = json.load(handle)
+    for key in ("image_size", "class_names", "counts"):
+        if key not in metadata:
+            raise ValueError(f"{path} has no {key!r}: re-run preprocessing with this version of the code")
+    features.validate_class_names(metadata["class_names"])
+    return metadata
+
+
+def shard_files(data_dir: str, split: str) -> list[str]:
+    import tensorflow as tf
+
+    pattern = data_dir.rstrip("/") + "/" + features.shard_glob(split)
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise DatasetMissing(f"no {split} shards match {pattern}. Run preprocessing first.")
+    return files
+
+
+def split_size(metadata: dict, split: str) -> int:
+    return int(metadata["counts"].get(split, {}).get("total", 0))
+
+
+def parse_example(serialized, image_size):
+    """One serialized tf.train.Example -> (uint8 [h, w, 3] pixels, float32 label)."""
+    import tensorflow as tf
+
+    parsed = tf.io.parse_single_example(serialized, {
+        features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+        features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+    })
+    image = tf.io.decode_jpeg(parsed[features.IMAGE_KEY], channels=3)
+    height, width = image_size
+    # Records were resized by preprocessing; a record of another size means a mixed-up dataset, not a resize job.
+    image = tf.ensure_shape(image, [height, width, 3])
+    return image, tf.cast(parsed[features.LABEL_KEY], tf.float32)
+
+
+def augmenter(seed: int):
+    """Random flips, zoom-in crops, small rotations and colour changes, per image, on float pixels in [0, 255]."""
+    import keras
+
+    layers = keras.layers
+    return keras.Sequential([
+        layers.RandomFlip("horizontal", seed=seed),
+        layers.RandomZoom(height_factor=(-0.2, 0.0), fill_mode="reflect", seed=seed + 1),  # zoom in 0-20%: a crop
+        layers.RandomRotation(0.03, fill_mode="reflect", seed=seed + 2),  # about +-10 degrees
+        layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 3),
+        layers.RandomContrast(0.15, value_range=(0, 255), seed=seed + 4),
+        layers.RandomSaturation((0.35, 0.65), value_range=(0, 255), seed=seed + 5),
+    ], name="augment")
+
+
+def auto_shard_policy(num_files: int, num_workers: int):
+    import tensorflow as tf
+
+    policy = tf.data.experimental.AutoShardPolicy
+    return policy.FILE if num_files >= num_workers else policy.DATA
+
+
+def should_cache(cache: str, metadata: dict, splits, limit_mb: int = CACHE_AUTO_LIMIT_MB) -> bool:
+    if cache != "auto":
+        return cache == "on"
+    height, width = metadata["image_size"]
+    megabytes = sum(split_size(metadata, split) for split in splits) * height * width * 3 / 2**20
+    return megabytes <= limit_mb
+
+
+def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, training: bool, augment: bool = True,
+                 cache: bool = False, shuffle_buffer: int = 2048, seed: int = 42, num_workers: int = 1):
+    """Batches of (float32 [batch, h, w, 3] in [0, 255], float32 [batch]) from one split.
+
+    training: shuffled, repeated forever (the caller sets steps_per_epoch), full batches only, augmented when
+    `augment`. Otherwise one deterministic pass, last batch partial. batch_size is the global batch:
+    tf.distribute splits it across replicas.
+    """
+    import tensorflow as tf
+
+    autotune = tf.data.AUTOTUNE
+    files = shard_files(data_dir, split)
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
+                                 num_parallel_calls=autotune, deterministic=not training)
+    dataset = dataset.map(lambda record: parse_example(record, image_size), num_parallel_calls=autotune,
+                          deterministic=not training)
+    if cache:
+        dataset = dataset.cache()
+    if training:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=autotune)
+    dataset = dataset.map(lambda images, labels: (tf.cast(images, tf.float32), labels), num_parallel_calls=autotune)
+    if training and augment:
+        layers = augmenter(seed)
+        dataset = dataset.map(lambda images, labels: (tf.clip_by_value(layers(images, training=True), 0, 255), labels),
+                              num_parallel_calls=autotune)
+    options = tf.data.Options()
+    # Evaluation passes shard by DATA so every worker sees the same number of batches.
+    policy = auto_shard_policy(len(files), num_workers) if training else tf.data.experimental.AutoShardPolicy.DATA
+    options.experimental_distribute.auto_shard_policy = policy
+    options.deterministic = not training
+    return dataset.with_options(options).prefetch(autotune)

@@ -1,0 +1,132 @@
+"""The model zoo, by name. Every model takes float pixels in [0, 255] of shape [batch, h, w, 3], scales them itself,
+and returns the float32 probability of class_names[1] (dog) with shape [batch, 1].
+
+- `seed_cnn`: the original recipe, kept as the baseline: pixels / 255, Conv 32/64/128 (3x3, ReLU) each followed by
+  2x2 max-pooling, Flatten, Dense 128, sigmoid; trained with Adam and binary cross-entropy.
+- `resnet_lite` (default): a compact residual network of depthwise-separable convolutions with batch norm, built
+  from scratch; width, depth, stages and dropout are configurable.
+- keras.applications backbones (`efficientnet_b0`, `mobilenet_v3_small`, `resnet50_v2`): built with weights=None and
+  loaded from a local or gs:// file (`--weights`), so nothing is downloaded at run time; a new sigmoid head.
+"""
+
+import os
+import shutil
+import tempfile
+
+from trainer import config as config_lib
+
+
+def build_model(cfg: config_lib.TrainConfig, input_size):
+    """The named model for input_size (h, w). Build it inside strategy.scope()."""
+    height, width = (int(v) for v in input_size)
+    if cfg.model == config_lib.SEED_CNN:
+        return seed_cnn((height, width))
+    if cfg.model == config_lib.RESNET_LITE:
+        return resnet_lite((height, width), width=cfg.width, depth=cfg.depth, stages=cfg.stages, dropout=cfg.dropout)
+    return application(cfg.model, (height, width), weights=cfg.weights, dropout=cfg.dropout)
+
+
+def seed_cnn(input_size):
+    import keras
+
+    layers = keras.layers
+    inputs = keras.Input((*input_size, 3), name="pixels")
+    x = layers.Rescaling(1 / 255.0, name="scale")(inputs)
+    for filters in (32, 64, 128):
+        x = layers.Conv2D(filters, 3, activation="relu", name=f"conv{filters}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{filters}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(128, activation="relu", name="dense128")(x)
+    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
+    return keras.Model(inputs, outputs, name=config_lib.SEED_CNN)
+
+
+def _residual_block(x, filters: int, stride: int, name: str):
+    import keras
+
+    layers = keras.layers
+    shortcut = x
+    y = layers.SeparableConv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_sep1")(x)
+    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_sep2")(y)
+    y = layers.BatchNormalization(gamma_initializer="zeros", name=f"{name}_bn2")(y)  # each block starts as identity
+    if stride != 1 or shortcut.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(shortcut)
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, y]))
+
+
+def resnet_lite(input_size, width: int = 32, depth: int = 2, stages: int = 4, dropout: float = 0.2):
+    import keras
+
+    layers = keras.layers
+    inputs = keras.Input((*input_size, 3), name="pixels")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)
+    x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    for stage in range(stages):
+        filters = width * 2**stage
+        for block in range(depth):
+            stride = 2 if block == 0 and stage > 0 else 1
+            x = _residual_block(x, filters, stride, name=f"stage{stage}_block{block}")
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
+    return keras.Model(inputs, outputs, name=config_lib.RESNET_LITE)
+
+
+def local_copy(path: str) -> tuple[str, str | None]:
+    """A local file with the same content as path (copied from gs:// when needed) and a temp dir to remove."""
+    if "://" not in path:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--weights {path} does not exist")
+        return path, None
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"--weights {path} does not exist")
+    folder = tempfile.mkdtemp(prefix="catsdogs-weights-")
+    local = os.path.join(folder, os.path.basename(path))  # keep the name: Keras picks the format by its suffix
+    tf.io.gfile.copy(path, local)
+    return local, folder
+
+
+def backbone(name: str, input_size):
+    """The keras.applications feature extractor for name, randomly initialised (weights=None), global-avg pooled."""
+    import keras
+
+    constructor, _ = config_lib.APPLICATIONS[name]
+    kwargs = {"include_top": False, "weights": None, "input_shape": (*input_size, 3), "pooling": "avg"}
+    if name == "mobilenet_v3_small":
+        kwargs["include_preprocessing"] = True
+    return getattr(keras.applications, constructor)(**kwargs)
+
+
+def application(name: str, input_size, weights: str | None = None, dropout: float = 0.2):
+    import keras
+
+    _, scaling = config_lib.APPLICATIONS[name]
+    features = backbone(name, input_size)
+    if weights:
+        local, temporary = local_copy(weights)
+        try:
+            features.load_weights(local)
+        except ValueError as error:
+            raise ValueError(f"--weights {weights} does not fit {name} without its top (include_top=False): {error}. "
+                             f"Use the matching *_notop.h5 file.") from None
+        finally:
+            if temporary:
+                shutil.rmtree(temporary, ignore_errors=True)
+    inputs = keras.Input((*input_size, 3), name="pixels")
+    x = inputs if scaling == "raw" else keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)
+    x = features(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def uses_plain_adam(cfg: config_lib.TrainConfig) -> bool:
+    """The seed recipe is plain Adam; the other models use AdamW unless --weight_decay 0."""
+    return cfg.model == config_lib.SEED_CNN or cfg.weight_decay == 0

@@ -1,0 +1,376 @@
+"""Train, evaluate and export a cats-vs-dogs classifier from a preprocessed TFRecord dataset.
+
+Stages: read the dataset's metadata.json -> choose the distribution strategy (trainer/distribute.py) -> check or write
+<model_dir>/config.json -> input pipelines (trainer/data.py) -> build the model (trainer/models.py) -> fit with
+warm-up + cosine learning rate, early stopping, best checkpoint, TensorBoard, history.csv and fault-tolerant backups
+-> evaluate the best weights on the test split (metrics.json, report.png) -> export the SavedModel and publish it to
+<model_dir>/export/<version> (trainer/export.py).
+
+    python -m trainer.train --data_dir work/data --model_dir work/model            # or: catsdogs-train ...
+    python -m trainer.train --data_dir work/data --model_dir work/seed --model seed_cnn --epochs 15
+
+Fault tolerance: a backup (weights, optimizer state, epoch) goes to <model_dir>/backup every --backup_every_steps
+steps, at every epoch end and on SIGTERM (then the process exits with status 143 so a Kubernetes Job retries it).
+Running the same command again resumes from the last backup; a different config in the same model_dir is refused.
+A run that already finished (metrics.json and an export) is not repeated.
+
+Cost on CPU (2 cores, 180x180, ~18k training images, batch 32): seed_cnn about 0.15 s/step (~1.5 min/epoch),
+resnet_lite (width 32) about 0.3 s/step (~3 min/epoch); expect several hours for the default 30 epochs
+on CPU, minutes per epoch on one GPU. See docs/TRAINING.md for measured numbers.
+"""
+
+import dataclasses
+import importlib.util
+import json
+import math
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+import keras
+import tensorflow as tf
+
+from trainer import config as config_lib
+from trainer import data, distribute, evaluate, export, models, provenance
+
+EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what Kubernetes expects from a process it terminated
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.png"
+BEST_WEIGHTS = "checkpoints/best.weights.h5"
+
+
+class Interrupted(Exception):
+    """Raised from a callback to leave model.fit at once (after the backup is written), skipping validation."""
+
+
+class ConfigMismatch(RuntimeError):
+    pass
+
+
+class StopRequest:
+    """Set by the SIGTERM handler or when the time budget runs out; read by the backup callback after each step."""
+
+    def __init__(self, time_budget_minutes: float | None):
+        self.signal_name = None
+        self.budget_seconds = None if time_budget_minutes is None else time_budget_minutes * 60.0
+        self.training_started = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        self.signal_name = signal.Signals(signum).name
+        print(f"catsdogs-train: received {self.signal_name}: writing a backup at the end of this step, then exiting",
+              file=sys.stderr, flush=True)
+
+    def budget_used(self) -> bool:
+        if self.budget_seconds is None or self.training_started is None:
+            return False
+        return time.monotonic() - self.training_started >= self.budget_seconds
+
+
+class ResumableBackup(keras.callbacks.BackupAndRestore):
+    """keras BackupAndRestore that also backs up at every epoch end and before leaving on SIGTERM.
+
+    Keras restores the weights and optimizer state of the last backup and replays the interrupted epoch from its
+    start. Only the chief writes; other workers of a multi-worker run read the chief's backup on restart.
+    Relies on BackupAndRestore._save_model (keras 3.15, pinned in setup.py).
+    """
+
+    def __init__(self, backup_dir: str, save_freq: int, stop: StopRequest, writes: bool):
+        super().__init__(backup_dir, save_freq=save_freq, double_checkpoint=True, delete_checkpoint=False)
+        self.stop = stop
+        self.writes = writes
+        self.stopped_by = None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.stop.training_started = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, logs)
+        if self.stop.signal_name:
+            self._save_model()
+            raise Interrupted(f"stopped by {self.stop.signal_name} at epoch {self._current_epoch} step {batch + 1}; "
+                              f"backup written to {self.backup_dir}")
+        if self.stop.budget_used() and not self.model.stop_training:
+            self.stopped_by = "time_budget"
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self._save_model()
+
+    def _save_model(self):
+        if self.writes:
+            super()._save_model()
+
+
+def join(*parts: str) -> str:
+    return "/".join(part.rstrip("/") for part in parts)
+
+
+def backup_epoch(backup_dir: str) -> int:
+    """The epoch the backup in backup_dir resumes at (0 when there is none)."""
+    path = join(backup_dir, "training_metadata.json")
+    if not tf.io.gfile.exists(path):
+        return 0
+    with tf.io.gfile.GFile(path) as handle:
+        return int(json.load(handle).get("epoch", 0))
+
+
+def keep_history_before(path: str, epoch: int) -> list[dict]:
+    """Drops history.csv rows of epochs that will be replayed (>= epoch), so each epoch appears once."""
+    if not tf.io.gfile.exists(path):
+        return []
+    with tf.io.gfile.GFile(path) as handle:
+        lines = handle.read().splitlines()
+    if not lines:
+        return []
+    header, kept = lines[0], [lines[0]]
+    column = header.split(",").index("epoch") if "epoch" in header.split(",") else 0
+    for line in lines[1:]:
+        try:
+            if int(float(line.split(",")[column])) < epoch:
+                kept.append(line)
+        except (ValueError, IndexError):
+            continue
+    if epoch == 0:
+        tf.io.gfile.remove(path)
+        return []
+    with tf.io.gfile.GFile(path, "w") as handle:
+        handle.write("\n".join(kept) + "\n")
+    return evaluate.read_history(path)
+
+
+def check_config(model_dir: str, cfg: config_lib.TrainConfig) -> dict | None:
+    """The previous run's config.json, or None; refuses a model_dir that holds a run with a different config."""
+    path = join(model_dir, CONFIG_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as handle:
+        previous = json.load(handle)
+    before, now = previous.get("config", {}), cfg.to_dict()
+    changed = {key: (before.get(key), now.get(key)) for key in sorted(set(before) | set(now))
+               if before.get(key) != now.get(key)}
+    if changed:
+        details = ", ".join(f"--{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
+        raise ConfigMismatch(f"{model_dir} holds a run with a different config ({details}). Re-run with the same "
+                             f"flags to resume it, or use a new --model_dir (or delete {model_dir}) to start over.")
+    return previous
+
+
+def write_json(path: str, content: dict) -> None:
+    with tf.io.gfile.GFile(path, "w") as handle:
+        handle.write(json.dumps(content, indent=2, sort_keys=True) + "\n")
+
+
+def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int):
+    """Linear warm-up from 0 to peak over warmup_steps, then cosine decay to 0 at total_steps."""
+    if warmup_steps <= 0:
+        return keras.optimizers.schedules.CosineDecay(peak, decay_steps=max(total_steps, 1))
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=max(total_steps - warmup_steps, 1),
+                                                  warmup_target=peak, warmup_steps=warmup_steps)
+
+
+def compile_model(model, cfg: config_lib.TrainConfig, schedule) -> None:
+    if models.uses_plain_adam(cfg):
+        optimizer = keras.optimizers.Adam(schedule)
+    else:
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing),
+                  metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")])
+
+
+def float32_copy(model, cfg: config_lib.TrainConfig, image_size):
+    """The trained model rebuilt in float32, outside any strategy: what gets exported and served."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        copy = models.build_model(dataclasses.replace(cfg, weights=None), image_size)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def barrier(placement: distribute.Placement) -> None:
+    """Multi-worker only: a tiny all-reduce, so workers leave together once the chief has exported."""
+    if placement.kind == "multi_worker":
+        strategy = placement.strategy
+        strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
+def already_finished(model_dir: str) -> bool:
+    from trainer import publish
+
+    return tf.io.gfile.exists(join(model_dir, METRICS_FILE)) and publish.read_latest(join(model_dir, "export"))
+
+
+def main(argv=None) -> int:
+    cfg = config_lib.parse_args(argv)
+    try:
+        return run(cfg)
+    except (data.DatasetMissing, ConfigMismatch, FileNotFoundError) as error:
+        print(f"catsdogs-train: {error}", file=sys.stderr, flush=True)
+        return 2
+
+
+def run(cfg: config_lib.TrainConfig) -> int:
+    stop = StopRequest(cfg.time_budget_minutes)
+    stop.install()
+    metadata = data.read_metadata(cfg.data_dir)
+    placement = distribute.choose(cfg.mixed_precision)
+    previous = check_config(cfg.model_dir, cfg)
+    if previous is not None and already_finished(cfg.model_dir):
+        print(f"catsdogs-train: {cfg.model_dir} already holds a finished run with this config "
+              f"(metrics.json and an export); nothing to do", flush=True)
+        return 0
+
+    image_size = [int(v) for v in metadata["image_size"]]
+    class_names = list(metadata["class_names"])
+    global_batch = cfg.batch_size * placement.num_replicas
+    peak_rate = distribute.scaled_learning_rate(cfg.learning_rate, placement.num_replicas)
+    train_count, validation_count = data.split_size(metadata, "train"), data.split_size(metadata, "validation")
+    if train_count == 0:
+        raise data.DatasetMissing(f"{cfg.data_dir} has no training examples (metadata counts: {metadata['counts']})")
+    steps_per_epoch = max(1, math.ceil(train_count / global_batch))
+    if cfg.steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    total_steps = cfg.epochs * steps_per_epoch
+    cache = data.should_cache(cfg.cache, metadata, ("train", "validation"), cfg.cache_limit_mb)
+
+    # Only the chief writes into model_dir; other workers write their copies of logs and checkpoints to a temp dir.
+    out_dir = cfg.model_dir if placement.is_chief else tempfile.mkdtemp(prefix="catsdogs-worker-")
+    backup_dir = join(cfg.model_dir, "backup")  # every worker reads the chief's backup when resuming
+    tf.io.gfile.makedirs(join(out_dir, "checkpoints"))
+    resume_epoch = backup_epoch(backup_dir)
+    history_path = join(out_dir, HISTORY_FILE)
+    earlier_history = keep_history_before(history_path, resume_epoch) if placement.is_chief else []
+    resolved = {
+        "config": cfg.to_dict(),
+        "code_version": provenance.code_version(),
+        "started_at": (previous or {}).get("started_at", provenance.utc_now()),
+        "last_started_at": provenance.utc_now(),
+        "placement": placement.describe(),
+        "global_batch_size": global_batch,
+        "peak_learning_rate": peak_rate,
+        "learning_rate_rule": "learning_rate x replicas (per-replica rate, linear scaling)",
+        "steps_per_epoch": steps_per_epoch,
+        "warmup_steps": warmup_steps,
+        "total_steps": total_steps,
+        "cache": cache,
+        "image_size": image_size,
+        "class_names": class_names,
+        "dataset_counts": metadata["counts"],
+        "resumed_at_epoch": resume_epoch,
+    }
+    if placement.is_chief:
+        write_json(join(cfg.model_dir, CONFIG_FILE), resolved)
+    print(f"catsdogs-train: {cfg.model} on {image_size[0]}x{image_size[1]}, {placement.kind} strategy, "
+          f"{placement.num_replicas} replica(s), global batch {global_batch}, peak lr {peak_rate:g}, "
+          f"mixed precision {'on' if placement.mixed_precision else 'off'}, {steps_per_epoch} steps/epoch, "
+          f"cache {'on' if cache else 'off'}", flush=True)
+    if resume_epoch:
+        print(f"catsdogs-train: resuming from backup at epoch {resume_epoch} (of {cfg.epochs})", flush=True)
+
+    keras.utils.set_random_seed(cfg.seed)
+    dataset_args = {"image_size": image_size, "batch_size": global_batch, "cache": cache,
+                    "num_workers": placement.num_workers}
+    train_data = data.make_dataset(cfg.data_dir, "train", training=True, augment=cfg.augment,
+                                   shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, **dataset_args)
+    validation_data = (data.make_dataset(cfg.data_dir, "validation", training=False, **dataset_args)
+                       if validation_count else None)
+    with placement.strategy.scope():
+        model = models.build_model(cfg, image_size)
+        compile_model(model, cfg, learning_rate_schedule(peak_rate, warmup_steps, total_steps))
+
+    monitor = "val_loss" if validation_data is not None else "loss"
+    best_so_far = min((row[monitor] for row in earlier_history if monitor in row), default=None)
+    backup = ResumableBackup(backup_dir, cfg.backup_every_steps, stop, writes=placement.is_chief)
+    callbacks = [
+        keras.callbacks.CSVLogger(history_path, append=True),
+        keras.callbacks.ModelCheckpoint(join(out_dir, BEST_WEIGHTS), monitor=monitor, save_best_only=True,
+                                        save_weights_only=True, initial_value_threshold=best_so_far),
+        backup,  # last: an epoch's history row and checkpoint are written before its backup
+    ]
+    if importlib.util.find_spec("tensorboard"):  # tf.summary needs the tensorboard package; tensorflow-cpu lacks it
+        callbacks.insert(-1, keras.callbacks.TensorBoard(join(out_dir, "logs"), update_freq="epoch", profile_batch=0))
+    else:
+        print("catsdogs-train: the tensorboard package is not installed: no TensorBoard logs "
+              "(pip install tensorboard to get them); history.csv and report.png still record the curves", flush=True)
+    if cfg.early_stopping_patience:
+        callbacks.insert(0, keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.early_stopping_patience))
+
+    started = time.monotonic()
+    try:
+        fit = model.fit(train_data, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                        validation_data=validation_data, callbacks=callbacks,
+                        verbose=1 if sys.stdout.isatty() else 2)
+    except Interrupted as interruption:
+        print(f"catsdogs-train: {interruption}; run the same command again to resume", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    train_seconds = time.monotonic() - started
+    if stop.signal_name:  # arrived after the last step: the epoch-end backup already holds everything
+        print(f"catsdogs-train: {stop.signal_name} after training; backup at {backup_dir}; exiting", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    epochs_run = len(fit.epoch)
+    steps_run = epochs_run * steps_per_epoch
+    stopped_by = backup.stopped_by or ("early_stopping" if resume_epoch + epochs_run < cfg.epochs else "epochs")
+
+    if not placement.is_chief:
+        barrier(placement)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return 0
+
+    best_path = join(out_dir, BEST_WEIGHTS)
+    if tf.io.gfile.exists(best_path):
+        model.load_weights(best_path)
+    test_split = "test" if data.split_size(metadata, "test") else "validation"
+    test_data = data.make_dataset(cfg.data_dir, test_split, training=False, image_size=image_size,
+                                  batch_size=global_batch)
+    labels, probabilities = evaluate.predict(model, test_data)
+    metrics = evaluate.compute_metrics(labels, probabilities, class_names)
+    history = evaluate.read_history(history_path)
+    metrics.update({
+        "split": test_split,
+        "model": cfg.model,
+        "epochs_completed": int(history[-1]["epoch"]) + 1 if history else 0,
+        "stopped_by": stopped_by,
+        "best_" + monitor: min((row[monitor] for row in history if monitor in row), default=None),
+        "train_seconds_this_run": round(train_seconds, 1),
+        # includes validation passes and the first step's graph tracing, so it is a lower bound on step rate
+        "train_steps_per_second_this_run": round(steps_run / train_seconds, 3) if steps_run else None,
+        "global_batch_size": global_batch,
+        "num_replicas": placement.num_replicas,
+    })
+    evaluate.write_metrics(join(cfg.model_dir, METRICS_FILE), metrics)
+    evaluate.write_report(join(cfg.model_dir, REPORT_FILE), history, metrics, labels, probabilities,
+                          title=f"{cfg.model} on {image_size[0]}x{image_size[1]}: {cfg.model_dir}")
+    published = export.export_model(float32_copy(model, cfg, image_size), join(cfg.model_dir, "export"),
+                                     class_names=class_names, input_size=image_size, model_name=cfg.model,
+                                     metrics=metrics, training_data=metadata)
+    if tf.io.gfile.exists(backup_dir):
+        tf.io.gfile.rmtree(backup_dir)  # the run is complete: a restart must not resume it
+    barrier(placement)
+
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.4f}"
+
+    print(f"catsdogs-train: done in {train_seconds / 60:.1f} min of training ({stopped_by}); "
+          f"{test_split} accuracy {fmt(metrics['accuracy'])}, precision {fmt(metrics['precision'])}, "
+          f"recall {fmt(metrics['recall'])}, ROC AUC {fmt(metrics['roc_auc'])}, log loss {fmt(metrics['log_loss'])} "
+          f"on {metrics['examples']} images", flush=True)
+    print(f"catsdogs-train: metrics {join(cfg.model_dir, METRICS_FILE)}, report {join(cfg.model_dir, REPORT_FILE)}, "
+          f"history {history_path}, export {published}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
