@@ -20,7 +20,7 @@ import ast
 tree = ast.parse(open("setup.py").read())
 pins = next(ast.literal_eval(node.value) for node in ast.walk(tree)
             if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PINS")
-with open("/src/non-tf-pins.txt", "w") as out:
+with open("non-tf-pins.txt", "w") as out:
     out.writelines(spec + "\n" for name, spec in sorted(pins.items()) if not name.startswith("tensorflow"))
 PY
 

@@ -1,0 +1,122 @@
+"""The Dockerfile lints clean, takes every version from setup.py's PINS and runs as the non-root user the
+Kubernetes manifests expect. There is no Docker engine here: the image is checked, not built."""
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.k8s.manifests import REPO
+
+DOCKERFILE = REPO / "Dockerfile"
+HADOLINT = Path(sys.executable).parent / "hadolint"
+
+
+def pins() -> dict:
+    tree = ast.parse((REPO / "setup.py").read_text())
+    return next(ast.literal_eval(node.value) for node in ast.walk(tree)
+                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PINS")
+
+
+def stages() -> dict:
+    """{stage name: its lines} of the multi-stage Dockerfile, base images resolved from the ARGs."""
+    text = DOCKERFILE.read_text()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text.split("\nFROM ", 1)[0], re.M))
+    found, current = {}, None
+    for line in text.splitlines():
+        match = re.match(r"FROM (\S+) AS (\w+)$", line)
+        if match:
+            image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], match.group(1))
+            current = found.setdefault(match.group(2), {"image": image, "lines": []})
+        elif current is not None:
+            current["lines"].append(line)
+    return found
+
+
+def hadolint(path: Path) -> subprocess.CompletedProcess:
+    if not HADOLINT.exists():
+        pytest.skip(f"hadolint is not installed at {HADOLINT}")
+    return subprocess.run([str(HADOLINT), "--no-color", str(path)], capture_output=True, text=True, timeout=60)
+
+
+def test_hadolint_passes():
+    result = hadolint(DOCKERFILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_would_catch_unpinned_images_and_packages(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN pip install requests\n")
+    result = hadolint(bad)
+    assert result.returncode != 0
+    assert "DL3007" in result.stdout and "DL3013" in result.stdout
+
+
+def test_every_hadolint_ignore_says_why():
+    lines = DOCKERFILE.read_text().splitlines()
+    for number, line in enumerate(lines):
+        if "hadolint ignore=" in line:
+            rules = line.split("=", 1)[1].split(",")
+            reason = lines[number - 1]
+            assert reason.startswith("#") and all(rule.strip() in reason for rule in rules), line
+
+
+def test_make_lint_runs_hadolint():
+    result = subprocess.run(["make", "-n", "lint"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"hadolint Dockerfile$", result.stdout, re.M)
+
+
+def test_images_are_pinned_and_match_setup_py():
+    found = stages()
+    assert {"cpu", "gpu"} <= set(found)
+    for stage in found.values():
+        assert re.fullmatch(r"[\w./-]+:[\w.-]+(@sha256:[0-9a-f]{64})?", stage["image"]), stage["image"]
+        assert not stage["image"].endswith(":latest")
+    tensorflow = pins()["tensorflow-gpu"].split("==")[1]
+    assert found["gpu"]["image"] == f"tensorflow/tensorflow:{tensorflow}-gpu"
+    assert found["cpu"]["image"].startswith("python:3.11")
+    assert any('".[cpu]"' in line for line in found["cpu"]["lines"])
+
+
+def test_final_stages_run_as_the_uid_of_the_manifests_and_record_the_code_version():
+    from tests.k8s.manifests import OVERLAYS, containers, pod_specs, render_overlay
+
+    uids = {spec["securityContext"]["runAsUser"] for overlay in OVERLAYS for obj in render_overlay(overlay)
+            for _, spec in pod_specs(obj)}
+    for name in ("cpu", "gpu"):
+        lines = stages()[name]["lines"]
+        users = [line.split()[1] for line in lines if line.startswith("USER ")]
+        assert users and re.fullmatch(r"\d+(:\d+)?", users[-1]), "USER must be numeric for runAsNonRoot"
+        assert {int(users[-1].split(":")[0])} == uids
+        assert "ARG CATSDOGS_CODE_VERSION=unknown" in lines
+        assert any("CATSDOGS_CODE_VERSION=${CATSDOGS_CODE_VERSION}" in line for line in lines)
+    assert all(c.get("securityContext", {}).get("runAsUser", 10001) in uids
+               for overlay in OVERLAYS for obj in render_overlay(overlay) for _, s in pod_specs(obj)
+               for c in containers(s))
+
+
+def test_gpu_image_installs_the_non_tensorflow_pins_from_setup_py(tmp_path):
+    """Runs the Dockerfile's own PINS extraction (the `pins` stage heredoc) on setup.py."""
+    text = DOCKERFILE.read_text()
+    script = re.search(r"RUN python - <<'PY'\n(.*?)\nPY\n", text, re.S).group(1)
+    (tmp_path / "setup.py").write_text((REPO / "setup.py").read_text())
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True, timeout=60)
+
+    installed = (tmp_path / "non-tf-pins.txt").read_text().split()
+    expected = [spec for name, spec in pins().items() if not name.startswith("tensorflow")]
+    assert sorted(installed) == sorted(expected)
+    assert all("==" in spec for spec in installed)
+    gpu = "\n".join(stages()["gpu"]["lines"])
+    assert "-r /tmp/non-tf-pins.txt" in gpu and "--no-deps ." in gpu  # TensorFlow comes from the base image
+
+
+def test_dockerignore_sends_only_the_packages():
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    ignore = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert ignore[0] == "*", "allow-list: .venv, work/ and build/ must never reach the build context"
+    for needed in ("!setup.py", "!beam_pipelines/", "!trainer/"):
+        assert needed in ignore
