@@ -81,7 +81,8 @@ def test_pod_meets_pod_security_restricted(overlay, obj, spec):
     for host in ("hostNetwork", "hostPID", "hostIPC"):
         assert not spec.get(host)
     assert spec.get("automountServiceAccountToken") is False
-    assert spec.get("serviceAccountName") == "catsdogs"
+    accounts = {o["metadata"]["name"] for o in render_overlay(overlay) if o["kind"] == "ServiceAccount"}
+    assert spec.get("serviceAccountName") in accounts, "a pod with the default account gets no GCS access"
     for volume in spec.get("volumes", []):
         assert set(volume) - {"name"} <= RESTRICTED_VOLUMES, volume
     for container in containers(spec):
@@ -185,10 +186,22 @@ def test_gpus_only_where_training_runs(overlay):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_service_account_uses_workload_identity(overlay):
-    [account] = [obj for obj in render_overlay(overlay) if obj["kind"] == "ServiceAccount"]
-    email = account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
-    assert re.fullmatch(r"[a-z][a-z0-9-]+@[a-z][a-z0-9-]+\.iam\.gserviceaccount\.com", email)
+def test_each_job_has_its_own_workload_identity(overlay):
+    objects = render_overlay(overlay)
+    emails = {}
+    for account in (obj for obj in objects if obj["kind"] == "ServiceAccount"):
+        email = account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
+        assert re.fullmatch(r"[a-z][a-z0-9-]+@[a-z][a-z0-9-]+\.iam\.gserviceaccount\.com", email), email
+        assert account.get("automountServiceAccountToken") is False
+        emails[account["metadata"]["name"]] = email
+    used = {}
+    for obj in objects:
+        for _, spec in pod_specs(obj):
+            used.setdefault(obj["metadata"]["labels"]["app.kubernetes.io/component"], set()).add(
+                emails[spec["serviceAccountName"]])
+    assert set(used) == {"preprocess", "train", "score"}
+    assert all(len(identities) == 1 for identities in used.values())
+    assert len(set.union(*used.values())) == 3, "least privilege: one Google service account per job"
 
 
 def test_no_placeholders_and_no_positional_patches():
