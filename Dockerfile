@@ -67,10 +67,10 @@ COPY beam_pipelines ./beam_pipelines
 COPY trainer ./trainer
 # The requirements file holds the exact `==` pins from setup.py; `.` (this repository) goes in with --no-deps
 # so pip cannot replace the base image's TensorFlow with a second CUDA build.
-RUN pip install --no-cache-dir -r /tmp/non-tf-pins.txt \
- && pip install --no-cache-dir --no-deps . \
+RUN python3 -m pip install --no-cache-dir -r /tmp/non-tf-pins.txt \
+ && python3 -m pip install --no-cache-dir --no-deps . \
  && rm /tmp/non-tf-pins.txt \
- && python -c "import tensorflow as tf, keras; print('tensorflow', tf.__version__, 'keras', keras.__version__)" \
+ && python3 -c "import tensorflow as tf, keras; print('tensorflow', tf.__version__, 'keras', keras.__version__)" \
  && groupadd --gid 10001 catsdogs \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /scratch --shell /usr/sbin/nologin catsdogs \
  && mkdir -p /scratch && chown 10001:10001 /scratch
