@@ -1,0 +1,51 @@
+import json
+
+import pytest
+
+from trainer import config
+
+
+def test_defaults_are_valid_and_flags_map_onto_fields():
+    cfg = config.parse_args(["--data_dir", "gs://b/data", "--model_dir", "/tmp/m", "--model", "seed_cnn",
+                             "--epochs", "3", "--batch_size", "8", "--learning_rate", "0.002", "--augment", "false",
+                             "--time_budget_minutes", "1.5", "--steps_per_epoch", "none", "--mixed_precision", "off"])
+    assert cfg == config.TrainConfig(data_dir="gs://b/data", model_dir="/tmp/m", model="seed_cnn", epochs=3,
+                                     batch_size=8, learning_rate=0.002, augment=False, time_budget_minutes=1.5,
+                                     mixed_precision="off")
+    assert json.loads(json.dumps(cfg.to_dict())) == cfg.to_dict()  # what config.json stores
+    with pytest.raises(AttributeError):
+        cfg.epochs = 5  # frozen
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"model": "vgg99"}, "--model 'vgg99' is unknown"),
+    ({"epochs": 0}, "--epochs must be an integer >= 1"),
+    ({"batch_size": 0}, "--batch_size"),
+    ({"learning_rate": 0.0}, "--learning_rate"),
+    ({"warmup_epochs": 30}, "--warmup_epochs must be >= 0 and less than --epochs"),
+    ({"mixed_precision": "yes"}, "--mixed_precision must be one of auto, on, off"),
+    ({"weights": "w.h5"}, "--weights only applies to keras.applications backbones"),
+    ({"time_budget_minutes": 0}, "--time_budget_minutes must be > 0"),
+    ({"steps_per_epoch": 0}, "--steps_per_epoch"),
+    ({"dropout": 1.0}, "--dropout"),
+    ({"width": 2}, "--width"),
+    ({"cache": "disk"}, "--cache"),
+    ({"data_dir": ""}, "--data_dir is required"),
+])
+def test_bad_values_fail_at_construction_saying_what_to_do(changes, message):
+    arguments = {"data_dir": "d", "model_dir": "m"} | changes
+    with pytest.raises(ValueError, match="invalid training config") as error:
+        config.TrainConfig(**arguments)
+    assert message in str(error.value)
+
+
+def test_weights_are_accepted_for_backbones():
+    assert config.TrainConfig(data_dir="d", model_dir="m", model="efficientnet_b0", weights="gs://b/w.h5").weights
+
+
+def test_cli_reports_every_problem_and_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        config.parse_args(["--data_dir", "d", "--model_dir", "m", "--epochs", "0", "--model", "nope"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--epochs must be an integer >= 1" in err and "--model 'nope' is unknown" in err

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from tests.trainer.datasets import write_dataset
+from trainer import data, features
+
+tf = pytest.importorskip("tensorflow")
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("data"), size=32, per_class={"train": 10, "validation": 4,
+                                                                              "test": 4}, num_shards=3)
+
+
+def test_missing_metadata_says_run_preprocessing_first(tmp_path):
+    with pytest.raises(data.DatasetMissing, match="Run preprocessing first"):
+        data.read_metadata(str(tmp_path))
+
+
+def test_parse_example_eagerly_and_in_dataset_map(dataset_dir):
+    record = next(iter(tf.data.TFRecordDataset(data.shard_files(str(dataset_dir), "test"))))
+    eager_image, eager_label = data.parse_example(record, (32, 32))
+    mapped = tf.data.Dataset.from_tensors(record).map(lambda r: data.parse_example(r, (32, 32)))
+    image, label = next(iter(mapped))
+    assert image.dtype == tf.uint8 and image.shape == (32, 32, 3) and label.dtype == tf.float32
+    np.testing.assert_array_equal(eager_image.numpy(), image.numpy())
+    assert float(eager_label) == float(label)
+
+
+def test_evaluation_pass_sees_every_record_once_in_order(dataset_dir):
+    batches = data.make_dataset(str(dataset_dir), "test", image_size=(32, 32), batch_size=3, training=False)
+    labels = np.concatenate([labels.numpy() for _, labels in batches])
+    assert len(labels) == 8 and labels.sum() == 4
+    again = np.concatenate([labels.numpy() for _, labels in batches])
+    np.testing.assert_array_equal(labels, again)
+
+
+def test_training_batches_are_full_augmented_and_in_pixel_range(dataset_dir):
+    kwargs = {"image_size": (32, 32), "batch_size": 8, "training": True, "cache": True, "seed": 3}
+    plain = data.make_dataset(str(dataset_dir), "train", augment=False, **kwargs)
+    augmented = data.make_dataset(str(dataset_dir), "train", augment=True, **kwargs)
+    for images, labels in augmented.take(5):  # 20 records, repeated: more batches than one pass holds
+        assert images.shape == (8, 32, 32, 3) and images.dtype == tf.float32 and labels.shape == (8,)
+        assert float(tf.reduce_min(images)) >= 0 and float(tf.reduce_max(images)) <= 255
+    plain_values = {float(tf.reduce_sum(images)) for images, _ in plain.take(5)}
+    for images, _ in plain.take(1):
+        assert np.allclose(images.numpy(), np.round(images.numpy()))  # decoded JPEG values, untouched
+    augmented_images = next(iter(augmented))[0].numpy()
+    assert not np.allclose(augmented_images, np.round(augmented_images))  # interpolated: augmentation ran
+    assert len(plain_values) > 1
+
+
+def test_corrupt_tfrecord_fails_loudly(tmp_path):
+    root = write_dataset(tmp_path / "data", size=32, per_class={"train": 6, "validation": 2, "test": 2},
+                         num_shards=1)
+    shard = root / f"test-00000-of-00001{features.SHARD_SUFFIX}"
+    content = bytearray(shard.read_bytes())
+    content[len(content) // 2] ^= 0xFF  # flip bits inside a record: its CRC no longer matches
+    shard.write_bytes(bytes(content))
+    batches = data.make_dataset(str(root), "test", image_size=(32, 32), batch_size=2, training=False)
+    with pytest.raises((tf.errors.DataLossError, tf.errors.InvalidArgumentError)):
+        for _ in batches:
+            pass
+
+
+def test_records_of_another_size_fail_loudly(dataset_dir):
+    batches = data.make_dataset(str(dataset_dir), "test", image_size=(40, 40), batch_size=2, training=False)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        next(iter(batches))
+
+
+def test_shard_policy_and_cache_choice():
+    policy = tf.data.experimental.AutoShardPolicy
+    assert data.auto_shard_policy(num_files=1, num_workers=2) == policy.DATA
+    assert data.auto_shard_policy(num_files=8, num_workers=2) == policy.FILE
+    metadata = {"image_size": [180, 180], "counts": {"train": {"total": 20000}, "validation": {"total": 2000}}}
+    assert data.should_cache("auto", metadata, ("train", "validation"), limit_mb=4096)  # ~2.1 GB of pixels
+    assert not data.should_cache("auto", metadata, ("train", "validation"), limit_mb=1024)
+    assert data.should_cache("on", metadata, ("train",), limit_mb=0)
+    assert not data.should_cache("off", metadata, ("train",))

@@ -1,0 +1,191 @@
+"""Real training runs on tiny generated TFRecords: learning, distribution, resuming after SIGKILL, SIGTERM backups."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import free_port
+from tests.trainer.datasets import REPO, run_python, write_dataset
+from trainer import publish, train
+
+pytestmark = pytest.mark.slow
+
+SMALL_NET = ["--width", "8", "--depth", "1", "--stages", "2"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("data"), size=32,
+                         per_class={"train": 48, "validation": 16, "test": 16}, num_shards=2)
+
+
+def history(model_dir):
+    with open(model_dir / "history.csv") as handle:
+        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+def command(dataset, model_dir, *flags):
+    return [sys.executable, "-m", "trainer.train", "--data_dir", str(dataset), "--model_dir", str(model_dir), *flags]
+
+
+def test_default_model_learns_the_easy_task_and_writes_every_output(dataset, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    argv = ["--data_dir", str(dataset), "--model_dir", str(model_dir), "--epochs", "10", "--batch_size", "16",
+            "--width", "8", "--depth", "1", "--stages", "3", "--learning_rate", "0.005", "--warmup_epochs", "0.5"]
+    assert train.main(argv) == 0
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    print("easy task test metrics:", {k: metrics[k] for k in ("accuracy", "roc_auc", "log_loss")})
+    assert metrics["split"] == "test" and metrics["examples"] == 32
+    assert metrics["accuracy"] >= 0.85, metrics  # chance is 0.5; typically 0.95-1.0 here
+    rows = history(model_dir)
+    assert [row["epoch"] for row in rows] == list(range(len(rows))) and rows[-1]["loss"] < rows[0]["loss"]
+    resolved = json.loads((model_dir / "config.json").read_text())
+    assert resolved["config"]["model"] == "resnet_lite" and resolved["code_version"]
+    assert resolved["placement"]["num_replicas"] == 1 and resolved["global_batch_size"] == 16
+    assert (model_dir / "report.png").stat().st_size > 10_000
+    assert (model_dir / "checkpoints" / "best.weights.h5").exists()
+    assert not (model_dir / "backup").exists()  # a finished run leaves nothing to resume
+    version = publish.read_latest(str(model_dir / "export"))
+    info = json.loads((model_dir / "export" / version / "model_info.json").read_text())
+    assert info["metrics"]["accuracy"] == metrics["accuracy"]
+    assert info["training_data"]["class_names"] == ["cat", "dog"] and info["model_name"] == "resnet_lite"
+
+    capsys.readouterr()
+    assert train.main(argv) == 0  # the same command again: nothing to redo
+    assert "already holds a finished run" in capsys.readouterr().out
+    assert train.main([*argv[:-1], "0.2"]) == 2  # another config in the same model_dir is refused
+    err = capsys.readouterr().err
+    assert "different config" in err and "--warmup_epochs 0.5 -> 0.2" in err
+
+
+def test_missing_dataset_fails_at_launch_with_a_message(tmp_path, capsys):
+    assert train.main(["--data_dir", str(tmp_path / "nothing"), "--model_dir", str(tmp_path / "m")]) == 2
+    assert "Run preprocessing first" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+MIRRORED_ON_TWO_CPUS = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from trainer import train
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_mirrored_strategy_on_two_logical_cpus(dataset, tmp_path):
+    model_dir = tmp_path / "model"
+    run_python(MIRRORED_ON_TWO_CPUS, "--data_dir", dataset, "--model_dir", model_dir, "--model", "seed_cnn",
+               "--epochs", "3", "--batch_size", "8", "--warmup_epochs", "0")
+    resolved = json.loads((model_dir / "config.json").read_text())
+    assert resolved["placement"]["strategy"] == "mirrored" and resolved["placement"]["num_replicas"] == 2
+    assert resolved["global_batch_size"] == 16 and resolved["peak_learning_rate"] == pytest.approx(0.002)
+    rows = history(model_dir)
+    assert len(rows) == 3 and rows[-1]["loss"] < rows[0]["loss"]
+    assert json.loads((model_dir / "metrics.json").read_text())["num_replicas"] == 2
+
+
+def test_multi_worker_mirrored_strategy_with_two_local_workers(dataset, tmp_path):
+    model_dir = tmp_path / "model"
+    workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    processes = []
+    for index in range(2):
+        env = os.environ | {"TF_CONFIG": json.dumps({"cluster": {"worker": workers},
+                                                     "task": {"type": "worker", "index": index}})}
+        log = open(tmp_path / f"worker{index}.log", "w")  # noqa: SIM115 (closed below)
+        processes.append((subprocess.Popen(
+            command(dataset, model_dir, "--model", "seed_cnn", "--epochs", "3", "--batch_size", "8",
+                    "--warmup_epochs", "0"), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    try:
+        codes = [process.wait(timeout=400) for process, _ in processes]
+    finally:
+        for process, log in processes:
+            if process.poll() is None:
+                process.kill()
+            log.close()
+    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], "\n\n".join(log[-3000:] for log in logs)
+    resolved = json.loads((model_dir / "config.json").read_text())
+    assert resolved["placement"]["strategy"] == "multi_worker"
+    assert resolved["placement"]["num_workers"] == 2 and resolved["placement"]["num_replicas"] == 2
+    assert resolved["placement"]["is_chief"] and resolved["global_batch_size"] == 16
+    rows = history(model_dir)
+    assert len(rows) == 3 and rows[-1]["loss"] < rows[0]["loss"]
+    assert (model_dir / "metrics.json").exists() and publish.read_latest(str(model_dir / "export"))
+
+
+def wait_for(predicate, process, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        assert process.poll() is None, f"training exited early with {process.returncode}"
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def epochs_logged(model_dir) -> int:
+    try:
+        return len(history(model_dir))
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+SLOW_RUN = [*SMALL_NET, "--epochs", "12", "--batch_size", "4", "--backup_every_steps", "3",
+            "--early_stopping_patience", "0", "--warmup_epochs", "0"]  # 24 steps/epoch
+
+
+def test_sigkill_mid_epoch_then_same_command_resumes_from_backup(dataset, tmp_path):
+    model_dir = tmp_path / "model"
+    cmd = command(dataset, model_dir, *SLOW_RUN)
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: epochs_logged(model_dir) >= 2, first)
+        time.sleep(0.25)  # somewhere inside the next epoch
+        first.kill()
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == -signal.SIGKILL
+    backed_up = json.loads((model_dir / "backup" / "training_metadata.json").read_text())
+    assert backed_up["epoch"] >= 2
+    assert not (model_dir / "metrics.json").exists()
+
+    second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert f"resuming from backup at epoch {backed_up['epoch']} (of 12)" in second.stdout
+    epochs_run = [line for line in second.stdout.splitlines() if line.startswith("Epoch ")]
+    assert epochs_run[0] == f"Epoch {backed_up['epoch'] + 1}/12"  # not "Epoch 1/12"
+    assert [row["epoch"] for row in history(model_dir)] == list(range(12))  # each epoch once
+    assert json.loads((model_dir / "config.json").read_text())["resumed_at_epoch"] == backed_up["epoch"]
+    assert (model_dir / "metrics.json").exists() and not (model_dir / "backup").exists()
+
+
+def test_sigterm_writes_a_backup_before_exiting(dataset, tmp_path):
+    model_dir = tmp_path / "model"
+    process = subprocess.Popen(command(dataset, model_dir, *SLOW_RUN), cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: epochs_logged(model_dir) >= 1, process)
+        time.sleep(0.2)
+        signalled = time.time()
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)  # Kubernetes grants 15-30 s
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == train.EXIT_INTERRUPTED, stderr[-3000:]
+    assert "received SIGTERM" in stderr and "backup written" in stderr
+    metadata = model_dir / "backup" / "training_metadata.json"
+    assert metadata.stat().st_mtime >= signalled - 0.01  # written after the signal, not a leftover
+    assert (model_dir / "backup" / "latest.weights.h5").stat().st_mtime >= signalled - 0.01
+    assert json.loads(metadata.read_text())["epoch"] >= 1
+    assert not (model_dir / "metrics.json").exists()
