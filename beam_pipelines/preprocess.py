@@ -578,7 +578,10 @@ def run(argv=None, test_pipeline=None) -> dict:
 
     num_shards = plan_shards(config)
     staging = _staging_dir(config.output_dir)
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    standard = options.view_as(StandardOptions)
+    if standard.runner == "DaskRunner":  # Beam only knows it by its full name
+        standard.runner = "apache_beam.runners.dask.dask_runner.DaskRunner"
+    runner = standard.runner or "DirectRunner"
     started_at, started = provenance.utc_now(), time.monotonic()
     _LOG.info("preprocess: %s -> %s (staging %s), shards %s, runner %s",
               ", ".join(config.inputs), config.output_dir, staging, num_shards, runner)
@@ -587,6 +590,8 @@ def run(argv=None, test_pipeline=None) -> dict:
         build(pipeline, config, staging, num_shards)
         result = pipeline.run()
         result.wait_until_finish()
+        if hasattr(result, "client"):  # DaskRunner leaves its dask.distributed client open
+            result.client.close()
         counts_path = storage.join(staging, _COUNTS_FILE)
         counts = storage.read_json(counts_path)
         FileSystems.delete([counts_path])
