@@ -227,9 +227,10 @@ class DecodeImageFn(beam.DoFn):
     progress every 30 s from the worker, since runner metrics are not available on every runner.
     """
 
-    def __init__(self, config: PreprocessConfig, roots):
+    def __init__(self, config: PreprocessConfig, roots, progress_seconds: float = _PROGRESS_SECONDS):
         self._config = config
         self._roots = tuple(roots)
+        self._progress_seconds = progress_seconds
 
     def setup(self):
         self._read = beam.metrics.Metrics.counter(NAMESPACE, "read")
@@ -247,7 +248,7 @@ class DecodeImageFn(beam.DoFn):
     def _log_progress(self):
         self._done += 1
         now = time.monotonic()
-        if now - self._last_log >= _PROGRESS_SECONDS:
+        if now - self._last_log >= self._progress_seconds:
             rate = (self._done - self._done_at_last_log) / (now - self._last_log)
             _LOG.info("preprocess: %d files done by this worker, %.1f files/s over the last %.0f s",
                       self._done, rate, now - self._last_log)
@@ -367,7 +368,7 @@ def build(pipeline, config: PreprocessConfig, write_dir: str, num_shards: dict) 
     decoded = (
         pipeline
         | "ListFiles" >> storage.ListFiles(config.inputs, counter_namespace=NAMESPACE)
-        | "DecodeImages" >> beam.ParDo(DecodeImageFn(config, roots))
+        | "DecodeImages" >> beam.ParDo(DecodeImageFn(config, roots, _PROGRESS_SECONDS))
     )
     images = decoded | "KeepDecoded" >> beam.Filter(lambda d: d[0] == "ok")
     rejected = decoded | "KeepRejected" >> beam.Filter(lambda d: d[0] == "rejected")
@@ -629,6 +630,11 @@ def main(argv=None) -> None:
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    # Worker processes (multi_processing mode) send their log records to this logger; let our progress lines
+    # through without Beam's own INFO chatter.
+    forwarded = logging.getLogger("apache_beam.runners.portability.local_job_service")
+    forwarded.setLevel(logging.INFO)
+    forwarded.addFilter(lambda record: record.levelno >= logging.WARNING or "preprocess:" in record.getMessage())
     if not any(arg == "--runner" or arg.startswith("--runner=") for arg in argv):
         argv.append("--runner=DirectRunner")
     run(argv)

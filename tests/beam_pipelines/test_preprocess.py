@@ -155,7 +155,9 @@ def test_split_is_deterministic_and_copies_stay_together(duplicates_dir, tmp_pat
     assert len(used_splits) > 1  # the assertion above would be vacuous if everything went to train
 
 
-def test_labels_from_file_name_prefix_and_custom_class_names(tmp_path):
+def test_labels_from_file_name_prefix_and_custom_class_names(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(preprocess, "_PROGRESS_SECONDS", 0.0)  # a progress line per file
+    caplog.set_level("INFO", logger="beam_pipelines.preprocess")
     for name, seed in (("box.1.jpg", 1), ("Box_2.jpg", 2), ("ball-3.png", 3), ("tree.4.jpg", 4)):
         (tmp_path / "in").mkdir(exist_ok=True)
         (tmp_path / "in" / name).write_bytes(corpus.encode(corpus.photo_pixels(seed, 40), "PNG"))
@@ -165,6 +167,7 @@ def test_labels_from_file_name_prefix_and_custom_class_names(tmp_path):
     assert sorted(rec[1] for rec in records["train"].values()) == ["ball", "box", "box"]
     assert metadata["rejected"] == {preprocess.NO_LABEL: 1}
     assert not records["validation"] and not records["test"]
+    assert any("files done by this worker" in message for message in caplog.messages)
 
 
 def test_gcs_input_and_output_through_the_emulator(gcs_bucket, tmp_path):
