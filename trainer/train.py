@@ -19,6 +19,7 @@ resnet_lite (width 32) about 0.3 s/step (~3 min/epoch); expect several hours for
 on CPU, minutes per epoch on one GPU. See docs/TRAINING.md for measured numbers.
 """
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -77,18 +78,26 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     """keras BackupAndRestore that also backs up at every epoch end and before leaving on SIGTERM.
 
     Keras restores the weights and optimizer state of the last backup and replays the interrupted epoch from its
-    start. Only the chief writes; other workers of a multi-worker run read the chief's backup on restart.
+    start. Every worker of a multi-worker run restores from the chief's backup; only the chief writes there.
     Relies on BackupAndRestore._save_model (keras 3.15, pinned in setup.py).
     """
 
-    def __init__(self, backup_dir: str, save_freq: int, stop: StopRequest, writes: bool):
+    def __init__(self, backup_dir: str, save_freq: int, stop: StopRequest, write_dir: str | None = None):
         super().__init__(backup_dir, save_freq=save_freq, double_checkpoint=True, delete_checkpoint=False)
         self.stop = stop
-        self.writes = writes
+        self.write_dir = write_dir
         self.stopped_by = None
 
     def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
+        super().on_train_begin(logs)  # restores from backup_dir
+        if self.write_dir:
+            # Non-chief workers of a multi-worker run still save (saving can create variables, which under
+            # MultiWorkerMirroredStrategy is a collective every worker must join) but into their own temp dir.
+            self.backup_dir = self.write_dir
+            self._weights_path = join(self.write_dir, "latest.weights.h5")
+            self._training_metadata_path = join(self.write_dir, "training_metadata.json")
+            self._prev_weights_path = self._weights_path + ".bkp"
+            self._prev_training_metadata_path = self._training_metadata_path + ".bkp"
         self.stop.training_started = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
@@ -104,10 +113,6 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
         self._save_model()
-
-    def _save_model(self):
-        if self.writes:
-            super()._save_model()
 
 
 def join(*parts: str) -> str:
@@ -293,7 +298,8 @@ def run(cfg: config_lib.TrainConfig) -> int:
 
     monitor = "val_loss" if validation_data is not None else "loss"
     best_so_far = min((row[monitor] for row in earlier_history if monitor in row), default=None)
-    backup = ResumableBackup(backup_dir, cfg.backup_every_steps, stop, writes=placement.is_chief)
+    backup = ResumableBackup(backup_dir, cfg.backup_every_steps, stop,
+                             write_dir=None if placement.is_chief else join(out_dir, "backup"))
     callbacks = [
         keras.callbacks.CSVLogger(history_path, append=True),
         keras.callbacks.ModelCheckpoint(join(out_dir, BEST_WEIGHTS), monitor=monitor, save_best_only=True,
@@ -308,11 +314,24 @@ def run(cfg: config_lib.TrainConfig) -> int:
     if cfg.early_stopping_patience:
         callbacks.insert(0, keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.early_stopping_patience))
 
+    fit_scope = contextlib.nullcontext()
+    if placement.kind == "multi_worker":
+        # Keras 3.15 builds the model before fit by all-reducing a sample batch, which fails under
+        # MultiWorkerMirroredStrategy ("Attempt to convert a value (PerReplica...)"). Without a recorded strategy
+        # Keras defers the build to the first traced step instead; fit runs inside the scope, so it still
+        # distributes with this strategy.
+        model._distribute_strategy = None
+        fit_scope = placement.strategy.scope()
+        # It then all-reduces each step's logs with reduce("MEAN", axis=0), which rejects scalars: give it vectors.
+        train_step, test_step = model.train_step, model.test_step
+        model.train_step = lambda batch: {k: tf.reshape(v, [1]) for k, v in train_step(batch).items()}
+        model.test_step = lambda batch: {k: tf.reshape(v, [1]) for k, v in test_step(batch).items()}
     started = time.monotonic()
     try:
-        fit = model.fit(train_data, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-                        validation_data=validation_data, callbacks=callbacks,
-                        verbose=1 if sys.stdout.isatty() else 2)
+        with fit_scope:
+            fit = model.fit(train_data, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                            validation_data=validation_data, callbacks=callbacks,
+                            verbose=1 if sys.stdout.isatty() else 2)
     except Interrupted as interruption:
         print(f"catsdogs-train: {interruption}; run the same command again to resume", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
