@@ -130,8 +130,15 @@ def _same_content(blob, path: str) -> bool:
 def read_latest(export_root: str) -> str | None:
     """The version `latest` names, or None when nothing was published yet."""
     if _is_gcs(export_root):
-        version, _ = _read_latest_gcs(export_root)
-        return version
+        # A reader needs no generation (only advance_latest's conditional write does), and some servers
+        # (gcp-storage-emulator) send none: read the content alone.
+        from google.api_core import exceptions
+
+        bucket_name, name = _bucket_and_name(export_root.rstrip("/") + "/" + LATEST)
+        try:
+            return gcs_client().bucket(bucket_name).blob(name).download_as_bytes().decode().strip() or None
+        except exceptions.NotFound:
+            return None
     try:
         with open(os.path.join(export_root, LATEST)) as handle:
             return handle.read().strip() or None
