@@ -88,7 +88,7 @@ def read_model_info(model_dir: str) -> dict:
     if not (isinstance(names, list) and len(names) == 2 and all(isinstance(n, str) and n for n in names)
             and names[0] != names[1]):
         raise ModelError(f"{path}: class_names must be two distinct names (negative, positive), got {names!r}; "
-                         f"this scorer handles binary models only")
+                         f"this scorer handles two-class models only: pass --model a two-class export")
     size = info["input_size"]
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
         raise ModelError(f"{path}: input_size must be [height, width] of positive integers, got {size!r}; {_FIX}")

@@ -35,6 +35,7 @@ import posixpath
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 
 import apache_beam as beam
@@ -55,6 +56,8 @@ FILE_TOO_LARGE = "file_too_large"
 COUNTS_FILE = "_counts.json"  # written by the pipeline, folded into summary.json by the launcher
 SUMMARY_FILE = "summary.json"
 PROGRESS_SECONDS = 30.0
+BATCH_GROUPS = 1024  # DaskRunner only: images are spread over this many keys, then cut into batches
+DASK_NUM_SHARDS = 4
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -74,9 +77,10 @@ def default_run_id() -> str:
 # ---- per-element functions ---------------------------------------------------------------------------------------
 
 class DecodeImagesFn(beam.DoFn):
-    """(path, size) -> (path, uint8 pixels); unusable files -> tagged output `errors` as {path, reason, detail}."""
+    """(path, size) -> (path, uint8 pixels, None), or (path, None, {path, reason, detail}) for an unusable file.
 
-    ERRORS = "errors"
+    One output, tagged by which slot is set, rather than Beam tagged outputs: the DaskRunner mixes the
+    tagged outputs of a DoFn into one collection. `decoded_images` and `rejected_files` split it."""
 
     def __init__(self, input_size, max_file_bytes: int):
         self._size = tuple(input_size)
@@ -99,24 +103,46 @@ class DecodeImagesFn(beam.DoFn):
                 raise imaging.ImageRejected(imaging.DECODE_ERROR, f"{type(error).__name__}: {error}") from None
         except imaging.ImageRejected as rejected:
             beam.metrics.Metrics.counter(NAMESPACE, f"failed_{rejected.reason}").inc()
-            yield beam.pvalue.TaggedOutput(self.ERRORS, {"path": path, "reason": rejected.reason,
-                                                         "detail": rejected.detail})
+            yield path, None, {"path": path, "reason": rejected.reason, "detail": rejected.detail}
             return
+        yield path, pixels, None
+
+
+def decoded_images(outcome):
+    path, pixels, _ = outcome
+    if pixels is not None:
         yield path, pixels
 
 
-def split_scored(joined, skipped_tag: str = "skipped"):
-    """(path, {"matched": [sizes], "scored": [...]}) -> (path, size) to score, or the path to `skipped`."""
+def rejected_files(outcome):
+    _, _, error = outcome
+    if error is not None:
+        yield error
+
+
+def split_scored(joined):
+    """(path, {"matched": [sizes], "scored": [...]}) -> (path, size, already scored?) for each listed path, once."""
     path, groups = joined
     sizes = list(groups["matched"])
     if not sizes:  # a path only earlier runs know about: gone from the inputs, nothing to do
         return
     beam.metrics.Metrics.counter(NAMESPACE, "matched").inc()
-    if any(True for _ in groups["scored"]):
+    scored = any(True for _ in groups["scored"])
+    if scored:
         beam.metrics.Metrics.counter(NAMESPACE, "skipped").inc()
-        yield beam.pvalue.TaggedOutput(skipped_tag, path)
-    else:
-        yield path, sizes[0]
+    yield path, sizes[0], scored
+
+
+def unscored_files(item):
+    path, size, scored = item
+    if not scored:
+        yield path, size
+
+
+def scored_files(item):
+    path, _, scored = item
+    if scored:
+        yield path
 
 
 def is_prediction_file(path: str) -> bool:
@@ -213,6 +239,53 @@ def write_counts(counts: dict, path: str) -> str:
 
 # ---- pipeline ----------------------------------------------------------------------------------------------------
 
+def shard_path(prefix: str, index: int, num_shards: int, suffix: str) -> str:
+    return f"{prefix}-{index:05d}-of-{num_shards:05d}{suffix}"
+
+
+def write_shard(group, prefix: str, suffix: str, num_shards: int, header: str | None) -> str:
+    index, lines = group
+    path = shard_path(prefix, index, num_shards, suffix)
+    text = "".join(line + "\n" for line in ([header] if header else []) + list(lines))
+    storage.write_bytes(path, text.encode("utf-8"))
+    return path
+
+
+class WriteShards(beam.PTransform):
+    """Lines -> num_shards files <prefix>-SSSSS-of-NNNNN<suffix> (those that get lines; see fill_missing_shards)."""
+
+    def __init__(self, prefix: str, suffix: str, num_shards: int, header: str | None = None):
+        super().__init__()
+        self._args = (prefix, suffix, num_shards, header)
+
+    def expand(self, lines):
+        num_shards = self._args[2]
+        return (lines
+                | "KeyByShard" >> beam.Map(lambda line: (zlib.crc32(line.encode("utf-8")) % num_shards, line))
+                | "GroupByShard" >> beam.GroupByKey()
+                | "WriteShard" >> beam.Map(write_shard, *self._args))
+
+
+def fill_missing_shards(prefix: str, suffix: str, num_shards: int, header: str | None = None) -> None:
+    """Writes the shards WriteShards had no lines for (empty, or just the header), so all N exist."""
+    for index in range(num_shards):
+        path = shard_path(prefix, index, num_shards, suffix)
+        if not storage.exists(path):
+            write_shard((index, []), prefix, suffix, num_shards, header)
+
+
+def drops_finish_bundle_output(options) -> bool:
+    """True on the DaskRunner (Beam 2.77), whose bundles keep only what DoFn.process emits."""
+    return "dask" in str(options.view_as(StandardOptions).runner).lower()
+
+
+def split_batches(group, max_batch_size: int):
+    _, items = group
+    items = list(items)
+    for start in range(0, len(items), max_batch_size):
+        yield items[start:start + max_batch_size]
+
+
 def build(pipeline, options, model_info):
     """Adds the scoring stages to pipeline. options.model must already be a resolved version directory and
     options.run_id set (run() does both). Returns {"predictions", "errors", "counts"} PCollections."""
@@ -231,32 +304,57 @@ def build(pipeline, options, model_info):
                          | "ReadPreviousRows" >> beam.FlatMap(read_scored_paths, version, exclude))
     else:
         scored_before = pipeline | "NoPreviousRuns" >> beam.Create([]).with_output_types(tuple[str, bool])
-    todo, skipped = ({"matched": matched, "scored": scored_before}
-                     | "JoinOnPath" >> beam.CoGroupByKey()
-                     | "SplitScored" >> beam.FlatMap(split_scored).with_outputs("skipped", main="todo"))
+    listed = ({"matched": matched, "scored": scored_before}
+              | "JoinOnPath" >> beam.CoGroupByKey()
+              | "SplitScored" >> beam.FlatMap(split_scored))
+    todo = listed | "KeepUnscored" >> beam.FlatMap(unscored_files)
+    skipped = listed | "KeepScored" >> beam.FlatMap(scored_files)
 
-    decoded, errors = (todo
-                       | "DecodeImages" >> beam.ParDo(DecodeImagesFn(model_info["input_size"],
-                                                                     opts.max_file_mb * 1024 * 1024))
-                       .with_outputs(DecodeImagesFn.ERRORS, main="decoded"))
+    outcomes = todo | "DecodeImages" >> beam.ParDo(DecodeImagesFn(model_info["input_size"],
+                                                                  opts.max_file_mb * 1024 * 1024))
+    decoded = outcomes | "DecodedImages" >> beam.FlatMap(decoded_images)
+    errors = outcomes | "RejectedFiles" >> beam.FlatMap(rejected_files)
     handler = KeyedModelHandler(model_handler.PixelsModelHandler(
         opts.model, model_info, min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
         intra_op_threads=opts.intra_op_threads, inter_op_threads=2 if opts.intra_op_threads else 0,
         large_model=opts.share_model_across_processes))
-    predictions = (decoded
-                   | "Score" >> RunInference(handler)
-                   | "FormatPredictions" >> beam.Map(format_prediction, version, opts.run_id))
+    num_shards = opts.num_shards
+    if drops_finish_bundle_output(options):
+        # RunInference's BatchElements (and WriteToText without fixed shards) emit their last output from
+        # finish_bundle, which the DaskRunner drops: form batches with a GroupByKey instead, and fix the shards.
+        batches = (decoded
+                   | "KeyForBatching" >> beam.Map(lambda item: (zlib.crc32(item[0].encode()) % BATCH_GROUPS, item))
+                   | "GroupForBatching" >> beam.GroupByKey()
+                   | "SplitBatches" >> beam.FlatMap(split_batches, opts.max_batch_size))
+        inferred = batches | "Score" >> RunInference(handler.with_no_batching())
+        num_shards = num_shards or DASK_NUM_SHARDS
+    else:
+        inferred = decoded | "Score" >> RunInference(handler)
+    predictions = inferred | "FormatPredictions" >> beam.Map(format_prediction, version, opts.run_id)
 
     to_line = to_csv_line if opts.format == "csv" else to_json_line
-    prediction_files = (predictions
-                        | "SerializePredictions" >> beam.Map(to_line)
-                        | "WritePredictions" >> beam.io.WriteToText(
-                            storage.join(staging, "predictions"), file_name_suffix=suffix,
-                            num_shards=opts.num_shards, header=csv_header() if opts.format == "csv" else None))
-    error_files = (errors
-                   | "SerializeErrors" >> beam.Map(to_json_line)
-                   | "WriteErrors" >> beam.io.WriteToText(storage.join(staging, "errors"), file_name_suffix=".jsonl",
-                                                          num_shards=opts.num_shards))
+    header = csv_header() if opts.format == "csv" else None
+    if drops_finish_bundle_output(options):
+        # The DaskRunner recomputes side inputs inside each consumer, so WriteToText's initialise / write /
+        # finalise steps run more than once and race. Plain shard files are safe here: the whole staging
+        # directory is published only after the pipeline succeeded.
+        prediction_files = (predictions
+                            | "SerializePredictions" >> beam.Map(to_line)
+                            | "WritePredictions" >> WriteShards(storage.join(staging, "predictions"), suffix,
+                                                                num_shards, header))
+        error_files = (errors
+                       | "SerializeErrors" >> beam.Map(to_json_line)
+                       | "WriteErrors" >> WriteShards(storage.join(staging, "errors"), ".jsonl", num_shards))
+    else:
+        prediction_files = (predictions
+                            | "SerializePredictions" >> beam.Map(to_line)
+                            | "WritePredictions" >> beam.io.WriteToText(
+                                storage.join(staging, "predictions"), file_name_suffix=suffix,
+                                num_shards=num_shards, header=header))
+        error_files = (errors
+                       | "SerializeErrors" >> beam.Map(to_json_line)
+                       | "WriteErrors" >> beam.io.WriteToText(storage.join(staging, "errors"),
+                                                              file_name_suffix=".jsonl", num_shards=num_shards))
 
     # Everything ends in one last step that depends on both sinks: runners that compute only the final
     # step's inputs (the DaskRunner) then still write every output, and counts.json proves both finished.
@@ -358,6 +456,8 @@ def _resolve_options(argv) -> tuple[PipelineOptions, dict]:
     standard = options.view_as(StandardOptions)
     if not standard.runner:  # left unset, Beam would try Prism, which needs a download
         standard.runner = "DirectRunner"
+    if standard.runner == "DaskRunner":  # Beam knows it only by its full name
+        standard.runner = "apache_beam.runners.dask.dask_runner.DaskRunner"
     if score.max_batch_size < score.min_batch_size:
         _fail(f"--max_batch_size {score.max_batch_size} is below --min_batch_size {score.min_batch_size}; "
               f"raise --max_batch_size or lower --min_batch_size")
@@ -392,6 +492,17 @@ class _Heartbeat:
 
     def __exit__(self, *exc):
         self._stop.set()
+
+
+def sink_leftovers(staging: str) -> set[str]:
+    """Temporary folders of WriteToText that a runner left behind (the DaskRunner does) in the staging dir."""
+    prefix = staging.rstrip("/") + "/"
+    folders = set()
+    for metadata in storage.iter_files(prefix):
+        top, _, rest = metadata.path[len(prefix):].partition("/")
+        if top.startswith("beam-temp-") and rest:
+            folders.add(prefix + top)
+    return folders
 
 
 def summarize(counts: dict, info: dict, options, started_at: str, seconds: float, outputs: list[str]) -> dict:
@@ -448,7 +559,12 @@ def run(argv=None, test_pipeline=None) -> dict:
     build(pipeline, options, info)
     with _Heartbeat(score.run_id):
         result = pipeline.run()
-        result.wait_until_finish()
+        try:
+            result.wait_until_finish()
+        finally:
+            client = getattr(result, "client", None)  # the DaskRunner's connection to the cluster
+            if client is not None:
+                client.close()
     seconds = time.monotonic() - start
 
     counts_path = storage.join(staging, COUNTS_FILE)
@@ -456,6 +572,13 @@ def run(argv=None, test_pipeline=None) -> dict:
         _fail(f"the pipeline finished without writing {counts_path}; its outputs are incomplete, re-run it")
     counts = storage.read_json(counts_path)
     FileSystems.delete([counts_path])
+    if drops_finish_bundle_output(options):
+        shards = score.num_shards or DASK_NUM_SHARDS
+        fill_missing_shards(storage.join(staging, "predictions"), "." + score.format, shards,
+                            csv_header() if score.format == "csv" else None)
+        fill_missing_shards(storage.join(staging, "errors"), ".jsonl", shards)
+    for leftover in sink_leftovers(staging):
+        storage.delete_tree(leftover)
     outputs = [posixpath.basename(m.path) for m in storage.iter_files(staging.rstrip("/") + "/")]
     summary = summarize(counts, info, options, started_at, seconds, outputs)
     if summary["matched"] != summary["scored"] + summary["failed"] + summary["skipped"]:
