@@ -622,6 +622,13 @@ def _print_help() -> None:
     parser.print_help()
 
 
+def _is_worth_forwarding(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    if "Discarding unparseable args" in message or "No semi_persistent_directory" in message:
+        return False
+    return record.levelno >= logging.WARNING or "preprocess:" in message
+
+
 def main(argv=None) -> None:
     """Console entry point `catsdogs-preprocess`."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -631,10 +638,11 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     # Worker processes (multi_processing mode) send their log records to this logger; let our progress lines
-    # through without Beam's own INFO chatter.
+    # through without Beam's own INFO chatter, nor two warnings every worker repeats that mean nothing here
+    # (workers don't know our flags, and the DirectRunner has no semi-persistent directory).
     forwarded = logging.getLogger("apache_beam.runners.portability.local_job_service")
     forwarded.setLevel(logging.INFO)
-    forwarded.addFilter(lambda record: record.levelno >= logging.WARNING or "preprocess:" in record.getMessage())
+    forwarded.addFilter(_is_worth_forwarding)
     if not any(arg == "--runner" or arg.startswith("--runner=") for arg in argv):
         argv.append("--runner=DirectRunner")
     run(argv)
