@@ -108,3 +108,42 @@ def test_published_versions_are_immutable_and_versions_must_be_integers(tmp_path
     with pytest.raises(ValueError, match="integer"):
         export.export_model(model, str(tmp_path), version="v1", **kwargs)
     assert publish.read_latest(str(tmp_path)) == "5"
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_bytes_and_pillow_pixels_agree_on_real_photos(shared_data, tmp_path):
+    """The scoring job decodes with Pillow (imaging.decode_image -> serve_pixels); TF Serving users send bytes
+    (serving_default). On real full-resolution photos the two must give nearly the same probability.
+
+    The paths differ in JPEG decoder (libjpeg in TF vs Pillow's, which also decodes at reduced DCT scale when the
+    target is at most half the stored size) and in the antialiased resize: a few grey levels per pixel. Bound: 0.05
+    in probability, a tenth of the distance from the 0.5 threshold to either end; typical differences are far smaller.
+    """
+    import keras
+
+    from trainer import models
+
+    size = 180
+    train_files = [shared_data / "pets-180" / name / f"{i}.jpg" for name in ("cat", "dog") for i in range(1, 33)]
+    train_files = [f for f in train_files if f.exists()]
+    x = np.stack([imaging.decode_image(f.read_bytes(), (size, size)).pixels for f in train_files]).astype("float32")
+    y = np.array([0.0 if f.parent.name == "cat" else 1.0 for f in train_files])
+    keras.utils.set_random_seed(0)
+    model = models.resnet_lite((size, size), width=16, depth=1, stages=3)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
+    model.fit(x, y, batch_size=16, epochs=4, verbose=0, shuffle=True)  # a few steps: not accurate, not constant
+    published = export.export_model(model, str(tmp_path / "export"), class_names=["cat", "dog"],
+                                    input_size=[size, size], model_name="resnet_lite")
+
+    photos = sorted((shared_data / "kaggle-fullres").glob("*/*.jpg"))
+    photos = photos[:25] + photos[-25:]  # both classes
+    pixels = np.stack([imaging.decode_image(p.read_bytes(), (size, size)).pixels for p in photos])
+    scored = score_in_fresh_process(published, photos, pixels, tmp_path)
+    by_bytes, by_pixels = np.array(scored["bytes_probability"]), np.array(scored["pixels_probability"])
+    difference = np.abs(by_bytes - by_pixels)
+    print(f"\nbytes vs Pillow pixels on {len(photos)} full-resolution photos: max |dp| = {difference.max():.5f}, "
+          f"mean |dp| = {difference.mean():.5f}; probabilities span {by_pixels.min():.3f}..{by_pixels.max():.3f}")
+    assert len(by_bytes) == len(photos) == 50
+    assert np.ptp(by_pixels) > 0.02, "the model should not answer the same for every photo"
+    assert difference.max() < 0.05
