@@ -84,6 +84,9 @@ def read_model_info(model_dir: str) -> dict:
     missing = [field for field in REQUIRED_FIELDS if field not in info]
     if missing:
         raise ModelError(f"{path} lacks required field(s) {', '.join(missing)}; {_FIX}")
+    version = info["model_version"]
+    if not (isinstance(version, (str, int)) and str(version).strip()):
+        raise ModelError(f"{path}: model_version must be a non-empty string or integer, got {version!r}; {_FIX}")
     names = info["class_names"]
     if not (isinstance(names, list) and len(names) == 2 and all(isinstance(n, str) and n for n in names)
             and names[0] != names[1]):
