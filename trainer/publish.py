@@ -146,21 +146,35 @@ def read_latest(export_root: str) -> str | None:
         return None
 
 
-def _read_latest_gcs(export_root: str, client=None):
+def _read_latest_gcs(export_root: str, client=None, attempts: int = 5):
     """(version or None, generation of `latest`; 0 when absent, which `if_generation_match` reads as
     "create only")."""
     from google.api_core import exceptions
 
     bucket_name, name = _bucket_and_name(export_root.rstrip("/") + "/" + LATEST)
-    blob = (client or gcs_client()).bucket(bucket_name).blob(name)
-    try:
-        content = blob.download_as_bytes()  # content and generation come from the same response
-    except exceptions.NotFound:
-        return None, 0
-    if not blob.generation:
-        # Without it the conditional write below would become an unconditional overwrite.
-        raise PublishError(f"{export_root}/{LATEST}: the server returned no object generation")
-    return content.decode().strip() or None, int(blob.generation)
+    bucket = (client or gcs_client()).bucket(bucket_name)
+    for _ in range(attempts):
+        blob = bucket.blob(name)
+        try:
+            content = blob.download_as_bytes()  # content and generation come from the same response
+            generation = blob.generation
+            if not generation:
+                # Some servers (gcp-storage-emulator) send no generation header with the content: take it
+                # from the metadata, then re-read the content of exactly that generation.
+                blob = bucket.get_blob(name)
+                if blob is None:
+                    return None, 0
+                generation = blob.generation
+                content = blob.download_as_bytes(if_generation_match=generation)
+        except exceptions.NotFound:
+            return None, 0
+        except exceptions.PreconditionFailed:
+            continue  # replaced between the two reads: read again
+        if not generation:
+            # Without it the conditional write in advance_latest would become an unconditional overwrite.
+            raise PublishError(f"{export_root}/{LATEST}: the server reports no object generation")
+        return content.decode().strip() or None, int(generation)
+    raise PublishError(f"{export_root}/{LATEST} kept changing while being read ({attempts} attempts)")
 
 
 def advance_latest(export_root: str, version: str, attempts: int = 20) -> str:

@@ -229,3 +229,15 @@ def test_gcs_version_with_other_content_is_refused_before_writing(fake_gcs_bucke
         publish.publish_export(str(other), root, "950")
 
     assert gcs_objects(f"{root}/950") == before  # no overwrite and no stray extra.txt
+
+
+def test_gcs_publish_works_on_a_server_that_sends_no_generation_header(gcs_bucket, tmp_path):
+    """gcp-storage-emulator (the other tests' GCS) returns content without x-goog-generation; `latest` must
+    still move forward, taking the generation from the object's metadata."""
+    root = f"{gcs_bucket}/export"
+    publish.publish_export(str(make_export(tmp_path / "a", "10")), root, "10")
+    publish.publish_export(str(make_export(tmp_path / "b", "20")), root, "20")
+
+    assert publish.read_latest(root) == "20"
+    assert publish.advance_latest(root, "15") == "20"
+    assert publish.resolve_model(root) == f"{root}/20"
