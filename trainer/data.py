@@ -97,12 +97,14 @@ def should_cache(cache: str, metadata: dict, splits, limit_mb: int = CACHE_AUTO_
 
 
 def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, training: bool, augment: bool = True,
-                 cache: bool = False, shuffle_buffer: int = 2048, seed: int = 42, num_workers: int = 1):
+                 cache: bool = False, shuffle_buffer: int = 2048, seed: int = 42, num_workers: int = 1,
+                 num_examples: int | None = None):
     """Batches of (float32 [batch, h, w, 3] in [0, 255], float32 [batch]) from one split.
 
     training: shuffled, repeated forever (the caller sets steps_per_epoch), full batches only, augmented when
     `augment`. Otherwise one deterministic pass, last batch partial. batch_size is the global batch:
-    tf.distribute splits it across replicas.
+    tf.distribute splits it across replicas. num_examples (from metadata.json) makes the size known to Keras, and a
+    split that holds another number of records fail.
     """
     import tensorflow as tf
 
@@ -115,6 +117,8 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
                                  num_parallel_calls=autotune, deterministic=not training)
     dataset = dataset.map(lambda record: parse_example(record, image_size), num_parallel_calls=autotune,
                           deterministic=not training)
+    if num_examples is not None:
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_examples))
     if cache:
         dataset = dataset.cache()
     if training:

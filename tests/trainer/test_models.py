@@ -52,6 +52,7 @@ def test_backbone_weights_are_loaded_from_a_file(tmp_path):
     assert any(not np.array_equal(a.numpy(), b.numpy()) for a, b in zip(inner.weights, source.weights, strict=True))
 
 
+@pytest.mark.filterwarnings("ignore:Skipping nested container")
 def test_missing_or_mismatched_weights_fail_with_a_message(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         models.build_model(cfg(model="mobilenet_v3_small", weights=str(tmp_path / "nope.h5")), (32, 32))
