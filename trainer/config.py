@@ -65,8 +65,8 @@ class TrainConfig:
         need(_is_number(self.learning_rate) and 0 < self.learning_rate <= 1,
              f"--learning_rate must be in (0, 1] (got {self.learning_rate!r}); 1e-3 suits Adam")
         epochs = self.epochs if _is_int(self.epochs) else 1
-        need(_is_number(self.warmup_epochs) and 0 <= self.warmup_epochs < max(epochs, 1) or self.warmup_epochs == 0,
-             f"--warmup_epochs must be >= 0 and less than --epochs ({self.epochs}) (got {self.warmup_epochs!r})")
+        need(_is_number(self.warmup_epochs) and 0 <= self.warmup_epochs <= epochs,
+             f"--warmup_epochs must be between 0 and --epochs ({self.epochs}) (got {self.warmup_epochs!r})")
         need(_is_number(self.weight_decay) and 0 <= self.weight_decay < 1,
              f"--weight_decay must be in [0, 1) (got {self.weight_decay!r})")
         need(_is_number(self.label_smoothing) and 0 <= self.label_smoothing < 0.5,

@@ -190,3 +190,14 @@ def test_sigterm_writes_a_backup_before_exiting(dataset, tmp_path):
     assert (model_dir / "backup" / "latest.weights.h5").stat().st_mtime >= signalled - 0.01
     assert json.loads(metadata.read_text())["epoch"] >= 1
     assert not (model_dir / "metrics.json").exists()
+
+
+def test_time_budget_stops_training_gracefully_then_evaluates_and_exports(dataset, tmp_path):
+    model_dir = tmp_path / "model"
+    result = subprocess.run(command(dataset, model_dir, *SMALL_NET, "--epochs", "200", "--batch_size", "4",
+                                    "--time_budget_minutes", "0.1", "--early_stopping_patience", "0"),
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["stopped_by"] == "time_budget" and 1 <= metrics["epochs_completed"] < 200
+    assert publish.read_latest(str(model_dir / "export"))
