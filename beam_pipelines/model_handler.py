@@ -159,6 +159,22 @@ def configure_threads(intra_op_threads: int, inter_op_threads: int) -> None:
         _LOGGER.info("TensorFlow already initialised; keeping its thread pools")
 
 
+class PixelsModel:
+    """A loaded SavedModel behind one method with plain inputs and outputs, so it also works through the
+    cross-process proxy of --share_model_across_processes (which forwards method calls, not attributes)."""
+
+    def __init__(self, loaded):
+        self._loaded = loaded  # keeps the variables alive
+        self._signature = loaded.signatures[PIXELS_SIGNATURE]
+
+    def predict(self, pixels: np.ndarray) -> tuple[list[float], list[str]]:
+        import tensorflow as tf
+
+        outputs = self._signature(pixels=tf.constant(pixels))
+        probabilities = outputs["probability"].numpy().tolist()
+        return probabilities, [name.decode("utf-8") for name in outputs["class_name"].numpy().tolist()]
+
+
 class PixelsModelHandler(ModelHandler[np.ndarray, Prediction, Any]):
     """uint8 [h, w, 3] pixels -> Prediction, through the export's `serve_pixels` signature."""
 
@@ -183,14 +199,10 @@ class PixelsModelHandler(ModelHandler[np.ndarray, Prediction, Any]):
         if PIXELS_SIGNATURE not in loaded.signatures:
             raise ModelError(f"{self._model_dir} has no {PIXELS_SIGNATURE!r} signature; re-export it with "
                              f"trainer/export.py")
-        return loaded
+        return PixelsModel(loaded)
 
     def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None) -> Iterable[Prediction]:
-        import tensorflow as tf
-
-        outputs = model.signatures[PIXELS_SIGNATURE](pixels=tf.constant(np.stack(batch)))
-        probabilities = outputs["probability"].numpy().tolist()
-        class_names = [name.decode("utf-8") for name in outputs["class_name"].numpy().tolist()]
+        probabilities, class_names = model.predict(np.stack(batch))
         scored_at = provenance.utc_now()
         return [Prediction(p, c, scored_at) for p, c in zip(probabilities, class_names, strict=True)]
 

@@ -272,3 +272,15 @@ def test_too_many_rejected_files_fail_the_job_but_keep_the_outputs(export_root, 
     bad = {path for path, reason in expected.items() if reason is not None}
     assert set(read_errors(tmp_path / "bad")) == bad
     assert len(read_predictions(tmp_path / "bad")) == summary["scored"] > 0
+
+
+def test_progress_is_logged_with_files_done_and_rate(monkeypatch, caplog):
+    monkeypatch.setattr(score, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(score.ReportProgressFn, "_state",
+                        {"done": 0, "scored": 0, "failed": 0, "start": None, "last": None})
+    progress = score.ReportProgressFn()
+    with caplog.at_level("WARNING", logger=score.__name__):
+        passed = [key for key in ("listed", "scored", "failed:truncated", "scored", "class:cat")
+                  for key in progress.process(key)]
+    assert passed == ["listed", "scored", "failed:truncated", "scored", "class:cat"]
+    assert "3 files done (2 scored, 1 failed)" in caplog.text and "files/s" in caplog.text
