@@ -463,6 +463,8 @@ def _resolve_options(argv) -> tuple[PipelineOptions, dict]:
               f"raise --max_batch_size or lower --min_batch_size")
     if score.num_shards < 0:
         _fail("--num_shards must be 0 (runner decides) or a positive number of files")
+    if not storage.is_gcs(score.output_dir):  # listed paths are absolute: so must the run dir excluded from them be
+        score.output_dir = os.path.abspath(score.output_dir)
     score.model, info = resolve_and_check_model(score.model, score.allowed_model_prefix)
     storage.check_patterns_match(score.input)
     score.run_id = score.run_id or default_run_id()

@@ -132,10 +132,11 @@ def test_probability_equals_serve_pixels_on_the_same_decoded_pixels(jsonl_run, e
     assert {row["predicted_class"] for row in predictions.values()} == {"cat", "dog"}  # the check saw both classes
 
 
-def test_rerun_replaces_the_run_and_skip_scored_scores_only_new_files(export_root, tmp_path):
+def test_rerun_replaces_the_run_and_skip_scored_scores_only_new_files(export_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative --output_dir and --skip_scored, as a CronJob would pass them
     inputs, output = tmp_path / "incoming", tmp_path / "scores"
     first = write_easy_dataset(inputs, per_class=4, size=40, seed=1)
-    flags = ["--model", export_root, "--input", inputs, "--output_dir", output]
+    flags = ["--model", export_root, "--input", inputs, "--output_dir", "scores"]
 
     run_score(*flags, "--run_id", "r1", "--num_shards", "3")
     summary = run_score(*flags, "--run_id", "r1", "--num_shards", "2")
@@ -150,7 +151,7 @@ def test_rerun_replaces_the_run_and_skip_scored_scores_only_new_files(export_roo
     for path, source in zip(new, first[:2], strict=True):
         shutil.copy(source, path)
     for _ in range(2):  # the second pass re-runs r2: its own earlier output must not count as scored
-        summary = run_score(*flags, "--run_id", "r2", "--skip_scored", output)
+        summary = run_score(*flags, "--run_id", "r2", "--skip_scored", "scores")
         assert (summary["matched"], summary["scored"], summary["skipped"]) == (len(first) + 2, 2, len(first))
         assert set(read_predictions(output / "r2")) == {str(path) for path in new}
     union = set(read_predictions(output / "r1")) | set(read_predictions(output / "r2"))
