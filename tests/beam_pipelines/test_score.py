@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from beam_pipelines import imaging, score
+from beam_pipelines import imaging, model_handler, score
 from tests.conftest import upload_tree
 from tests.corpus import write_easy_dataset, write_odd_files
 
@@ -158,7 +158,7 @@ def test_rerun_replaces_the_run_and_skip_scored_scores_only_new_files(export_roo
     assert union == {str(path) for path in first + new}
 
 
-def test_skip_scored_rescores_files_scored_by_another_model_version(export_root, tmp_path):
+def test_skip_scored_reads_csv_rows_and_rescores_files_of_another_model_version(export_root, tmp_path):
     inputs, output = tmp_path / "incoming", tmp_path / "scores"
     files = write_easy_dataset(inputs, per_class=2, size=40)
     run_score("--model", export_root, "--input", inputs, "--output_dir", output, "--run_id", "old", "--format", "csv")
@@ -170,6 +170,9 @@ def test_skip_scored_rescores_files_scored_by_another_model_version(export_root,
     summary = run_score("--model", other_root / "1800000000", "--input", inputs, "--output_dir", output,
                         "--run_id", "new", "--skip_scored", str(output / "old" / "predictions-*.csv"))
     assert (summary["scored"], summary["skipped"]) == (len(files), 0)
+    summary = run_score("--model", export_root, "--input", inputs, "--output_dir", output, "--run_id", "again",
+                        "--skip_scored", str(output / "old" / "predictions-*.csv"))
+    assert (summary["scored"], summary["skipped"]) == (0, len(files))  # the CSV rows were read back
 
 
 def test_gcs_images_model_and_outputs_through_the_emulator(gcs_bucket, export_root, tmp_path):
@@ -285,3 +288,32 @@ def test_progress_is_logged_with_files_done_and_rate(monkeypatch, caplog):
                   for key in progress.process(key)]
     assert passed == ["listed", "scored", "failed:truncated", "scored", "class:cat"]
     assert "3 files done (2 scored, 1 failed)" in caplog.text and "files/s" in caplog.text
+
+
+def test_build_alone_runs_in_a_test_pipeline_and_counts_outcomes_in_beam_counters(export_root, images, tmp_path):
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    root, expected = images
+    model_dir = str(export_root / VERSION)
+    options = PipelineOptions(["--runner", "DirectRunner", "--model", model_dir, "--input", str(root),
+                               "--output_dir", str(tmp_path), "--run_id", "built"])
+    pipeline = TestPipeline(options=options)
+    outputs = score.build(pipeline, options, model_handler.check_model(model_dir))
+    bad = [(path, reason) for path, reason in expected.items() if reason is not None]
+    assert_that(outputs["errors"] | beam.Map(lambda row: (row["path"], row["reason"])), equal_to(bad),
+                label="CheckErrors")
+    assert_that(outputs["predictions"] | beam.Map(lambda row: row["path"]),
+                equal_to([path for path, reason in expected.items() if reason is None]), label="CheckPredictions")
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {counter.key.metric.name: counter.committed for counter in
+                result.metrics().query(MetricsFilter().with_namespace(score.NAMESPACE))["counters"]}
+    assert counters["matched"] == len(expected)
+    assert counters["scored"] == len(expected) - len(bad)
+    assert counters["class_cat"] + counters["class_dog"] == counters["scored"]
+    assert {name[len("failed_"):]: n for name, n in counters.items() if name.startswith("failed_")} == {
+        reason: [r for _, r in bad].count(reason) for reason in {r for _, r in bad}}
