@@ -8,14 +8,14 @@ Stages (one per line in `build`):
                   to the errors output with their reason and never reach (or break) a batch
   Score           RunInference(KeyedModelHandler(PixelsModelHandler)): batches of --min/--max_batch_size
                   through the SavedModel's `serve_pixels`, one model per worker process
-  WritePredictions, WriteErrors   sharded files via WriteToText (atomic finalisation), into a staging dir
+  WritePredictions, WriteErrors   sharded files via WriteToText (plain shard files on Dask), into a staging dir
   CountOutcomes   the run's counts, computed in the pipeline (runners such as Dask report no metrics)
 Then the launcher swaps the staging dir into <output_dir>/<run_id>/ (a re-run of a run id replaces it) and
 writes summary.json last. Every listed file is in exactly one of predictions-* and errors-* (or is skipped).
 
-Command (local, both CPU cores):
+Command (local; add --direct_running_mode=multi_processing --direct_num_workers=N for big folders):
   python -m beam_pipelines.score --model work/model/export --input ../shared/data/kaggle-fullres \\
-      --output_dir work/scores --direct_running_mode=multi_processing --direct_num_workers=2
+      --output_dir work/scores
 Other runners: docs/SCORING.md (Dataflow, Dask). Exit status 1 and a message when more than
 --max_error_rate of the files are rejected; the outputs are written anyway.
 
