@@ -23,10 +23,7 @@ class PreprocessOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        # ScoreOptions declares --input, --output_dir and --num_shards too; in Beam's merged parser the later
-        # declaration replaces the earlier one instead of raising "conflicting option string".
-        parser.conflict_handler = "resolve"
-        _ignore_required_when_merged(parser)
+        _resolve_shared_flags(parser)
         group = parser.add_argument_group("catsdogs preprocessing")
         group.add_argument("--input", action="append", default=None,
                            help="folder or glob (`**` works), local or gs://, read recursively; repeat for several")
@@ -58,31 +55,21 @@ class PreprocessOptions(PipelineOptions):
                                 "inputs and options")
 
 
-def _ignore_required_when_merged(parser) -> None:
-    """Beam's get_all_options() (called by every runner to ship options to workers) parses all subclasses'
-    flags in one parser; a `required=True` flag of another pipeline would then abort this one. Each pipeline
-    still enforces its own flags through view_as(), which parses its class alone."""
-    parse_known_args = parser.parse_known_args
-
-    def parse_without_required(args=None, namespace=None):
-        for action in parser._actions:
-            action.required = False
-        return parse_known_args(args, namespace)
-
-    parser.parse_known_args = parse_without_required
-
-
 class ScoreOptions(PipelineOptions):
-    """Flags of `python -m beam_pipelines.score` (see its --help)."""
+    """Flags of `python -m beam_pipelines.score` (see its --help). --model, --input and --output_dir are needed but
+    not `required=True` (see PreprocessOptions): `score.run` checks them and says what to pass."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
+        _resolve_shared_flags(parser)
         group = parser.add_argument_group("catsdogs scoring")
-        group.add_argument("--model", required=True,
-                           help="export version directory, or an export root whose `latest` names one (local or gs://)")
-        group.add_argument("--input", action="append", required=True,
-                           help="folder or glob of images, local or gs://, read recursively; repeat for several")
-        group.add_argument("--output_dir", required=True, help="runs are written to <output_dir>/<run_id>/")
+        group.add_argument("--model", default=None,
+                           help="(required) export version directory, or an export root whose `latest` names one "
+                                "(local or gs://)")
+        group.add_argument("--input", action="append", default=None,
+                           help="(required) folder or glob of images, local or gs://, read recursively; repeat for "
+                                "several")
+        group.add_argument("--output_dir", default=None, help="(required) runs are written to <output_dir>/<run_id>/")
         group.add_argument("--run_id", default=None, type=_run_id,
                            help="name of this run's directory (default: UTC launch time, e.g. 20261125T104500Z); "
                                 "re-running a run id replaces that run's output")
@@ -110,6 +97,14 @@ class ScoreOptions(PipelineOptions):
         group.add_argument("--share_model_across_processes", action="store_true",
                            help="load one model per machine, shared by all worker processes (for large models; "
                                 "each batch then crosses a process boundary)")
+
+
+def _resolve_shared_flags(parser) -> None:
+    """Both pipelines declare --input, --output_dir and --num_shards. Beam's get_all_options() (every runner calls
+    it to ship options to workers) adds every PipelineOptions subclass to one parser: there the later declaration
+    replaces the earlier one instead of raising "conflicting option string". Set before any group is added, since
+    argparse copies the handler into each group when it is created."""
+    parser.conflict_handler = "resolve"
 
 
 def _positive_int(text: str) -> int:

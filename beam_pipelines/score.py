@@ -454,6 +454,11 @@ def _resolve_options(argv) -> tuple[PipelineOptions, dict]:
     check_flags(argv)
     options = PipelineOptions(argv)
     score = options.view_as(ScoreOptions)
+    missing = [flag for flag, value in (("--model", score.model), ("--input", score.input),
+                                        ("--output_dir", score.output_dir)) if not value]
+    if missing:
+        _fail(f"missing {', '.join(missing)}: pass --model EXPORT_DIR --input IMAGES --output_dir SCORES_DIR "
+              f"(run `python -m beam_pipelines.score --help` for every flag)")
     standard = options.view_as(StandardOptions)
     if not standard.runner:  # left unset, Beam would try Prism, which needs a download
         standard.runner = "DirectRunner"

@@ -317,3 +317,13 @@ def test_build_alone_runs_in_a_test_pipeline_and_counts_outcomes_in_beam_counter
     assert counters["class_cat"] + counters["class_dog"] == counters["scored"]
     assert {name[len("failed_"):]: n for name, n in counters.items() if name.startswith("failed_")} == {
         reason: [r for _, r in bad].count(reason) for reason in {r for _, r in bad}}
+
+
+@pytest.mark.parametrize("left_out", ["--model", "--input", "--output_dir"])
+def test_a_missing_required_flag_fails_at_launch_naming_it(left_out, tmp_path):
+    flags = {"--model": tmp_path / "export", "--input": tmp_path, "--output_dir": tmp_path / "scores"}
+    del flags[left_out]
+    with pytest.raises(SystemExit) as failure:
+        run_score(*[item for pair in flags.items() for item in pair])
+    assert f"missing {left_out}" in str(failure.value.code) and "--help" in str(failure.value.code)
+    assert not (tmp_path / "scores").exists()
