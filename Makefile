@@ -11,8 +11,11 @@ WORKDIR ?= work## root of everything a run writes (local path or gs://)
 IMAGES ?= $(WORKDIR)/raw/PetImages## folder, glob or gs:// path to preprocess; the default is downloaded by `make data`
 DATASET ?= $(WORKDIR)/data## TFRecords, metadata.json and rejected-*.jsonl
 MODEL_DIR ?= $(WORKDIR)/model## checkpoints, logs, metrics.json, report.png and export/<version>/
-EPOCHS ?=## training epochs (empty: the trainer's default schedule)
+EPOCHS ?=## training epochs (empty: the trainer's default schedule, 14)
+TIME_BUDGET ?= 60## minutes of training after which `make train` stops, evaluates and exports (empty: no limit)
 ARCH ?=## model architecture: empty for the default, or seed_cnn, or a keras.applications name
+BASELINE_DIR ?= $(WORKDIR)/seed_cnn## where `make baseline` trains the seed_cnn baseline
+BASELINE_EPOCHS ?= 4## seed_cnn epochs for `make baseline`: what fits TIME_BUDGET on 2 CPU cores at 180x180
 MODEL ?= $(MODEL_DIR)/export## export to score with: a version directory or a root whose `latest` names one
 SCORE_IMAGES ?= $(IMAGES)## folder, glob or gs:// path that `make score` scores
 SCORES ?= $(WORKDIR)/scores## where scoring runs write <run_id>/predictions-*.jsonl and errors-*.jsonl
@@ -33,7 +36,7 @@ DATA_URL := https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-836
 DEFAULT_IMAGES := $(WORKDIR)/raw/PetImages
 HELP_VARS := $(shell grep -hE '^[A-Z_]+ \?=.*## ' $(MAKEFILE_LIST) | cut -d' ' -f1)
 
-.PHONY: help setup test lint data preprocess train train-only score bench clean image k8s-render k8s-validate hadolint
+.PHONY: help setup test lint data preprocess train train-only baseline score bench clean image k8s-render k8s-validate hadolint
 
 help: ## show this help
 	@echo "Usage: make <target> [VARIABLE=value ...]"
@@ -81,7 +84,14 @@ train: preprocess train-only ## the main job: preprocess, train, evaluate and ex
 
 train-only: setup ## train, evaluate and export from an existing DATASET
 	$(BIN)/catsdogs-train --data_dir '$(DATASET)' --model_dir '$(MODEL_DIR)' \
-	  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(ARCH),--model $(ARCH)) $(TRAIN_ARGS)
+	  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(ARCH),--model $(ARCH)) \
+	  $(if $(TIME_BUDGET),--time_budget_minutes $(TIME_BUDGET)) $(TRAIN_ARGS)
+
+baseline: setup ## train the seed_cnn recipe under the same TIME_BUDGET into BASELINE_DIR, compare with MODEL_DIR
+	$(BIN)/catsdogs-train --data_dir '$(DATASET)' --model_dir '$(BASELINE_DIR)' --model seed_cnn \
+	  --epochs $(BASELINE_EPOCHS) --batch_size 32 --learning_rate 0.001 --warmup_epochs 0 \
+	  $(if $(TIME_BUDGET),--time_budget_minutes $(TIME_BUDGET))
+	$(BIN)/python -m trainer.compare '$(MODEL_DIR)' '$(BASELINE_DIR)'
 
 score: setup ## score SCORE_IMAGES with MODEL into SCORES/<run_id>/
 	$(BIN)/catsdogs-score --model '$(MODEL)' --input '$(SCORE_IMAGES)' --output_dir '$(SCORES)' \

@@ -66,19 +66,42 @@ def parse_example(serialized, image_size):
     return image, tf.cast(parsed[features.LABEL_KEY], tf.float32)
 
 
-def augmenter(seed: int):
-    """Random flips, zoom-in crops, small rotations and colour changes, per image, on float pixels in [0, 255]."""
-    import keras
+def augment_batch(images):
+    """Per image of a float32 [b, h, w, 3] batch in [0, 255]: a random horizontal flip, zoom-in crop (0-20%) at a
+    random offset and rotation (+-10 degrees) as ONE bilinear projective transform with reflected borders, then
+    saturation, contrast and brightness changes. ~3x faster than the equivalent chain of keras.layers.Random*
+    (one resampling instead of two, arithmetic colour changes instead of an HSV round trip), measured."""
+    import tensorflow as tf
 
-    layers = keras.layers
-    return keras.Sequential([
-        layers.RandomFlip("horizontal", seed=seed),
-        layers.RandomZoom(height_factor=(-0.2, 0.0), fill_mode="reflect", seed=seed + 1),  # zoom in 0-20%: a crop
-        layers.RandomRotation(0.03, fill_mode="reflect", seed=seed + 2),  # about +-10 degrees
-        layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 3),
-        layers.RandomContrast(0.15, value_range=(0, 255), seed=seed + 4),
-        layers.RandomSaturation((0.35, 0.65), value_range=(0, 255), seed=seed + 5),
-    ], name="augment")
+    shape = tf.shape(images)
+    batch = shape[0]
+    height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+
+    def uniform(low, high):
+        return tf.random.uniform([batch], low, high)
+
+    angle, zoom = uniform(-0.175, 0.175), uniform(0.8, 1.0)
+    flip = tf.where(uniform(0.0, 1.0) < 0.5, -1.0, 1.0)
+    # output pixel (x, y) samples input (m00 x + m01 y + ox, m10 x + m11 y + oy): rotate, scale and flip about the
+    # centre, then shift the zoomed window by at most the margin the zoom leaves
+    m00, m01 = tf.cos(angle) * zoom * flip, -tf.sin(angle) * zoom
+    m10, m11 = tf.sin(angle) * zoom * flip, tf.cos(angle) * zoom
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    ox = cx + uniform(-1.0, 1.0) * (1 - zoom) * width / 2 - (m00 * cx + m01 * cy)
+    oy = cy + uniform(-1.0, 1.0) * (1 - zoom) * height / 2 - (m10 * cx + m11 * cy)
+    zeros = tf.zeros([batch])
+    transforms = tf.stack([m00, m01, ox, m10, m11, oy, zeros, zeros], axis=1)
+    images = tf.raw_ops.ImageProjectiveTransformV3(images=images, transforms=transforms, output_shape=shape[1:3],
+                                                   interpolation="BILINEAR", fill_mode="REFLECT", fill_value=0.0)
+
+    def per_image(low, high):
+        return tf.reshape(uniform(low, high), [-1, 1, 1, 1])
+
+    grey = tf.reduce_sum(images * [0.299, 0.587, 0.114], axis=-1, keepdims=True)
+    images = grey + per_image(0.7, 1.3) * (images - grey)  # saturation
+    mean = tf.reduce_mean(grey, axis=[1, 2, 3], keepdims=True)
+    images = (images - mean) * per_image(0.85, 1.15) + mean + per_image(-0.15, 0.15) * 255  # contrast, brightness
+    return tf.clip_by_value(images, 0.0, 255.0)
 
 
 def auto_shard_policy(num_files: int, num_workers: int):
@@ -88,17 +111,28 @@ def auto_shard_policy(num_files: int, num_workers: int):
     return policy.FILE if num_files >= num_workers else policy.DATA
 
 
-def should_cache(cache: str, metadata: dict, splits, limit_mb: int = CACHE_AUTO_LIMIT_MB) -> bool:
+def should_cache(cache: str, metadata: dict, splits, limit_mb: int = CACHE_AUTO_LIMIT_MB, size=None) -> bool:
+    """Whether to cache decoded images: cache flag, or auto when the splits' pixels at size (default: the
+    dataset's image size) fit in limit_mb."""
     if cache != "auto":
         return cache == "on"
-    height, width = metadata["image_size"]
+    height, width = size or metadata["image_size"]
     megabytes = sum(split_size(metadata, split) for split in splits) * height * width * 3 / 2**20
     return megabytes <= limit_mb
 
 
+def resize(image, size):
+    """uint8 [h, w, 3] -> uint8 [*size, 3]: bilinear, antialiased, rounded, the model's own Resizing layer's method
+    (so the model's resize of an already resized image is the identity)."""
+    import tensorflow as tf
+
+    resized = tf.image.resize(image, size, method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
 def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, training: bool, augment: bool = True,
                  cache: bool = False, shuffle_buffer: int = 2048, seed: int = 42, num_workers: int = 1,
-                 num_examples: int | None = None):
+                 num_examples: int | None = None, resize_to=None):
     """Batches of (float32 [batch, h, w, 3] in [0, 255], float32 [batch]) from one split.
 
     training: shuffled, repeated forever (the caller sets steps_per_epoch), full batches only, augmented when
@@ -115,8 +149,13 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
                                  num_parallel_calls=autotune, deterministic=not training)
-    dataset = dataset.map(lambda record: parse_example(record, image_size), num_parallel_calls=autotune,
-                          deterministic=not training)
+    resize_to = None if resize_to is None or list(resize_to) == list(image_size) else list(resize_to)
+
+    def parse(record):
+        image, label = parse_example(record, image_size)
+        return (image if resize_to is None else resize(image, resize_to)), label
+
+    dataset = dataset.map(parse, num_parallel_calls=autotune, deterministic=not training)
     if num_examples is not None:
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_examples))
     if cache:
@@ -126,9 +165,7 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
     dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=autotune)
     dataset = dataset.map(lambda images, labels: (tf.cast(images, tf.float32), labels), num_parallel_calls=autotune)
     if training and augment:
-        layers = augmenter(seed)
-        dataset = dataset.map(lambda images, labels: (tf.clip_by_value(layers(images, training=True), 0, 255), labels),
-                              num_parallel_calls=autotune)
+        dataset = dataset.map(lambda images, labels: (augment_batch(images), labels), num_parallel_calls=autotune)
     options = tf.data.Options()
     # Evaluation passes shard by DATA so every worker sees the same number of batches.
     policy = auto_shard_policy(len(files), num_workers) if training else tf.data.experimental.AutoShardPolicy.DATA

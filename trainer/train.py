@@ -251,7 +251,8 @@ def run(cfg: config_lib.TrainConfig) -> int:
         steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     total_steps = cfg.epochs * steps_per_epoch
-    cache = data.should_cache(cfg.cache, metadata, ("train", "validation"), cfg.cache_limit_mb)
+    network_size = cfg.model_input_size(image_size)
+    cache = data.should_cache(cfg.cache, metadata, ("train", "validation"), cfg.cache_limit_mb, size=network_size)
 
     # Only the chief writes into model_dir; other workers write their copies of logs and checkpoints to a temp dir.
     out_dir = cfg.model_dir if placement.is_chief else tempfile.mkdtemp(prefix="catsdogs-worker-")
@@ -274,13 +275,15 @@ def run(cfg: config_lib.TrainConfig) -> int:
         "total_steps": total_steps,
         "cache": cache,
         "image_size": image_size,
+        "network_input_size": network_size,
         "class_names": class_names,
         "dataset_counts": metadata["counts"],
         "resumed_at_epoch": resume_epoch,
     }
     if placement.is_chief:
         write_json(join(cfg.model_dir, CONFIG_FILE), resolved)
-    print(f"catsdogs-train: {cfg.model} on {image_size[0]}x{image_size[1]}, {placement.kind} strategy, "
+    print(f"catsdogs-train: {cfg.model} at {network_size[0]}x{network_size[1]} on {image_size[0]}x{image_size[1]} "
+          f"images, {placement.kind} strategy, "
           f"{placement.num_replicas} replica(s), global batch {global_batch}, peak lr {peak_rate:g}, "
           f"mixed precision {'on' if placement.mixed_precision else 'off'}, {steps_per_epoch} steps/epoch, "
           f"cache {'on' if cache else 'off'}", flush=True)
@@ -289,9 +292,12 @@ def run(cfg: config_lib.TrainConfig) -> int:
 
     keras.utils.set_random_seed(cfg.seed)
     dataset_args = {"image_size": image_size, "batch_size": global_batch, "cache": cache,
-                    "num_workers": placement.num_workers}
+                    "num_workers": placement.num_workers, "resize_to": network_size}
+    # Shards hold records in input order (one class folder after the other), so a small buffer would feed batches of
+    # one class: when the split is cached in memory anyway, shuffle all of it.
+    shuffle_buffer = max(cfg.shuffle_buffer, train_count) if cache else cfg.shuffle_buffer
     train_data = data.make_dataset(cfg.data_dir, "train", training=True, augment=cfg.augment,
-                                   shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, **dataset_args)
+                                   shuffle_buffer=shuffle_buffer, seed=cfg.seed, **dataset_args)
     validation_data = (data.make_dataset(cfg.data_dir, "validation", training=False, num_examples=validation_count,
                                          **dataset_args)
                        if validation_count else None)
@@ -374,7 +380,7 @@ def run(cfg: config_lib.TrainConfig) -> int:
     })
     evaluate.write_metrics(join(cfg.model_dir, METRICS_FILE), metrics)
     evaluate.write_report(join(cfg.model_dir, REPORT_FILE), history, metrics, labels, probabilities,
-                          title=f"{cfg.model} on {image_size[0]}x{image_size[1]}: {cfg.model_dir}")
+                          title=f"{cfg.model} at {network_size[0]}x{network_size[1]}: {cfg.model_dir}")
     published = export.export_model(float32_copy(model, cfg, image_size), join(cfg.model_dir, "export"),
                                      class_names=class_names, input_size=image_size, model_name=cfg.model,
                                      metrics=metrics, training_data=metadata)

@@ -31,9 +31,32 @@ def test_resnet_lite_width_depth_and_dropout_are_configurable():
     assert small.count_params() < large.count_params()
     assert large.get_layer("dropout").rate == 0.4
     assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in large.layers) > 0
-    assert sum(isinstance(layer, keras.layers.SeparableConv2D) for layer in large.layers) == 2 * 2 * 3
+    # stem + 2 per block + a projection where a stage changes resolution or width
+    assert sum(isinstance(layer, keras.layers.Conv2D) for layer in large.layers) == 1 + 2 * 2 * 3 + 3
     out = small.predict(np.full((2, 32, 32, 3), 255.0, np.float32), verbose=0)
     assert out.shape == (2, 1) and np.all((out > 0) & (out < 1))
+
+
+def test_network_input_size_resizes_inside_the_model():
+    from trainer import data
+
+    assert cfg().model_input_size((180, 180)) == [128, 128]  # resnet_lite's default working size
+    assert cfg().model_input_size((64, 64)) == [64, 64]  # never upsampled
+    assert cfg(model="seed_cnn").model_input_size((180, 180)) == [180, 180]  # the recipe works at the data's size
+    with pytest.raises(ValueError, match="--input_size"):
+        cfg(input_size=8)
+    keras.utils.set_random_seed(1)
+    model = models.build_model(cfg(width=8, stages=2, input_size=24), (48, 48))
+    resize = model.get_layer("resize")
+    assert (resize.height, resize.width, resize.antialias) == (24, 24, True)
+    # serving feeds the dataset's size; the trainer feeds images it resized (and rounded) with data.resize
+    images = np.random.default_rng(0).integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)
+    pre_resized = data.resize(images, (24, 24)).numpy()
+    assert pre_resized.shape == (2, 24, 24, 3) and pre_resized.dtype == np.uint8
+    served = model.predict(images.astype(np.float32), verbose=0)
+    trained_on = model.predict(pre_resized.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(served, trained_on, atol=0.01)  # only the trainer's 8-bit rounding differs
+    assert not np.allclose(model.predict(images[:, :24, :24].astype(np.float32), verbose=0), served, atol=1e-4)
 
 
 def test_backbone_weights_are_loaded_from_a_file(tmp_path):
