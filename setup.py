@@ -17,6 +17,8 @@ PINS = {
     "tensorflow-cpu": "tensorflow-cpu==2.21.0",
     "tensorflow-gpu": "tensorflow[and-cuda]==2.21.0",
     "matplotlib": "matplotlib==3.11.2",
+    # tensorflow-cpu, unlike tensorflow, does not bring TensorBoard; the trainer writes its logs.
+    "tensorboard": "tensorboard==2.21.0",
 }
 
 setuptools.setup(
@@ -28,8 +30,8 @@ setuptools.setup(
     install_requires=[PINS[name] for name in ("apache-beam", "numpy", "pillow", "google-cloud-storage")],
     extras_require={
         # TensorFlow comes as an extra so one image can carry the CUDA build and another the CPU build.
-        "cpu": [PINS["tensorflow-cpu"], PINS["keras"], PINS["matplotlib"]],
-        "gpu": [PINS["tensorflow-gpu"], PINS["keras"], PINS["matplotlib"]],
+        "cpu": [PINS["tensorflow-cpu"], PINS["keras"], PINS["matplotlib"], PINS["tensorboard"]],
+        "gpu": [PINS["tensorflow-gpu"], PINS["keras"], PINS["matplotlib"], PINS["tensorboard"]],
         "test": [
             "pytest==9.0.3",
             "pytest-timeout==2.4.0",
