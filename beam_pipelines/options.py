@@ -10,6 +10,7 @@ import re
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipelines.imaging import DEFAULT_MAX_PIXELS
+from beam_pipelines.isolation import DEFAULT_DECODE_FN
 from trainer.features import DEFAULT_CLASS_NAMES, DEFAULT_IMAGE_SIZE
 
 
@@ -53,6 +54,14 @@ class PreprocessOptions(PipelineOptions):
         group.add_argument("--skip_if_current", action="store_true",
                            help="exit 0 without work when --output_dir holds a dataset made from the same "
                                 "inputs and options")
+        group.add_argument("--max_rejected_fraction", type=float, default=0.5,
+                           help="fail the job (exit 1, no dataset written, rejection list kept in "
+                                "<output_dir>.failed-*) when more than this fraction of the files is rejected "
+                                "(default 0.5)")
+        _add_decoder_flags(group)
+        group.add_argument("--read_fn", default=None,
+                           help="file reader as module:function (default: beam_pipelines.storage.read_bytes); "
+                                "for fault-injection tests")
 
 
 class ScoreOptions(PipelineOptions):
@@ -89,6 +98,7 @@ class ScoreOptions(PipelineOptions):
                                 "scored in this run are rejected (default 0.5)")
         group.add_argument("--max_file_mb", type=_positive_int, default=64,
                            help="files larger than this are rejected as file_too_large without being read")
+        _add_decoder_flags(group)
         group.add_argument("--num_shards", type=int, default=0,
                            help="number of prediction and error files (default 0: the runner decides)")
         group.add_argument("--intra_op_threads", type=int, default=0,
@@ -99,11 +109,22 @@ class ScoreOptions(PipelineOptions):
                                 "each batch then crosses a process boundary)")
 
 
+def _add_decoder_flags(group) -> None:
+    """--decode_timeout_seconds and --decode_fn, the same in both pipelines (beam_pipelines/isolation.py)."""
+    group.add_argument("--decode_timeout_seconds", type=float, default=30.0,
+                       help="decode each file in a child process and reject it as decoder_timeout after this many "
+                            "seconds (decoder_crash if the decoder dies); 0 decodes in the worker process, without "
+                            "isolation (default 30)")
+    group.add_argument("--decode_fn", default=DEFAULT_DECODE_FN,
+                       help=f"decoder as module:function (default {DEFAULT_DECODE_FN}); other values are for "
+                            f"fault-injection tests")
+
+
 def _resolve_shared_flags(parser) -> None:
-    """Both pipelines declare --input, --output_dir and --num_shards. Beam's get_all_options() (every runner calls
-    it to ship options to workers) adds every PipelineOptions subclass to one parser: there the later declaration
-    replaces the earlier one instead of raising "conflicting option string". Set before any group is added, since
-    argparse copies the handler into each group when it is created."""
+    """Both pipelines declare --input, --output_dir, --num_shards and the decoder flags. Beam's get_all_options()
+    (every runner calls it to ship options to workers) adds every PipelineOptions subclass to one parser: there the
+    later declaration replaces the earlier one instead of raising "conflicting option string". Set before any group
+    is added, since argparse copies the handler into each group when it is created."""
     parser.conflict_handler = "resolve"
 
 

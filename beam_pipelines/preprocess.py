@@ -21,6 +21,7 @@ Cost: the command above took 86 s for 22,991 photos (267 images/s, 2.2 GB RAM) o
 measurements and the Dataflow and Dask commands.
 """
 
+import calendar
 import collections
 import dataclasses
 import hashlib
@@ -39,7 +40,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_pipelines import imaging, storage
+from beam_pipelines import imaging, isolation, storage
 from beam_pipelines.options import PreprocessOptions
 from trainer import features, provenance
 
@@ -53,6 +54,14 @@ _BYTES_PER_PIXEL = 0.45
 _RECORD_OVERHEAD = 300
 _COUNTS_FILE = "_counts.json"  # written by the pipeline's last step into the staging directory, then removed
 _PROGRESS_SECONDS = 30.0
+_READ_ATTEMPTS = 3  # a transient I/O error is retried twice (0.2 s, then 0.4 s later) before the file is rejected
+_READ_BACKOFF_SECONDS = 0.2
+# Errors that will not go away on a retry: the file vanished, is a folder, or is not ours to read.
+_PERMANENT_READ_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+# Leftovers of runs that died before cleaning up (SIGKILL, OOM, a lost VM) next to --output_dir: staging
+# directories (`<output_dir>.staging-<UTC launch time>-<id>`) older than this are removed, newer ones only reported:
+# they may belong to a run still going, and a run over millions of files on few workers can take most of a day.
+_STALE_STAGING_HOURS = 72.0
 _DATASET_FILE = re.compile(r"^((train|validation|test)-\d{5}-of-\d{5}\.tfrecord|rejected-\d{5}-of-\d{5}\.jsonl|"
                            r"metadata\.json|_counts\.json)$")
 
@@ -73,6 +82,11 @@ class PreprocessConfig:
     near_duplicate_bits: int = 4
     link_rounds: int = 4
     num_shards: int = 0  # per split; 0 = from the estimated data size
+    # Protections (not recorded in metadata options: they change what happens to bad input, not the dataset).
+    max_rejected_fraction: float = 0.5  # more rejected files than this fails the job
+    decode_timeout_seconds: float = 30.0  # per file, in a child process; 0 = decode in the worker process
+    decode_fn: str = isolation.DEFAULT_DECODE_FN  # "module:function"; other values are for fault-injection tests
+    read_fn: str | None = None  # "module:function" replacing storage.read_bytes; for fault-injection tests
 
     def __post_init__(self):
         if not self.inputs:
@@ -98,6 +112,15 @@ class PreprocessConfig:
             raise ValueError(f"--link_rounds must be between 2 and 20 (got {self.link_rounds})")
         if self.num_shards < 0:
             raise ValueError(f"--num_shards must be 0 (automatic) or positive (got {self.num_shards})")
+        if not 0.0 <= self.max_rejected_fraction <= 1.0:
+            raise ValueError(f"--max_rejected_fraction must be between 0 and 1 (0.5 means half the files; "
+                             f"got {self.max_rejected_fraction})")
+        if not 0.0 <= self.decode_timeout_seconds <= 3600:
+            raise ValueError(f"--decode_timeout_seconds must be between 0 (decode in the worker process) and 3600 "
+                             f"(got {self.decode_timeout_seconds})")
+        isolation.load_function(self.decode_fn)  # fail at launch, not on a worker
+        if self.read_fn:
+            isolation.load_function(self.read_fn)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -238,6 +261,25 @@ class DecodeImageFn(beam.DoFn):
         self._rejected = {}
         self._started = self._last_log = time.monotonic()
         self._done = self._done_at_last_log = 0
+        self._read_bytes = isolation.load_function(self._config.read_fn) if self._config.read_fn \
+            else storage.read_bytes
+        self._decoder = isolation.DecodeRunner(self._config.decode_timeout_seconds, self._config.decode_fn)
+
+    def teardown(self):
+        self._decoder.close()
+
+    def _read_with_retries(self, path: str) -> bytes:
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                return self._read_bytes(path)
+            except _PERMANENT_READ_ERRORS:
+                raise
+            except OSError as error:
+                if attempt + 1 == _READ_ATTEMPTS:
+                    raise
+                _LOG.info("preprocess: retrying %s after %s: %s", path, type(error).__name__, error)
+                time.sleep(_READ_BACKOFF_SECONDS * 2 ** attempt)
+        raise AssertionError("unreachable")
 
     def _reject(self, path, reason, detail):
         if reason not in self._rejected:
@@ -265,20 +307,18 @@ class DecodeImageFn(beam.DoFn):
             yield self._reject(path, NO_LABEL, f"no class ({', '.join(config.class_names)}) in the {where}")
             return
         try:
-            data = storage.read_bytes(path)
+            data = self._read_with_retries(path)
         except OSError as error:
             yield self._reject(path, READ_ERROR, f"{type(error).__name__}: {error}")
             return
-        try:
-            decoded = imaging.decode_image(data, config.size, config.max_pixels)
-        except imaging.ImageRejected as rejected:
-            yield self._reject(path, rejected.reason, rejected.detail)
+        outcome = self._decoder.decode(data, config.size, config.max_pixels)
+        if outcome[0] == "rejected":
+            _, reason, detail = outcome
+            if reason in isolation.REASONS:
+                _LOG.warning("preprocess: %s: %s: %s", path, reason, detail)
+            yield self._reject(path, reason, detail)
             return
-        except Exception as error:  # noqa: BLE001 - one poisoned file must not fail a 23k-image job
-            _LOG.warning("unexpected error decoding %s", path, exc_info=True)
-            yield self._reject(path, imaging.DECODE_ERROR, f"unexpected {type(error).__name__}: {error}")
-            return
-        pixels = decoded.pixels
+        pixels = outcome[1].pixels
         content_id = imaging.content_hash(pixels)
         class_name = config.class_names[label]
         example = features.make_example(
@@ -450,7 +490,9 @@ def config_from_options(options: PipelineOptions) -> PreprocessConfig:
         inputs=inputs, output_dir=opts.output_dir or "",
         class_names=tuple(n.strip() for n in opts.class_names.split(",") if n.strip()),
         label_from=opts.label_from, image_size=opts.image_size, max_pixels=opts.max_pixels, split_ratios=ratios,
-        near_duplicate_bits=opts.near_duplicate_bits, link_rounds=opts.link_rounds, num_shards=opts.num_shards)
+        near_duplicate_bits=opts.near_duplicate_bits, link_rounds=opts.link_rounds, num_shards=opts.num_shards,
+        max_rejected_fraction=opts.max_rejected_fraction, decode_timeout_seconds=opts.decode_timeout_seconds,
+        decode_fn=opts.decode_fn, read_fn=opts.read_fn)
 
 
 def plan_shards(config: PreprocessConfig) -> dict:
@@ -500,6 +542,56 @@ def _check_output_dir(config: PreprocessConfig, overwrite: bool, skip_if_current
 def _staging_dir(output_dir: str) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     return f"{output_dir.rstrip('/')}.staging-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def _leftover_staging_dirs(output_dir: str) -> list[str]:
+    """Staging directories next to output_dir (`<output_dir>.staging-<time>-<id>`), from this run's siblings."""
+    base = output_dir.rstrip("/")
+    if storage.is_gcs(base):  # a prefix listing: only objects whose names start with "<output_dir>.staging-"
+        found = {base + ".staging-" + entry.path[len(base) + 9:].split("/", 1)[0]
+                 for entry in storage.iter_files(base + ".staging-*/**")}
+        return sorted(found)
+    import os
+    parent, name = os.path.split(base)
+    if not os.path.isdir(parent or "."):
+        return []
+    return sorted(os.path.join(parent, entry) for entry in os.listdir(parent or ".")
+                  if entry.startswith(name + ".staging-") and os.path.isdir(os.path.join(parent, entry)))
+
+
+def clean_leftovers(output_dir: str, now: float | None = None) -> dict:
+    """Removes staging directories left next to output_dir by runs that died (SIGKILL, OOM, lost VM) more than
+    _STALE_STAGING_HOURS ago; reports younger ones, which may belong to a run still going. Never touches the
+    dataset itself. Returns {"removed": [...], "kept": [...]}."""
+    now = time.time() if now is None else now
+    removed, kept = [], []
+    for path in _leftover_staging_dirs(output_dir):
+        match = re.search(r"\.staging-(\d{8}T\d{6})-", path)
+        try:
+            started = calendar.timegm(time.strptime(match.group(1), "%Y%m%dT%H%M%S")) if match else None
+        except ValueError:
+            started = None
+        if started is not None and now - started > _STALE_STAGING_HOURS * 3600:
+            storage.delete_tree(path)
+            _LOG.warning("preprocess: removed %s, left by a run that did not finish (started %s UTC)",
+                         path, match.group(1))
+            removed.append(path)
+        else:
+            _LOG.warning("preprocess: %s was left by a run that did not finish, or belongs to one still running; "
+                         "it is not part of the dataset. Remove it once no other run writes to %s "
+                         "(runs remove such directories after %g hours)", path, output_dir, _STALE_STAGING_HOURS)
+            kept.append(path)
+    return {"removed": removed, "kept": kept}
+
+
+def check_rejections(metadata: dict, max_rejected_fraction: float) -> str | None:
+    """A message when more than max_rejected_fraction of the files read were rejected, else None."""
+    read, rejected = metadata["read"], sum(metadata["rejected"].values())
+    if not read or rejected / read <= max_rejected_fraction:
+        return None
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(metadata["rejected"].items(), key=lambda r: -r[1]))
+    return (f"{rejected} of {read} files ({rejected / read:.0%}) were rejected, more than --max_rejected_fraction "
+            f"{max_rejected_fraction:g} ({reasons})")
 
 
 def _metadata(config, counts, num_shards, started_at, finished_at, seconds, runner) -> dict:
@@ -578,6 +670,7 @@ def run(argv=None, test_pipeline=None) -> dict:
         print(f"preprocess: dataset is up to date in {config.output_dir} (same inputs and options); nothing to do")
         return {"skipped": True, **current}
 
+    clean_leftovers(config.output_dir)
     num_shards = plan_shards(config)
     staging = _staging_dir(config.output_dir)
     standard = options.view_as(StandardOptions)
@@ -597,12 +690,23 @@ def run(argv=None, test_pipeline=None) -> dict:
         counts_path = storage.join(staging, _COUNTS_FILE)
         counts = storage.read_json(counts_path)
         FileSystems.delete([counts_path])
-        storage.replace_directory(staging, config.output_dir)
+        seconds = time.monotonic() - started
+        metadata = _metadata(config, counts, num_shards, started_at, provenance.utc_now(), seconds, runner)
+        too_many_rejected = check_rejections(metadata, config.max_rejected_fraction)
+        if too_many_rejected:
+            # No dataset is published (an existing one stays as it was); the run's output, rejection list included,
+            # is kept next to it for inspection, with failure.json instead of the metadata.json completion marker.
+            failed = staging.replace(".staging-", ".failed-", 1)
+            storage.replace_directory(staging, failed)
+            storage.write_json(storage.join(failed, "failure.json"), {"error": too_many_rejected, **metadata})
+            print(format_summary(metadata, failed), file=sys.stderr)
+            raise SystemExit(f"error: {too_many_rejected}. The dataset in {config.output_dir} was not written; the "
+                             f"rejected files and their reasons are in {failed}/rejected-*.jsonl. Fix the input "
+                             f"(wrong --input or --label_from?) or raise --max_rejected_fraction.")
+        storage.replace_directory(staging, config.output_dir, marker=features.METADATA_FILE)
     except BaseException:
         storage.delete_tree(staging)
         raise
-    seconds = time.monotonic() - started
-    metadata = _metadata(config, counts, num_shards, started_at, provenance.utc_now(), seconds, runner)
     accounted = metadata["written"] + metadata["duplicates"] + sum(metadata["rejected"].values())
     if accounted != metadata["read"]:
         _LOG.error("preprocess: %d files read but %d accounted for", metadata["read"], accounted)

@@ -4,7 +4,8 @@ Stages (one per line in `build`):
   ListImages      folders / globs, local or gs://, listed lazily and recursively (storage.ListFiles)
   JoinOnPath      CoGroupByKey of the listed paths with rows of earlier runs (--skip_scored): each path once,
                   files the same model version already scored are `skipped`
-  DecodeImages    imaging.decode_image at the model's input_size, per file, before batching; unusable files go
+  DecodeImages    imaging.decode_image at the model's input_size, per file, before batching, in a child process
+                  (isolation.DecodeRunner: a decoder that hangs or crashes costs that file); unusable files go
                   to the errors output with their reason and never reach (or break) a batch
   Score           RunInference(KeyedModelHandler(PixelsModelHandler)): batches of --min/--max_batch_size
                   through the SavedModel's `serve_pixels`, one model per worker process
@@ -45,7 +46,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, _BeamArgumentParser
 
-from beam_pipelines import imaging, model_handler, storage
+from beam_pipelines import imaging, isolation, model_handler, storage
 from beam_pipelines.options import ScoreOptions
 from trainer import provenance, publish
 
@@ -81,11 +82,21 @@ class DecodeImagesFn(beam.DoFn):
     """(path, size) -> (path, uint8 pixels, None), or (path, None, {path, reason, detail}) for an unusable file.
 
     One output, tagged by which slot is set, rather than Beam tagged outputs: the DaskRunner mixes the
-    tagged outputs of a DoFn into one collection. `decoded_images` and `rejected_files` split it."""
+    tagged outputs of a DoFn into one collection. `decoded_images` and `rejected_files` split it.
+    decode_timeout > 0 decodes in a child process (isolation.DecodeRunner), 0 in this one."""
 
-    def __init__(self, input_size, max_file_bytes: int):
+    def __init__(self, input_size, max_file_bytes: int, decode_timeout: float = 0.0,
+                 decode_fn: str = isolation.DEFAULT_DECODE_FN):
         self._size = tuple(input_size)
         self._max_file_bytes = max_file_bytes
+        self._decode_timeout = decode_timeout
+        self._decode_fn = decode_fn
+
+    def setup(self):
+        self._decoder = isolation.DecodeRunner(self._decode_timeout, self._decode_fn)
+
+    def teardown(self):
+        self._decoder.close()
 
     def process(self, element):
         path, size = element
@@ -96,12 +107,10 @@ class DecodeImagesFn(beam.DoFn):
                 data = storage.read_bytes(path)
             except Exception as error:  # noqa: BLE001 - any storage failure is this file's problem only
                 raise imaging.ImageRejected(READ_ERROR, f"{type(error).__name__}: {error}") from None
-            try:
-                pixels = imaging.decode_image(data, self._size).pixels
-            except imaging.ImageRejected:
-                raise
-            except Exception as error:  # noqa: BLE001 - a decoder surprise must not fail the job
-                raise imaging.ImageRejected(imaging.DECODE_ERROR, f"{type(error).__name__}: {error}") from None
+            outcome = self._decoder.decode(data, self._size, imaging.DEFAULT_MAX_PIXELS)
+            if outcome[0] == "rejected":
+                raise imaging.ImageRejected(*outcome[1:])
+            pixels = outcome[1].pixels
         except imaging.ImageRejected as rejected:
             beam.metrics.Metrics.counter(NAMESPACE, f"failed_{rejected.reason}").inc()
             yield path, None, {"path": path, "reason": rejected.reason, "detail": rejected.detail}
@@ -311,8 +320,8 @@ def build(pipeline, options, model_info):
     todo = listed | "KeepUnscored" >> beam.FlatMap(unscored_files)
     skipped = listed | "KeepScored" >> beam.FlatMap(scored_files)
 
-    outcomes = todo | "DecodeImages" >> beam.ParDo(DecodeImagesFn(model_info["input_size"],
-                                                                  opts.max_file_mb * 1024 * 1024))
+    outcomes = todo | "DecodeImages" >> beam.ParDo(DecodeImagesFn(
+        model_info["input_size"], opts.max_file_mb * 1024 * 1024, opts.decode_timeout_seconds, opts.decode_fn))
     decoded = outcomes | "DecodedImages" >> beam.FlatMap(decoded_images)
     errors = outcomes | "RejectedFiles" >> beam.FlatMap(rejected_files)
     handler = KeyedModelHandler(model_handler.PixelsModelHandler(
@@ -422,9 +431,11 @@ def _fail(message: str):
 
 
 def _under_prefix(path: str, prefix: str) -> bool:
+    """Whether path is prefix or below it. Local paths are compared after resolving symlinks and `..`, so a link
+    placed under the prefix does not let a model from elsewhere in."""
     if not storage.is_gcs(prefix):
-        prefix = os.path.abspath(prefix)
-        path = path if storage.is_gcs(path) else os.path.abspath(path)
+        prefix = os.path.realpath(prefix)
+        path = path if storage.is_gcs(path) else os.path.realpath(path)
     prefix = prefix.rstrip("/") + "/"
     return (path.rstrip("/") + "/").startswith(prefix)
 
@@ -469,6 +480,13 @@ def _resolve_options(argv) -> tuple[PipelineOptions, dict]:
               f"raise --max_batch_size or lower --min_batch_size")
     if score.num_shards < 0:
         _fail("--num_shards must be 0 (runner decides) or a positive number of files")
+    if not 0.0 <= score.decode_timeout_seconds <= 3600:
+        _fail(f"--decode_timeout_seconds must be between 0 (decode in the worker process) and 3600 "
+              f"(got {score.decode_timeout_seconds:g})")
+    try:
+        isolation.load_function(score.decode_fn)  # fail at launch, not on a worker
+    except ValueError as error:
+        _fail(f"--decode_fn: {error}")
     if not storage.is_gcs(score.output_dir):  # listed paths are absolute: so must the run dir excluded from them be
         score.output_dir = os.path.abspath(score.output_dir)
     score.model, info = resolve_and_check_model(score.model, score.allowed_model_prefix)
@@ -595,7 +613,7 @@ def run(argv=None, test_pipeline=None) -> dict:
     too_many_errors = summary["error_rate"] > score.max_error_rate
     if too_many_errors:
         summary["status"] = "failed: error rate above --max_error_rate"
-    storage.replace_directory(staging, final)
+    storage.replace_directory(staging, final, marker=SUMMARY_FILE)
     storage.write_json(storage.join(final, SUMMARY_FILE), summary)  # last: readers take it as "complete"
     print(json.dumps({k: summary[k] for k in ("run_id", "status", "matched", "scored", "failed",
                                                "failed_by_reason", "skipped", "class_counts",

@@ -139,12 +139,14 @@ def delete_tree(path: str) -> None:
         FileSystems.delete(paths)
 
 
-def replace_directory(staging: str, final: str) -> None:
+def replace_directory(staging: str, final: str, marker: str | None = None) -> None:
     """Makes a fully written staging directory the final one, replacing what was there.
 
     Locally this is two renames (the old directory is moved aside, then deleted), so readers see either
-    the old complete set or the new one. GCS has no rename; objects are copied and the marker file that
-    readers wait for (metadata.json, summary.json) must be written after this returns.
+    the old complete set or the new one. GCS has no rename: the old objects are deleted and the new ones copied,
+    so readers must wait for the completion marker file (metadata.json, summary.json) that the caller writes after
+    this returns. `marker` names that file: on GCS it is deleted first, so a replacement killed half-way never
+    leaves a mix of old and new files that still carries the old marker.
     """
     if not is_gcs(final):
         final = final.rstrip("/")
@@ -155,6 +157,8 @@ def replace_directory(staging: str, final: str) -> None:
         os.rename(staging.rstrip("/"), final)
         shutil.rmtree(aside, ignore_errors=True)
         return
+    if marker and exists(join(final, marker)):
+        FileSystems.delete([join(final, marker)])
     delete_tree(final)
     source_prefix = staging.rstrip("/") + "/"
     sources = [metadata.path for metadata in iter_files(source_prefix)]
