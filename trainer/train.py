@@ -23,6 +23,7 @@ when it fits --cache_limit_mb (18k images at 180x180 take 1.7 GB).
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import math
@@ -44,6 +45,8 @@ HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.png"
 BEST_WEIGHTS = "checkpoints/best.weights.h5"
+BACKUP_WEIGHTS = "latest.weights.h5"  # in <model_dir>/backup, next to BACKUP_METADATA: Keras's names
+BACKUP_METADATA = "training_metadata.json"
 
 
 class Interrupted(Exception):
@@ -76,12 +79,94 @@ class StopRequest:
         return time.monotonic() - self.training_started >= self.budget_seconds
 
 
-class ResumableBackup(keras.callbacks.BackupAndRestore):
-    """keras BackupAndRestore that also backs up at every epoch end and before leaving on SIGTERM.
+class BackupUnusable(RuntimeError):
+    """The backup in <model_dir>/backup cannot be restored; the message says why and what to do."""
 
-    Keras restores the weights and optimizer state of the last backup and replays the interrupted epoch from its
+
+@dataclasses.dataclass(frozen=True)
+class Backup:
+    """One usable backup: a weights file (model and optimizer state) and the epoch it resumes at."""
+
+    weights: str
+    epoch: int
+    which: str  # "latest", or "previous" when the latest one was unusable
+    skipped: str = ""  # why the latest one was unusable
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_weights_file(model, path: str) -> None:
+    """model.load_weights for any file name: Keras picks the format by the suffix and refuses the previous backup's
+    `.weights.h5.bkp`, so such a file is loaded through a local copy named `*.weights.h5`."""
+    if path.endswith(".weights.h5") and "://" not in path:
+        model.load_weights(path)
+        return
+    local_dir = tempfile.mkdtemp(prefix="catsdogs-restore-")
+    try:
+        local = join(local_dir, BACKUP_WEIGHTS)
+        tf.io.gfile.copy(path, local, overwrite=True)
+        model.load_weights(local)
+    finally:
+        shutil.rmtree(local_dir, ignore_errors=True)
+
+
+def _check_backup(weights: str, metadata: str) -> tuple[int | None, str]:
+    """(epoch, "") for a usable weights + metadata pair, else (None, why not)."""
+    if not tf.io.gfile.exists(metadata):
+        return None, f"{metadata} is missing"
+    try:
+        with tf.io.gfile.GFile(metadata) as handle:
+            recorded = json.loads(handle.read())
+    except (ValueError, UnicodeDecodeError) as error:
+        return None, f"{metadata} is not valid JSON ({error})"
+    epoch = recorded.get("epoch") if isinstance(recorded, dict) else None
+    if not isinstance(epoch, int) or epoch < 0:
+        return None, f"{metadata} records no epoch"
+    if not tf.io.gfile.exists(weights):
+        return None, f"{weights} is missing"
+    expected = recorded.get("weights_sha256")  # absent only in backups written before checksums were recorded
+    if expected is not None and _sha256(weights) != expected:
+        return None, f"{weights} does not match the sha256 recorded in {metadata}: it is truncated or corrupt"
+    return epoch, ""
+
+
+def choose_backup(backup_dir: str) -> Backup | None:
+    """The backup to resume from: the latest, else the previous one (Keras keeps both: double_checkpoint).
+
+    None when no backup was ever completed (its metadata file is written last, so a run killed during its first
+    backup has none). Raises BackupUnusable when backups were written but neither pair is intact: starting at
+    epoch 0 then would silently throw the run away, and resuming from a corrupt file would train on garbage.
+    """
+    latest = (join(backup_dir, BACKUP_WEIGHTS), join(backup_dir, BACKUP_METADATA))
+    previous = (latest[0] + ".bkp", latest[1] + ".bkp")
+    if not any(tf.io.gfile.exists(metadata) for metadata in (latest[1], previous[1])):
+        return None
+    problems = []
+    for which, (weights, metadata) in (("latest", latest), ("previous", previous)):
+        epoch, problem = _check_backup(weights, metadata)
+        if epoch is not None:
+            return Backup(weights, epoch, which, skipped="; ".join(problems))
+        problems.append(problem)
+    raise BackupUnusable(
+        f"the backup in {backup_dir} cannot be restored (latest: {problems[0]}; previous: {problems[1]}). Not "
+        f"starting over silently: put a good copy of the backup there to resume, or delete {backup_dir} to train "
+        f"this model_dir again from epoch 0")
+
+
+class ResumableBackup(keras.callbacks.BackupAndRestore):
+    """keras BackupAndRestore that also backs up at every epoch end and before leaving on SIGTERM, and verifies
+    what it restores.
+
+    Restores the weights and optimizer state of the newest intact backup (`choose_backup`: the sha256 of the
+    weights file is recorded in the metadata written after it), then Keras replays the interrupted epoch from its
     start. Every worker of a multi-worker run restores from the chief's backup; only the chief writes there.
-    Relies on BackupAndRestore._save_model (keras 3.15, pinned in setup.py).
+    Relies on BackupAndRestore's `_save_model` hook and path attributes (keras 3.15, pinned in setup.py).
     """
 
     def __init__(self, backup_dir: str, save_freq: int, stop: StopRequest, write_dir: str | None = None):
@@ -89,18 +174,48 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         self.stop = stop
         self.write_dir = write_dir
         self.stopped_by = None
+        self._latest_is_intact = False  # only an intact latest pair becomes the previous one at the next save
 
     def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)  # restores from backup_dir
+        # Not super(): Keras loads the latest backup unverified, and on a missing weights file or metadata file
+        # quietly resumes with fresh weights, or from epoch 0.
+        backup = choose_backup(self.backup_dir)
+        if backup is not None:
+            if self.model.optimizer is not None and not self.model.optimizer.built:
+                self.model.optimizer.build(self.model.trainable_variables)  # its state is in the weights file
+            load_weights_file(self.model, backup.weights)
+            self.model._initial_epoch = backup.epoch
+            self._latest_is_intact = backup.which == "latest"
         if self.write_dir:
             # Non-chief workers of a multi-worker run still save (saving can create variables, which under
             # MultiWorkerMirroredStrategy is a collective every worker must join) but into their own temp dir.
             self.backup_dir = self.write_dir
-            self._weights_path = join(self.write_dir, "latest.weights.h5")
-            self._training_metadata_path = join(self.write_dir, "training_metadata.json")
+            self._weights_path = join(self.write_dir, BACKUP_WEIGHTS)
+            self._training_metadata_path = join(self.write_dir, BACKUP_METADATA)
             self._prev_weights_path = self._weights_path + ".bkp"
             self._prev_training_metadata_path = self._training_metadata_path + ".bkp"
+            self._latest_is_intact = False
         self.stop.training_started = time.monotonic()
+
+    def _save_model(self):
+        """Keras's double checkpoint, plus the weights' sha256 in the metadata (written last); a latest pair that
+        is not known to be intact is never copied over the previous one."""
+        tf.io.gfile.makedirs(self.backup_dir)
+        if self._latest_is_intact:
+            tf.io.gfile.copy(self._weights_path, self._prev_weights_path, overwrite=True)
+            tf.io.gfile.copy(self._training_metadata_path, self._prev_training_metadata_path, overwrite=True)
+        local_dir = tempfile.mkdtemp(prefix="catsdogs-backup-")
+        try:  # saved locally, hashed, then copied: what Keras itself does for a remote path
+            local = join(local_dir, BACKUP_WEIGHTS)
+            self.model.save_weights(local)
+            checksum = _sha256(local)
+            tf.io.gfile.copy(local, self._weights_path, overwrite=True)
+        finally:
+            shutil.rmtree(local_dir, ignore_errors=True)
+        with tf.io.gfile.GFile(self._training_metadata_path, "w") as handle:
+            handle.write(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen,
+                                     "weights_sha256": checksum}))
+        self._latest_is_intact = True
 
     def on_train_batch_end(self, batch, logs=None):
         super().on_train_batch_end(batch, logs)
@@ -122,12 +237,15 @@ def join(*parts: str) -> str:
 
 
 def backup_epoch(backup_dir: str) -> int:
-    """The epoch the backup in backup_dir resumes at (0 when there is none)."""
-    path = join(backup_dir, "training_metadata.json")
-    if not tf.io.gfile.exists(path):
+    """The epoch the backup in backup_dir resumes at (0 when there is none), saying so when it falls back to the
+    previous backup. Raises BackupUnusable (see choose_backup)."""
+    backup = choose_backup(backup_dir)
+    if backup is None:
         return 0
-    with tf.io.gfile.GFile(path) as handle:
-        return int(json.load(handle).get("epoch", 0))
+    if backup.which == "previous":
+        print(f"catsdogs-train: the latest backup is unusable ({backup.skipped}); resuming from the previous backup, "
+              f"at epoch {backup.epoch}", file=sys.stderr, flush=True)
+    return backup.epoch
 
 
 def keep_history_before(path: str, epoch: int) -> list[dict]:
@@ -223,7 +341,7 @@ def main(argv=None) -> int:
     cfg = config_lib.parse_args(argv)
     try:
         return run(cfg)
-    except (data.DatasetMissing, ConfigMismatch, FileNotFoundError) as error:
+    except (data.DatasetMissing, ConfigMismatch, BackupUnusable, FileNotFoundError) as error:
         print(f"catsdogs-train: {error}", file=sys.stderr, flush=True)
         return 2
 

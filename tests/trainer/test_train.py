@@ -83,9 +83,10 @@ sys.exit(train.main(sys.argv[1:]))
 def test_mirrored_strategy_on_two_logical_cpus(dataset, tmp_path):
     model_dir = tmp_path / "model"
     run_python(MIRRORED_ON_TWO_CPUS, "--data_dir", dataset, "--model_dir", model_dir, "--model", "seed_cnn",
-               "--epochs", "3", "--batch_size", "8", "--warmup_epochs", "0")
+               "--epochs", "3", "--batch_size", "8", "--learning_rate", "0.001", "--warmup_epochs", "0")
     resolved = json.loads((model_dir / "config.json").read_text())
     assert resolved["placement"]["strategy"] == "mirrored" and resolved["placement"]["num_replicas"] == 2
+    # per-replica batch 8 and rate 0.001, scaled linearly by the 2 replicas
     assert resolved["global_batch_size"] == 16 and resolved["peak_learning_rate"] == pytest.approx(0.002)
     rows = history(model_dir)
     assert len(rows) == 3 and rows[-1]["loss"] < rows[0]["loss"]
