@@ -337,6 +337,9 @@ def already_finished(model_dir: str) -> bool:
     return tf.io.gfile.exists(join(model_dir, METRICS_FILE)) and publish.read_latest(join(model_dir, "export"))
 
 
+EXIT_DAMAGED_DATA = 3
+
+
 def main(argv=None) -> int:
     cfg = config_lib.parse_args(argv)
     try:
@@ -344,6 +347,15 @@ def main(argv=None) -> int:
     except (data.DatasetMissing, ConfigMismatch, BackupUnusable, FileNotFoundError) as error:
         print(f"catsdogs-train: {error}", file=sys.stderr, flush=True)
         return 2
+    except tf.errors.DataLossError as error:
+        # A record failed its CRC: stop rather than train on damaged data (records are never skipped), and name
+        # the files, which TensorFlow's message does not.
+        damaged = data.corrupt_shards(cfg.data_dir)
+        where = "; ".join(f"{path}: {message}" for path, message in sorted(damaged.items())) or error.message
+        print(f"catsdogs-train: the dataset in {cfg.data_dir} is damaged (TFRecord CRC mismatch: {where}). Training "
+              f"stopped instead of learning from wrong data; re-run preprocessing into a new DATASET (or restore "
+              f"the damaged shards from a copy), then train again.", file=sys.stderr, flush=True)
+        return EXIT_DAMAGED_DATA
 
 
 def run(cfg: config_lib.TrainConfig) -> int:
