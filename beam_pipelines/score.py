@@ -60,6 +60,7 @@ SUMMARY_FILE = "summary.json"
 PROGRESS_SECONDS = 30.0
 BATCH_GROUPS = 1024  # DaskRunner only: images are spread over this many keys, then cut into batches
 DASK_NUM_SHARDS = 4
+_KERAS_FILE_SUFFIXES = (".keras", ".h5", ".hdf5")  # refused as --model: never deserialised by the scorer
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -444,6 +445,11 @@ def resolve_and_check_model(model: str, allowed_prefix: str | None) -> tuple[str
     """The version directory to load and its verified model_info; exits with a clear message otherwise."""
     if allowed_prefix and not _under_prefix(model, allowed_prefix):
         _fail(f"--model {model} is outside --allowed_model_prefix {allowed_prefix}; use a model published there")
+    if model.rstrip("/").lower().endswith(_KERAS_FILE_SUFFIXES):
+        # Never handed to keras.models.load_model: a Keras file's Lambda layers carry Python bytecode.
+        _fail(f"--model {model} is a Keras file; the scorer loads only a SavedModel export (a version directory "
+              f"with saved_model.pb and model_info.json, or an export root with `latest`) as catsdogs-train writes "
+              f"it; export a Keras model of your own with trainer.export.export_model")
     try:
         resolved = publish.resolve_model(model, exists=FileSystems.exists)
     except publish.PublishError as error:

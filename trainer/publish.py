@@ -226,4 +226,8 @@ def resolve_model(uri: str, exists=None) -> str:
     if version is None:
         raise PublishError(f"{uri} is neither a model export (no saved_model.pb) nor an export root with a "
                            f"'{LATEST}' file; pass MODEL=<model_dir>/export or MODEL=<model_dir>/export/<version>")
+    if not version.isdigit():  # export versions are integers; anything else could lead out of the root ("../x")
+        raise PublishError(f"{uri}/{LATEST} names {version[:100]!r}, not a version (an integer directory name "
+                           f"under {uri}); refusing to follow it. Publish the model again with trainer/export.py, "
+                           f"or pass MODEL=<model_dir>/export/<version>")
     return f"{uri}/{version}"

@@ -16,13 +16,13 @@ SIZE = 32
 VERSION = "1700000000"
 
 
-def export_tiny_model(export_root: Path, version: str = VERSION) -> str:
+def export_tiny_model(export_root: Path, version: str = VERSION, seed: int = 3) -> str:
     """A small untrained CNN (random weights, spread out so both classes occur) exported through trainer/export.py."""
     import keras
 
     from trainer import export
 
-    keras.utils.set_random_seed(3)
+    keras.utils.set_random_seed(seed)
     inputs = keras.Input((SIZE, SIZE, 3))
     x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
     x = keras.layers.Conv2D(8, 3, activation="relu")(x)
