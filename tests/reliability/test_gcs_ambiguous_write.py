@@ -1,0 +1,35 @@
+"""Case 9: a GCS write retried after an ambiguous success is recognised as already done: no overwrite, no crash.
+
+The server commits the first upload of a marker object and of `latest`, but the client never sees the reply (HTTP 503
+instead). google-cloud-storage retries the conditional write (`if_generation_match`), the server answers 412
+Precondition Failed, and publishing must recognise its own completed write. fake-gcs-server enforces generation
+preconditions (gcp-storage-emulator ignores them); LostReplyProxy sits in front of it and loses the chosen replies.
+"""
+
+from tests.gcs_servers import LostReplyProxy, fake_gcs_bucket_fixture, fake_gcs_server_fixture  # noqa: F401
+from tests.trainer.test_publish import gcs_objects, local_files, make_export
+from trainer import publish
+
+
+def test_gcs_publish_survives_lost_replies_without_overwriting(fake_gcs_server, fake_gcs_bucket, tmp_path,
+                                                              monkeypatch):
+    root = f"{fake_gcs_bucket}/export"
+    bucket_name = fake_gcs_bucket[len("gs://"):]
+    export = make_export(tmp_path / "a", "800")
+    lost = {"export/800/model_info.json", "export/latest"}
+    with LostReplyProxy(fake_gcs_server, lose_reply_for=lost) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        assert publish.publish_export(str(export), root, "800") == f"{root}/800"
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake_gcs_server)
+
+    assert proxy.pending == set()  # both replies really were lost
+    for name in lost:
+        assert [status for _, seen, status in proxy.statuses if seen == name] == [200, 412], name
+    objects = gcs_objects(f"{root}/800")
+    assert {k: v[0] for k, v in objects.items()} == local_files(export)
+    assert publish.read_latest(root) == "800"
+
+    from google.cloud import storage
+
+    marker = storage.Client().bucket(bucket_name).get_blob("export/800/model_info.json")
+    assert marker.generation == objects["model_info.json"][1] and marker.metageneration == 1
