@@ -9,8 +9,9 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG TF_GPU_IMAGE=tensorflow/tensorflow:2.21.0-gpu
 
-# Reads PINS out of setup.py without running setuptools: one requirement per line, TensorFlow excluded
-# (the cpu image gets it through the `cpu` extra, the gpu image from its base).
+# Reads PINS and OVERRIDES out of setup.py without running setuptools, one requirement per line:
+# non-tf-pins.txt without TensorFlow (the cpu image gets it through the `cpu` extra, the gpu image from its base)
+# and without the overrides, which overrides.txt holds: they go in last with --no-deps, over another package's cap.
 FROM ${PYTHON_IMAGE} AS pins
 WORKDIR /src
 COPY setup.py .
@@ -18,10 +19,14 @@ RUN python - <<'PY'
 import ast
 
 tree = ast.parse(open("setup.py").read())
-pins = next(ast.literal_eval(node.value) for node in ast.walk(tree)
-            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PINS")
+found = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") in ("PINS", "OVERRIDES")}
+pins, overrides = found["PINS"], found["OVERRIDES"]
 with open("non-tf-pins.txt", "w") as out:
-    out.writelines(spec + "\n" for name, spec in sorted(pins.items()) if not name.startswith("tensorflow"))
+    out.writelines(spec + "\n" for name, spec in sorted(pins.items())
+                   if not name.startswith("tensorflow") and name not in overrides)
+with open("overrides.txt", "w") as out:
+    out.writelines(pins[name] + "\n" for name in sorted(overrides))
 PY
 
 FROM ${PYTHON_IMAGE} AS cpu
@@ -36,13 +41,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MPLCONFIGDIR=/scratch/matplotlib \
     KERAS_HOME=/scratch/keras
 WORKDIR /app
+COPY --from=pins /src/overrides.txt /tmp/overrides.txt
 COPY setup.py pyproject.toml ./
 COPY beam_pipelines ./beam_pipelines
 COPY trainer ./trainer
+# pip check runs before the overrides, which knowingly break one cap (setup.py says which and why).
 # DL3013 wants `pkg==version`: `.[cpu]` is this repository, and everything it pulls is pinned in setup.py's PINS.
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[cpu]" \
  && pip check \
+ && pip install --no-cache-dir --no-deps -r /tmp/overrides.txt \
+ && rm /tmp/overrides.txt \
  && groupadd --gid 10001 catsdogs \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /scratch --shell /usr/sbin/nologin catsdogs \
  && mkdir -p /scratch && chown 10001:10001 /scratch
@@ -61,15 +70,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MPLCONFIGDIR=/scratch/matplotlib \
     KERAS_HOME=/scratch/keras
 WORKDIR /app
-COPY --from=pins /src/non-tf-pins.txt /tmp/non-tf-pins.txt
+COPY --from=pins /src/non-tf-pins.txt /src/overrides.txt /tmp/
 COPY setup.py pyproject.toml ./
 COPY beam_pipelines ./beam_pipelines
 COPY trainer ./trainer
 # The requirements file holds the exact `==` pins from setup.py; `.` (this repository) goes in with --no-deps
-# so pip cannot replace the base image's TensorFlow with a second CUDA build.
+# so pip cannot replace the base image's TensorFlow with a second CUDA build; the overrides go in last.
 RUN python3 -m pip install --no-cache-dir -r /tmp/non-tf-pins.txt \
  && python3 -m pip install --no-cache-dir --no-deps . \
- && rm /tmp/non-tf-pins.txt \
+ && python3 -m pip install --no-cache-dir --no-deps -r /tmp/overrides.txt \
+ && rm /tmp/non-tf-pins.txt /tmp/overrides.txt \
  && python3 -c "import tensorflow as tf, keras; print('tensorflow', tf.__version__, 'keras', keras.__version__)" \
  && groupadd --gid 10001 catsdogs \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /scratch --shell /usr/sbin/nologin catsdogs \

@@ -11,7 +11,7 @@ WORKDIR ?= work## root of everything a run writes (local path or gs://)
 IMAGES ?= $(WORKDIR)/raw/PetImages## folder, glob or gs:// path to preprocess; the default is downloaded by `make data`
 DATASET ?= $(WORKDIR)/data## TFRecords, metadata.json and rejected-*.jsonl
 MODEL_DIR ?= $(WORKDIR)/model## checkpoints, logs, metrics.json, report.png and export/<version>/
-EPOCHS ?=## training epochs (empty: the trainer's default schedule, 14)
+EPOCHS ?=## training epochs (empty: the trainer's default schedule, 40)
 TIME_BUDGET ?= 60## minutes of training after which `make train` stops, evaluates and exports (empty: no limit)
 ARCH ?=## model architecture: empty for the default, or seed_cnn, or a keras.applications name
 BASELINE_DIR ?= $(WORKDIR)/seed_cnn## where `make baseline` trains the seed_cnn baseline
@@ -28,6 +28,11 @@ IMAGE_REPO ?= us-docker.pkg.dev/catsdogs-demo/catsdogs## registry path for `make
 IMAGE_PUSH ?=## set to 1 to let `make image` also push the images
 K8S_OUT ?= build/k8s## where `make k8s-render` writes one rendered manifest per overlay
 BENCH_ARGS ?=## flags for benchmarks/bench.py, e.g. --quick or --sections preprocess
+
+# Prints the pins of setup.py's OVERRIDES, read without running setuptools (the Dockerfile's `pins` stage does the same).
+export OVERRIDE_PINS := import ast; t = ast.parse(open("setup.py").read()); v = {n.targets[0].id: ast.literal_eval(n.value) \
+  for n in t.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") in ("PINS", "OVERRIDES")}; \
+  print(" ".join(v["PINS"][name] for name in sorted(v["OVERRIDES"])))
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -53,6 +58,8 @@ $(STAMP): setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[cpu,test,bench]'
+	@# setup.py's OVERRIDES: pins another package's cap refuses (setup.py says why), installed over it
+	$(BIN)/python -m pip install --quiet --no-deps $$($(BIN)/python -c "$$OVERRIDE_PINS")
 	@touch $@
 
 setup: $(STAMP) ## create .venv and install the project (fast when nothing changed)

@@ -104,7 +104,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         values = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
         eight_bit = np.clip(values * (255.0 / top), 0, 255).round().astype(np.uint8)
-        return Image.fromarray(eight_bit, mode="L").convert("RGB")
+        return Image.fromarray(eight_bit).convert("RGB")
     if image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -162,7 +162,7 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int = DEFAULT_M
 def encode_jpeg(pixels: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     """Encodes RGB uint8 pixels as a baseline JPEG."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="RGB").save(buffer, format="JPEG", quality=quality)
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
 
 
@@ -176,7 +176,7 @@ def content_hash(pixels: np.ndarray) -> str:
 def perceptual_hash(pixels: np.ndarray) -> int:
     """64-bit difference hash (dHash). Re-encoding, resizing and small colour shifts change at most a few
     bits (see hamming_distance), so near-copies of a photo are a short distance apart."""
-    grey = Image.fromarray(pixels, mode="RGB").convert("L").resize((9, 8), Image.Resampling.BOX)
+    grey = Image.fromarray(pixels).convert("L").resize((9, 8), Image.Resampling.BOX)
     values = np.asarray(grey, dtype=np.int16)
     bits = (values[:, 1:] > values[:, :-1]).flatten()
     return int(sum(1 << i for i, bit in enumerate(bits) if bit))

@@ -91,7 +91,7 @@ def odd_files() -> dict[str, tuple[bytes, str | None]]:
     good_jpeg = encode(photo, quality=90)
     cmyk = io.BytesIO()
     Image.fromarray(photo).convert("CMYK").save(cmyk, format="JPEG")
-    grey16 = Image.fromarray((np.arange(48 * 48, dtype=np.uint16).reshape(48, 48) * 20), mode="I;16")
+    grey16 = Image.fromarray(np.arange(48 * 48, dtype=np.uint16).reshape(48, 48) * 20)
     animated = io.BytesIO()
     frames = [Image.fromarray(easy_pixels(i % 2, i, 32)) for i in range(3)]
     frames[0].save(animated, format="GIF", save_all=True, append_images=frames[1:], duration=50)

@@ -32,7 +32,7 @@ def test_exif_orientation_is_applied():
 
 def test_sixteen_bit_greyscale_is_scaled_not_clipped():
     ramp = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
-    content = corpus.encode_image(Image.fromarray(ramp, mode="I;16"), "PNG")
+    content = corpus.encode_image(Image.fromarray(ramp), "PNG")
     pixels = imaging.decode_image(content, (64, 64)).pixels
     assert pixels[0, 0, 0] < 10 and pixels[-1, -1, 0] > 245
     assert 100 < pixels.mean() < 155

@@ -15,10 +15,14 @@ DOCKERFILE = REPO / "Dockerfile"
 HADOLINT = Path(sys.executable).parent / "hadolint"
 
 
-def pins() -> dict:
+def setup_py(name: str):
     tree = ast.parse((REPO / "setup.py").read_text())
-    return next(ast.literal_eval(node.value) for node in ast.walk(tree)
-                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PINS")
+    return next(ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == name)
+
+
+def pins() -> dict:
+    return setup_py("PINS")
 
 
 def stages() -> dict:
@@ -107,11 +111,25 @@ def test_gpu_image_installs_the_non_tensorflow_pins_from_setup_py(tmp_path):
     subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True, timeout=60)
 
     installed = (tmp_path / "non-tf-pins.txt").read_text().split()
-    expected = [spec for name, spec in pins().items() if not name.startswith("tensorflow")]
+    overrides = setup_py("OVERRIDES")
+    expected = [spec for name, spec in pins().items() if not name.startswith("tensorflow") and name not in overrides]
     assert sorted(installed) == sorted(expected)
     assert all("==" in spec for spec in installed)
+    assert (tmp_path / "overrides.txt").read_text().split() == [pins()[name] for name in sorted(overrides)]
     gpu = "\n".join(stages()["gpu"]["lines"])
     assert "-r /tmp/non-tf-pins.txt" in gpu and "--no-deps ." in gpu  # TensorFlow comes from the base image
+
+
+@pytest.mark.parametrize("stage", ["cpu", "gpu"])
+def test_overrides_go_in_last_without_dependencies(stage):
+    """setup.py's OVERRIDES (Pillow over Beam's cap) must be installed after everything else, or pip would put the
+    capped version back; in the cpu image after `pip check`, which they knowingly fail."""
+    run = " ".join(line.strip() for line in stages()[stage]["lines"] if not line.startswith("#"))
+    override = run.index("--no-deps -r /tmp/overrides.txt")
+    project = run.index('".[cpu]"' if stage == "cpu" else "--no-deps . ")
+    assert project < override
+    if stage == "cpu":
+        assert project < run.index("pip check") < override
 
 
 def test_dockerignore_sends_only_the_packages():
