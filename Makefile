@@ -15,7 +15,7 @@ EPOCHS ?=## training epochs (empty: the trainer's default schedule, 40)
 TIME_BUDGET ?= 60## minutes of training after which `make train` stops, evaluates and exports (empty: no limit)
 ARCH ?=## model architecture: empty for the default, or seed_cnn, or a keras.applications name
 BASELINE_DIR ?= $(WORKDIR)/seed_cnn## where `make baseline` trains the seed_cnn baseline
-BASELINE_EPOCHS ?= 4## seed_cnn epochs for `make baseline`: what fits TIME_BUDGET on 2 CPU cores at 180x180
+BASELINE_EPOCHS ?= 20## seed_cnn epochs for `make baseline`: what fits TIME_BUDGET on 2 CPU cores at 180x180 (~3 min each)
 MODEL ?= $(MODEL_DIR)/export## export to score with: a version directory or a root whose `latest` names one
 SCORE_IMAGES ?= $(IMAGES)## folder, glob or gs:// path that `make score` scores
 SCORES ?= $(WORKDIR)/scores## where scoring runs write <run_id>/predictions-*.jsonl and errors-*.jsonl
@@ -39,7 +39,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_URL := https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-8368-6DEBA77B919F/kagglecatsanddogs_5340.zip
 DEFAULT_IMAGES := $(WORKDIR)/raw/PetImages
-HELP_VARS := $(shell grep -hE '^[A-Z_]+ \?=.*## ' $(MAKEFILE_LIST) | cut -d' ' -f1)
+HELP_VARS := $(shell grep -hE '^[A-Z0-9_]+ \?=.*## ' $(MAKEFILE_LIST) | cut -d' ' -f1)
 
 .PHONY: help setup test lint data preprocess train train-only baseline score bench clean image k8s-render k8s-validate hadolint
 
@@ -50,7 +50,7 @@ help: ## show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):.*## (.*)/  \1|\2/' | column -t -s'|'
 	@echo
 	@echo "Variables (current value in brackets):"
-	@grep -hE '^[A-Z_]+ \?=.*## ' $(MAKEFILE_LIST) | sed -E 's/^([A-Z_]+) \?=.*## (.*)/\1|\2/' | \
+	@grep -hE '^[A-Z0-9_]+ \?=.*## ' $(MAKEFILE_LIST) | sed -E 's/^([A-Z0-9_]+) \?=.*## (.*)/\1|\2/' | \
 	  env $(foreach v,$(HELP_VARS),'$(v)=$($(v))') bash -c \
 	  'while IFS="|" read -r name text; do printf "  %-16s %s [%s]\n" "$$name" "$$text" "$${!name-}"; done'
 

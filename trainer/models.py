@@ -3,11 +3,14 @@ and returns the float32 probability of class_names[1] (dog) with shape [batch, 1
 
 - `seed_cnn`: the original recipe, kept as the baseline: pixels / 255, Conv 32/64/128 (3x3, ReLU) each followed by
   2x2 max-pooling, Flatten, Dense 128, sigmoid; trained with Adam and binary cross-entropy.
-- `resnet_lite` (default): a compact residual network (ResNet-10-like: a stride-2 stem, then stages of basic
-  3x3 blocks with batch norm, each stage halving the resolution and doubling the width), built from scratch,
-  working at 128x128 by default; input size, width, depth, stages and dropout are configurable.
+- `resnet_lite` (default): a compact residual network (a stride-2 stem, then stages of basic 3x3 blocks with batch
+  norm, each stage halving the resolution and doubling the width; at the default depth 2, ResNet-18's layout at
+  half its width), built from scratch, working at 128x128 by default; input size, width, depth, stages and dropout
+  are configurable (trainer/config.py has the defaults).
 - keras.applications backbones (`efficientnet_b0`, `mobilenet_v3_small`, `resnet50_v2`): built with weights=None and
   loaded from a local or gs:// file (`--weights`), so nothing is downloaded at run time; a new sigmoid head.
+  Fine-tuning (trainer/train.py): the head alone first (`--freeze_backbone_epochs`), then the whole network at a
+  lower rate, with the pretrained backbone's BatchNormalization layers kept in inference mode throughout.
 """
 
 import os
@@ -19,6 +22,7 @@ from trainer import config as config_lib
 # Keras' default 0.99 needs ~500 steps before the moving statistics used at evaluation settle; 0.9 needs ~50, which
 # keeps short runs (tests, --time_budget_minutes comparisons) honest and costs nothing on long ones.
 BN_MOMENTUM = 0.9
+BACKBONE_NAME = "backbone"  # the keras.applications feature extractor inside an application model
 
 
 def build_model(cfg: config_lib.TrainConfig, input_size):
@@ -84,7 +88,7 @@ def _residual_block(x, filters: int, stride: int, name: str):
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, y]))
 
 
-def resnet_lite(input_size, width: int = 32, depth: int = 1, stages: int = 4, dropout: float = 0.2):
+def resnet_lite(input_size, width: int = 32, depth: int = 2, stages: int = 4, dropout: float = 0.2):
     import keras
 
     layers = keras.layers
@@ -125,7 +129,8 @@ def backbone(name: str, input_size):
     import keras
 
     constructor, _ = config_lib.APPLICATIONS[name]
-    kwargs = {"include_top": False, "weights": None, "input_shape": (*input_size, 3), "pooling": "avg"}
+    kwargs = {"include_top": False, "weights": None, "input_shape": (*input_size, 3), "pooling": "avg",
+              "name": BACKBONE_NAME}
     if name == "mobilenet_v3_small":
         kwargs["include_preprocessing"] = True
     return getattr(keras.applications, constructor)(**kwargs)
@@ -152,6 +157,36 @@ def application(name: str, input_size, weights: str | None = None, dropout: floa
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def find_backbone(model):
+    """The keras.applications feature extractor inside model (also behind a Resizing wrapper), or None."""
+    for layer in getattr(model, "layers", []):
+        if layer.name == BACKBONE_NAME:
+            return layer
+        found = find_backbone(layer)
+        if found is not None:
+            return found
+    return None
+
+
+def _sublayers(layer):
+    for child in getattr(layer, "layers", []):
+        yield child
+        yield from _sublayers(child)
+
+
+def set_backbone_trainable(backbone, trainable: bool, freeze_batch_norm: bool) -> None:
+    """Freezes or unfreezes the backbone. With freeze_batch_norm (pretrained weights), its BatchNormalization layers
+    stay frozen either way: in inference mode they keep the ImageNet statistics, which small fine-tuning batches
+    would otherwise wreck (the usual Keras fine-tuning practice)."""
+    import keras
+
+    backbone.trainable = trainable
+    if freeze_batch_norm:
+        for layer in _sublayers(backbone):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
 
 
 def uses_plain_adam(cfg: config_lib.TrainConfig) -> bool:

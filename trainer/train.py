@@ -14,11 +14,11 @@ steps, at every epoch end and on SIGTERM (then the process exits with status 143
 Running the same command again resumes from the last backup; a different config in the same model_dir is refused.
 A run that already finished (metrics.json and an export) is not repeated.
 
-Cost, measured on the 2-core development CPU (shared with other work: rates are lower bounds), 180x180, batch 32,
-steps per second of pure training: seed_cnn 0.8 (26 images/s: ~12 min per epoch of 18k images), resnet_lite
-(default width 32, depth 2) 0.24 (8 images/s: ~40 min per epoch). A CPU is for smoke runs (--steps_per_epoch,
---time_budget_minutes); a GPU should be far faster (not measured here). Memory: the decoded dataset is cached in RAM
-when it fits --cache_limit_mb (18k images at 180x180 take 1.7 GB).
+Cost, measured on the 2-core development CPU: the default resnet_lite (width 32, depth 2) at 128x128 trains ~200
+images/s with the real input pipeline, ~90 s per epoch of pets-180's 18,368 training images, so the default 40
+epochs take about an hour (`make train` stops at TIME_BUDGET=60 minutes either way). docs/TRAINING.md has the GPU and
+transfer-learning schedules. Memory: the decoded dataset is cached in RAM when it fits --cache_limit_mb (train and
+validation at 128x128: about 1 GB).
 """
 
 import contextlib
@@ -302,6 +302,66 @@ def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int):
                                                   warmup_target=peak, warmup_steps=warmup_steps)
 
 
+@keras.saving.register_keras_serializable(package="catsdogs")
+class FineTuneSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """The fine-tuning schedule of a pretrained backbone: while only the new head trains (the first head_steps),
+    linear warm-up to peak then peak; then the whole network from peak x factor, cosine-decayed to 0 at total_steps."""
+
+    def __init__(self, peak: float, warmup_steps: int, head_steps: int, total_steps: int, factor: float):
+        self.peak, self.warmup_steps, self.head_steps = float(peak), int(warmup_steps), int(head_steps)
+        self.total_steps, self.factor = int(total_steps), float(factor)
+
+    def __call__(self, step):
+        ops = keras.ops
+        step = ops.cast(step, "float32")
+        head = self.peak * ops.minimum(1.0, (step + 1.0) / max(self.warmup_steps, 1))
+        progress = ops.clip((step - self.head_steps) / max(self.total_steps - self.head_steps, 1), 0.0, 1.0)
+        whole = self.peak * self.factor * 0.5 * (1.0 + ops.cos(math.pi * progress))
+        return ops.where(step < self.head_steps, head, whole)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "head_steps": self.head_steps,
+                "total_steps": self.total_steps, "factor": self.factor}
+
+
+class FreezeBackbone(keras.callbacks.Callback):
+    """The fine-tuning schedule's switch: the backbone frozen for the first `epochs` epochs, trainable after (its
+    BatchNormalization layers stay frozen when pretrained). Also right after a resume, whatever epoch it starts at.
+    The optimizer was built over every variable fine-tuning trains, so it needs no rebuilding; the train step is
+    retraced, since Keras collects the trainable variables when it traces."""
+
+    def __init__(self, backbone, epochs: int, freeze_batch_norm: bool):
+        super().__init__()
+        self.backbone, self.epochs, self.freeze_batch_norm = backbone, epochs, freeze_batch_norm
+        self.trainable = False  # how run() leaves the backbone before fit
+
+    def on_epoch_begin(self, epoch, logs=None):
+        trainable = epoch >= self.epochs
+        if trainable != self.trainable:
+            models.set_backbone_trainable(self.backbone, trainable, self.freeze_batch_norm)
+            self.model.make_train_function(force=True)
+            self.trainable = trainable
+            print(f"catsdogs-train: epoch {epoch + 1}: backbone {'trainable' if trainable else 'frozen'}",
+                  flush=True)
+
+
+def prepare_fine_tuning(model, cfg: config_lib.TrainConfig, head_epochs: int) -> FreezeBackbone | None:
+    """For a keras.applications model (after compile): builds the optimizer over every variable fine-tuning will
+    train, so unfreezing later needs no new optimizer state; freezes the pretrained backbone's BatchNormalization
+    layers; freezes the backbone for the head-only epochs and returns the callback that unfreezes it. None when
+    there is nothing to switch (no backbone, or no head-only epochs)."""
+    backbone = models.find_backbone(model)
+    if backbone is None:
+        return None
+    pretrained = bool(cfg.weights)
+    models.set_backbone_trainable(backbone, True, freeze_batch_norm=pretrained)
+    model.optimizer.build(model.trainable_variables)
+    if not head_epochs:
+        return None
+    models.set_backbone_trainable(backbone, False, freeze_batch_norm=pretrained)
+    return FreezeBackbone(backbone, head_epochs, freeze_batch_norm=pretrained)
+
+
 def compile_model(model, cfg: config_lib.TrainConfig, schedule) -> None:
     if models.uses_plain_adam(cfg):
         optimizer = keras.optimizers.Adam(schedule)
@@ -381,6 +441,7 @@ def run(cfg: config_lib.TrainConfig) -> int:
         steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     total_steps = cfg.epochs * steps_per_epoch
+    head_epochs = cfg.head_only_epochs()
     network_size = cfg.model_input_size(image_size)
     cache = data.should_cache(cfg.cache, metadata, ("train", "validation"), cfg.cache_limit_mb, size=network_size)
 
@@ -403,6 +464,7 @@ def run(cfg: config_lib.TrainConfig) -> int:
         "steps_per_epoch": steps_per_epoch,
         "warmup_steps": warmup_steps,
         "total_steps": total_steps,
+        "head_only_epochs": head_epochs,
         "cache": cache,
         "image_size": image_size,
         "network_input_size": network_size,
@@ -433,7 +495,13 @@ def run(cfg: config_lib.TrainConfig) -> int:
                        if validation_count else None)
     with placement.strategy.scope():
         model = models.build_model(cfg, image_size)
-        compile_model(model, cfg, learning_rate_schedule(peak_rate, warmup_steps, total_steps))
+        if head_epochs:
+            schedule = FineTuneSchedule(peak_rate, warmup_steps, head_epochs * steps_per_epoch, total_steps,
+                                        cfg.fine_tune_factor)
+        else:
+            schedule = learning_rate_schedule(peak_rate, warmup_steps, total_steps)
+        compile_model(model, cfg, schedule)
+        freeze = prepare_fine_tuning(model, cfg, head_epochs)
 
     monitor = "val_loss" if validation_data is not None else "loss"
     best_so_far = min((row[monitor] for row in earlier_history if monitor in row), default=None)
@@ -452,6 +520,8 @@ def run(cfg: config_lib.TrainConfig) -> int:
               "(pip install tensorboard to get them); history.csv and report.png still record the curves", flush=True)
     if cfg.early_stopping_patience:
         callbacks.insert(0, keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.early_stopping_patience))
+    if freeze is not None:
+        callbacks.insert(0, freeze)
 
     fit_scope = contextlib.nullcontext()
     if placement.kind == "multi_worker":
@@ -511,6 +581,9 @@ def run(cfg: config_lib.TrainConfig) -> int:
     evaluate.write_metrics(join(cfg.model_dir, METRICS_FILE), metrics)
     evaluate.write_report(join(cfg.model_dir, REPORT_FILE), history, metrics, labels, probabilities,
                           title=f"{cfg.model} at {network_size[0]}x{network_size[1]}: {cfg.model_dir}")
+    backbone = models.find_backbone(model)
+    if backbone is not None:  # get_weights() lists trainable variables first: match the fresh copy's flags
+        models.set_backbone_trainable(backbone, True, freeze_batch_norm=False)
     published = export.export_model(float32_copy(model, cfg, image_size), join(cfg.model_dir, "export"),
                                      class_names=class_names, input_size=image_size, model_name=cfg.model,
                                      metrics=metrics, training_data=metadata)

@@ -22,7 +22,7 @@ def test_defaults_are_valid_and_flags_map_onto_fields():
     ({"epochs": 0}, "--epochs must be an integer >= 1"),
     ({"batch_size": 0}, "--batch_size"),
     ({"learning_rate": 0.0}, "--learning_rate"),
-    ({"warmup_epochs": 31}, "--warmup_epochs must be between 0 and --epochs (14)"),
+    ({"warmup_epochs": 41}, "--warmup_epochs must be between 0 and --epochs (40)"),
     ({"warmup_epochs": -1}, "--warmup_epochs must be between 0 and --epochs"),
     ({"mixed_precision": "yes"}, "--mixed_precision must be one of auto, on, off"),
     ({"weights": "w.h5"}, "--weights only applies to keras.applications backbones"),
