@@ -88,16 +88,17 @@ class ScoreOptions(PipelineOptions):
                            help="previous output dir, run dir or glob of prediction files: files already scored "
                                 "there by the same model version are skipped (counted as `skipped`); repeatable")
         group.add_argument("--allowed_model_prefix", default=None,
-                           help="refuse to load a model whose path does not start with this prefix")
+                           help="refuse a model (or a `latest` pointer) outside this directory or gs:// prefix; local paths "
+                                "are compared after resolving symlinks")
         group.add_argument("--min_batch_size", type=_positive_int, default=32,
                            help="smallest batch RunInference sends to the model (default 32)")
         group.add_argument("--max_batch_size", type=_positive_int, default=128,
                            help="largest batch RunInference sends to the model (default 128)")
         group.add_argument("--max_error_rate", type=_rate, default=0.5,
                            help="fail the job (exit 1, outputs kept) when more than this fraction of the files "
-                                "scored in this run are rejected (default 0.5)")
+                                "attempted in this run (skipped ones aside) are rejected (default 0.5)")
         group.add_argument("--max_file_mb", type=_positive_int, default=64,
-                           help="files larger than this are rejected as file_too_large without being read")
+                           help="files larger than this are rejected as file_too_large without being read (default 64)")
         _add_decoder_flags(group)
         group.add_argument("--num_shards", type=int, default=0,
                            help="number of prediction and error files (default 0: the runner decides)")
