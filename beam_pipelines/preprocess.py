@@ -54,6 +54,7 @@ _BYTES_PER_PIXEL = 0.45
 _RECORD_OVERHEAD = 300
 _COUNTS_FILE = "_counts.json"  # written by the pipeline's last step into the staging directory, then removed
 _PROGRESS_SECONDS = 30.0
+_RECORD_PARTS_FN = "beam_pipelines.imaging:record_parts"
 _READ_ATTEMPTS = 3  # a transient I/O error is retried twice (0.2 s, then 0.4 s later) before the file is rejected
 _READ_BACKOFF_SECONDS = 0.2
 # Errors that will not go away on a retry: the file vanished, is a folder, or is not ours to read.
@@ -263,7 +264,9 @@ class DecodeImageFn(beam.DoFn):
         self._done = self._done_at_last_log = 0
         self._read_bytes = isolation.load_function(self._config.read_fn) if self._config.read_fn \
             else storage.read_bytes
-        self._decoder = isolation.DecodeRunner(self._config.decode_timeout_seconds, self._config.decode_fn)
+        # The child also encodes and hashes (imaging.record_parts): only the record's bytes come back.
+        self._decoder = isolation.DecodeRunner(self._config.decode_timeout_seconds, self._config.decode_fn,
+                                               then_fn=_RECORD_PARTS_FN)
 
     def teardown(self):
         self._decoder.close()
@@ -318,14 +321,13 @@ class DecodeImageFn(beam.DoFn):
                 _LOG.warning("preprocess: %s: %s: %s", path, reason, detail)
             yield self._reject(path, reason, detail)
             return
-        pixels = outcome[1].pixels
-        content_id = imaging.content_hash(pixels)
+        parts = outcome[1]
         class_name = config.class_names[label]
         example = features.make_example(
-            image_jpeg=imaging.encode_jpeg(pixels), height=config.image_size, width=config.image_size,
-            label=label, class_name=class_name, image_id=content_id, source=path)
+            image_jpeg=parts.jpeg, height=config.image_size, width=config.image_size,
+            label=label, class_name=class_name, image_id=parts.content_id, source=path)
         self._decoded.inc()
-        yield "ok", content_id, path, class_name, imaging.perceptual_hash(pixels), example
+        yield "ok", parts.content_id, path, class_name, parts.perceptual_hash, example
 
 
 class AssignSplitFn(beam.DoFn):
