@@ -88,8 +88,8 @@ class ScoreOptions(PipelineOptions):
                            help="previous output dir, run dir or glob of prediction files: files already scored "
                                 "there by the same model version are skipped (counted as `skipped`); repeatable")
         group.add_argument("--allowed_model_prefix", default=None,
-                           help="refuse a model (or a `latest` pointer) outside this directory or gs:// prefix; local paths "
-                                "are compared after resolving symlinks")
+                           help="refuse a model (or a `latest` pointer) outside this directory or gs:// prefix; "
+                                "local paths are compared after resolving symlinks")
         group.add_argument("--min_batch_size", type=_positive_int, default=32,
                            help="smallest batch RunInference sends to the model (default 32)")
         group.add_argument("--max_batch_size", type=_positive_int, default=128,

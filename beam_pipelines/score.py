@@ -48,7 +48,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from beam_pipelines import imaging, isolation, model_handler, storage
 from beam_pipelines.options import ScoreOptions
-from trainer import provenance, publish
+from trainer import features, provenance, publish
 
 NAMESPACE = "catsdogs.score"
 PREDICTION_FIELDS = ("path", "predicted_class", "probability", "model_version", "run_id", "scored_at")
@@ -184,6 +184,17 @@ def format_prediction(element, model_version: str, run_id: str) -> dict:
     beam.metrics.Metrics.counter(NAMESPACE, f"class_{prediction.class_name}").inc()
     return {"path": path, "predicted_class": prediction.class_name, "probability": prediction.probability,
             "model_version": model_version, "run_id": run_id, "scored_at": prediction.scored_at}
+
+
+def scored_keys(row: dict, class_names) -> list[str]:
+    """Count keys of one prediction: scored, its class and, when the file's folder names a class (`cat/`, `Dogs/`),
+    whether the prediction agrees with it: scoring a labelled folder then reports its accuracy for free."""
+    keys = ["scored", "class:" + row["predicted_class"]]
+    folder = posixpath.basename(posixpath.dirname(row["path"]))
+    label = features.label_for_name(folder, class_names)
+    if label is not None:
+        keys.append("folder_label:" + ("agrees" if class_names[label] == row["predicted_class"] else "differs"))
+    return keys
 
 
 def to_json_line(row: dict) -> str:
@@ -374,7 +385,7 @@ def build(pipeline, options, model_info):
          todo | "KeyAttempted" >> beam.Map(lambda _: "attempted"),
          skipped | "KeySkipped" >> beam.Map(lambda _: "skipped"),
          errors | "KeyFailed" >> beam.Map(lambda row: "failed:" + row["reason"]),
-         predictions | "KeyScored" >> beam.FlatMap(lambda row: ("scored", "class:" + row["predicted_class"])),
+         predictions | "KeyScored" >> beam.FlatMap(scored_keys, tuple(model_info["class_names"])),
          prediction_files | "KeyPredictionFiles" >> beam.Map(lambda _: "files:predictions"),
          error_files | "KeyErrorFiles" >> beam.Map(lambda _: "files:errors"))
         | "FlattenOutcomes" >> beam.Flatten())
@@ -537,6 +548,14 @@ def sink_leftovers(staging: str) -> set[str]:
     return folders
 
 
+def _folder_label_check(counts: dict) -> dict | None:
+    """Agreement of predictions with class-named parent folders, or None when no scored file sits in one."""
+    agrees, differs = counts.get("folder_label:agrees", 0), counts.get("folder_label:differs", 0)
+    if not agrees + differs:
+        return None
+    return {"images": agrees + differs, "agree": agrees, "accuracy": round(agrees / (agrees + differs), 4)}
+
+
 def summarize(counts: dict, info: dict, options, started_at: str, seconds: float, outputs: list[str]) -> dict:
     score = options.view_as(ScoreOptions)
     failed = {key.split(":", 1)[1]: n for key, n in sorted(counts.items()) if key.startswith("failed:")}
@@ -561,6 +580,7 @@ def summarize(counts: dict, info: dict, options, started_at: str, seconds: float
         "failed_by_reason": failed,
         "skipped": skipped,
         "class_counts": classes,
+        "folder_labels": _folder_label_check(counts),
         "error_rate": round(failed_total / attempted, 6) if attempted else 0.0,
         "max_error_rate": score.max_error_rate,
         "seconds": round(seconds, 3),
@@ -622,7 +642,7 @@ def run(argv=None, test_pipeline=None) -> dict:
     storage.replace_directory(staging, final, marker=SUMMARY_FILE)
     storage.write_json(storage.join(final, SUMMARY_FILE), summary)  # last: readers take it as "complete"
     print(json.dumps({k: summary[k] for k in ("run_id", "status", "matched", "scored", "failed",
-                                               "failed_by_reason", "skipped", "class_counts",
+                                               "failed_by_reason", "skipped", "class_counts", "folder_labels",
                                                "images_per_second")}, ensure_ascii=False))
     if too_many_errors:
         _fail(f"{summary['failed']} of {summary['matched'] - summary['skipped']} files were rejected "

@@ -110,6 +110,12 @@ def test_mixed_folder_scores_good_files_and_rejects_each_bad_one_with_its_reason
         assert row["scored_at"].endswith("Z")
     assert summary["class_counts"] == {name: sum(r["predicted_class"] == name for r in predictions.values())
                                        for name in ("cat", "dog")}
+    folders = {path: Path(path).parent.name.lower().rstrip("s") for path in predictions}
+    labelled = [path for path, folder in folders.items() if folder in ("cat", "dog")]
+    agree = sum(predictions[path]["predicted_class"] == folders[path] for path in labelled)
+    assert 10 <= len(labelled) < len(predictions)  # the easy cat/ and dog/ pictures, not the odd/ zoo's others
+    assert summary["folder_labels"] == {"images": len(labelled), "agree": agree,
+                                        "accuracy": round(agree / len(labelled), 4)}
     names = sorted(path.name for path in run_dir.iterdir())
     assert names[-1] == "summary.json" and json.loads((run_dir / "summary.json").read_text()) == summary
     assert all(name.startswith(("predictions-", "errors-")) for name in names[:-1])
