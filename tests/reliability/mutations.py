@@ -41,19 +41,23 @@ MUTATIONS = [
     ("beam_pipelines/model_handler.py", "    info = read_model_info(model_dir)\n    verify_files(model_dir, info)\n",
      "    info = read_model_info(model_dir)\n", R + "test_untrusted_models.py::"
      "test_a_valid_model_with_swapped_weights_is_refused_by_its_checksums", "the checksum check at launch"),
-    ("beam_pipelines/score.py", "        # Never handed to keras.models.load_model: a Keras file's Lambda layers carry Python bytecode.\n",
+    ("beam_pipelines/score.py",
+     "        # Never handed to keras.models.load_model: a Keras file's Lambda layers carry Python bytecode.\n",
      "        __import__('keras').models.load_model(model, safe_mode=False)\n",
      R + "test_untrusted_models.py::test_a_keras_file_with_a_lambda_layer_never_runs",
      "refusing Keras files (load them unsafely)"),
-    ("beam_pipelines/score.py", "        prefix = os.path.realpath(prefix)\n        path = path if storage.is_gcs(path) "
-     "else os.path.realpath(path)", "        prefix = os.path.abspath(prefix)\n        path = path if "
-     "storage.is_gcs(path) else os.path.abspath(path)",
+    ("beam_pipelines/score.py",
+     "        prefix = os.path.realpath(prefix)\n"
+     "        path = path if storage.is_gcs(path) else os.path.realpath(path)",
+     "        prefix = os.path.abspath(prefix)\n"
+     "        path = path if storage.is_gcs(path) else os.path.abspath(path)",
      R + "test_untrusted_models.py::test_a_model_outside_the_allowed_prefix_is_refused_even_through_a_symlink",
      "resolving symlinks before the prefix check"),
     ("trainer/publish.py", "    if not version.isdigit():", "    if False:",
      R + "test_untrusted_models.py::test_a_latest_pointer_naming_a_path_instead_of_a_version_is_refused",
      "the version check on `latest`"),
-    ("trainer/publish.py", "            if _same_content(blob, path):  # our own earlier attempt", "            if False:  #",
+    ("trainer/publish.py",
+     "            if _same_content(blob, path):  # our own earlier attempt", "            if False:  #",
      R + "test_gcs_ambiguous_write.py", "recognising our own completed write after a 412"),
     ("setup.py", '"pillow": "pillow==13.0.0",', '"pillow": "pillow==12.3.0",', R + "test_dependency_pins.py",
      "the Pillow pin moved without reinstalling (or updating RELIABILITY.md)"),
