@@ -542,6 +542,9 @@ def bench_score(args, results: list[str]) -> None:
 
 
 SECTIONS = {"preprocess": bench_preprocess, "train": bench_train, "score": bench_score}
+# Everything after this line in RESULTS.md is written by hand (the profiles and why a target is missed) and is kept
+# when the figures above it are regenerated; its own heading says which run it describes.
+ANALYSIS_MARKER = "<!-- analysis: written by hand, kept by bench.py -->"
 
 
 def main(argv=None) -> None:
@@ -597,7 +600,11 @@ def main(argv=None) -> None:
         *results,
         "",
     ]
-    Path(args.output).write_text("\n".join(report))
+    output = Path(args.output)
+    kept = output.read_text().split(ANALYSIS_MARKER, 1) if output.exists() else []
+    if len(kept) == 2:  # the hand-written analysis of the last full run stays, marked as such, until rewritten
+        report += [ANALYSIS_MARKER + kept[1].rstrip("\n"), ""]
+    output.write_text("\n".join(report))
     Path(args.output).with_suffix(".json").write_text(json.dumps({"machine": info, "rows": results, "ratios": RATIOS},
                                                                  indent=1))
     print("\n".join(report))
