@@ -16,11 +16,9 @@ SIZE = 32
 VERSION = "1700000000"
 
 
-def export_tiny_model(export_root: Path, version: str = VERSION, seed: int = 3) -> str:
-    """A small untrained CNN (random weights, spread out so both classes occur) exported through trainer/export.py."""
+def tiny_model(seed: int = 3):
+    """A small untrained CNN (random weights, spread out so both classes occur)."""
     import keras
-
-    from trainer import export
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((SIZE, SIZE, 3))
@@ -28,7 +26,14 @@ def export_tiny_model(export_root: Path, version: str = VERSION, seed: int = 3) 
     x = keras.layers.Conv2D(8, 3, activation="relu")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=keras.initializers.RandomNormal(0, 3))(x)
-    return export.export_model(keras.Model(inputs, outputs), str(export_root), class_names=["cat", "dog"],
+    return keras.Model(inputs, outputs)
+
+
+def export_tiny_model(export_root: Path, version: str = VERSION, seed: int = 3) -> str:
+    """tiny_model(seed) exported through trainer/export.py."""
+    from trainer import export
+
+    return export.export_model(tiny_model(seed), str(export_root), class_names=["cat", "dog"],
                                input_size=[SIZE, SIZE], model_name="tiny-test", version=version)
 
 

@@ -21,11 +21,19 @@ from tests.trainer.datasets import run_python
 
 pytestmark = pytest.mark.slow
 
-EXPORT = """
+# One network exported twice, the second time with other weights: the same Python objects give both checkpoints the
+# same object graph, so one's variables load into the other (two separately built models need not: their layer
+# names and tracking order can differ from process to process).
+EXPORT_TWINS = """
 import sys
-from pathlib import Path
-from tests.beam_pipelines.test_score import export_tiny_model
-export_tiny_model(Path(sys.argv[1]), seed=int(sys.argv[2]))
+import numpy as np
+from trainer import export
+from tests.beam_pipelines.test_score import SIZE, VERSION, tiny_model
+model = tiny_model(seed=3)
+kwargs = dict(class_names=["cat", "dog"], input_size=[SIZE, SIZE], model_name="tiny-test", version=VERSION)
+export.export_model(model, sys.argv[1], **kwargs)
+model.set_weights([np.asarray(w) + np.random.default_rng(4).normal(0, 1, np.shape(w)) for w in model.get_weights()])
+export.export_model(model, sys.argv[2], **kwargs)
 """
 
 
@@ -55,10 +63,7 @@ def launch(model, images, output, *flags) -> str:
 def test_a_valid_model_with_swapped_weights_is_refused_by_its_checksums(export_root, images, tmp_path):
     """An attacker (or a bad copy) replaces the weights with another model's: the SavedModel still loads and scores,
     so only the sha256 list in model_info.json can tell."""
-    # Two exports of the same network with different weights, each from a fresh process so that their checkpoints'
-    # object graphs match and one's variables load into the other.
-    for root, seed in ((tmp_path / "export", 3), (tmp_path / "other", 4)):
-        run_python(EXPORT, root, seed)
+    run_python(EXPORT_TWINS, tmp_path / "export", tmp_path / "other")
     model = tmp_path / "export" / VERSION
     for weights in (tmp_path / "other" / VERSION / "variables").iterdir():
         shutil.copy(weights, model / "variables" / weights.name)
