@@ -12,13 +12,14 @@ Stages (one Beam step each, see `build`):
   WriteExamples[*]   train/validation/test TFRecord shards, rejected-*.jsonl, then metadata.json (written last)
 Only small keys go through GroupByKey; the JPEG bytes cross one materialisation and the sink's shuffle.
 
-Command (all 23k photos of ../shared/data/pets-180, two local worker processes):
+Command (all 23k photos of ../shared/data/pets-180, as `make preprocess` and the benchmark run it):
   python -m beam_pipelines.preprocess --input ../shared/data/pets-180 --output_dir /tmp/pets180-data \\
-      --runner DirectRunner --direct_running_mode multi_processing --direct_num_workers 2
+      --runner DirectRunner --direct_num_workers 2
 
-Cost: the command above took 86 s for 22,991 photos (267 images/s, 2.2 GB RAM) on a busy 2-core machine; about
-3.6 ms of CPU per 180x180 photo, of which 1.3 ms is decoding and encoding. docs/PREPROCESS.md has the
-measurements and the Dataflow and Dask commands.
+Cost: 20-26 s for the 22,991 photos (880-1,150 images/s, 2.2 GB RAM) on the shared 2-core machine, about 1.6 ms of
+CPU per 180x180 photo, of which 0.5 ms is decoding and encoding; --direct_running_mode multi_processing is slower
+here (31 s: its gRPC data plane). docs/PREPROCESS.md and benchmarks/RESULTS.md have the measurements, and the
+Dataflow and Dask commands.
 """
 
 import calendar
@@ -245,7 +246,8 @@ def settle(node_and_labels):
 
 
 class DecodeImageFn(beam.DoFn):
-    """(path, size) -> ("ok", content_id, path, class_name, phash, example) or ("rejected", path, reason, detail).
+    """[(path, size)] -> per file ("ok", content_id, path, class_name, phash, example) or ("rejected", path,
+    reason, detail).
 
     One output per file (DaskRunner mixes tagged outputs, so the kinds are told apart downstream). Logs
     progress every 30 s from the worker, since runner metrics are not available on every runner.
@@ -299,35 +301,49 @@ class DecodeImageFn(beam.DoFn):
                       self._done, rate, now - self._last_log)
             self._last_log, self._done_at_last_log = now, self._done
 
-    def process(self, path_and_size):
-        path, _ = path_and_size
-        self._read.inc()
-        self._log_progress()
+    def process(self, batch):
+        """A batch of (path, size) from ListFiles: the files stream through the decoder process, several in flight,
+        so that it decodes the next file while this worker reads files and builds records."""
         config = self._config
-        label = label_for_path(path, self._roots, config.class_names, config.label_from)
-        if label is None:
-            where = "file-name prefix" if config.label_from == "prefix" else "folder names"
-            yield self._reject(path, NO_LABEL, f"no class ({', '.join(config.class_names)}) in the {where}")
-            return
-        try:
-            data = self._read_with_retries(path)
-        except OSError as error:
-            yield self._reject(path, READ_ERROR, f"{type(error).__name__}: {error}")
-            return
-        outcome = self._decoder.decode(data, config.size, config.max_pixels)
+        early = []  # rejected before decoding; yielded as they come
+
+        def readable():
+            for path, _ in batch:
+                self._read.inc()
+                self._log_progress()
+                label = label_for_path(path, self._roots, config.class_names, config.label_from)
+                if label is None:
+                    where = "file-name prefix" if config.label_from == "prefix" else "folder names"
+                    early.append(self._reject(path, NO_LABEL, f"no class ({', '.join(config.class_names)}) in the "
+                                                              f"{where}"))
+                    continue
+                try:
+                    data = self._read_with_retries(path)
+                except OSError as error:
+                    early.append(self._reject(path, READ_ERROR, f"{type(error).__name__}: {error}"))
+                    continue
+                yield (path, label), data
+
+        for (path, label), outcome in self._decoder.decode_stream(readable(), config.size, config.max_pixels):
+            yield from early
+            early.clear()
+            yield self._output(path, label, outcome)
+        yield from early
+
+    def _output(self, path, label, outcome):
+        config = self._config
         if outcome[0] == "rejected":
             _, reason, detail = outcome
             if reason in isolation.REASONS:
                 _LOG.warning("preprocess: %s: %s: %s", path, reason, detail)
-            yield self._reject(path, reason, detail)
-            return
+            return self._reject(path, reason, detail)
         parts = outcome[1]
         class_name = config.class_names[label]
         example = features.make_example(
             image_jpeg=parts.jpeg, height=config.image_size, width=config.image_size,
             label=label, class_name=class_name, image_id=parts.content_id, source=path)
         self._decoded.inc()
-        yield "ok", parts.content_id, path, class_name, parts.perceptual_hash, example
+        return "ok", parts.content_id, path, class_name, parts.perceptual_hash, example
 
 
 class AssignSplitFn(beam.DoFn):
@@ -409,7 +425,7 @@ def build(pipeline, config: PreprocessConfig, write_dir: str, num_shards: dict) 
     roots = [input_root(pattern) for pattern in config.inputs]
     decoded = (
         pipeline
-        | "ListFiles" >> storage.ListFiles(config.inputs, counter_namespace=NAMESPACE)
+        | "ListFiles" >> storage.ListFiles(config.inputs, counter_namespace=NAMESPACE, batched=True)
         | "DecodeImages" >> beam.ParDo(DecodeImageFn(config, roots, _PROGRESS_SECONDS))
     )
     images = decoded | "KeepDecoded" >> beam.Filter(lambda d: d[0] == "ok")

@@ -68,3 +68,32 @@ def test_a_hanging_or_crashing_decoder_costs_one_file_and_the_job_finishes(tmp_p
         good[0].name: 32, "hangs.jpg": isolation.DECODER_TIMEOUT, "crashes.png": isolation.DECODER_CRASH,
         good[-1].name: 32}
     assert "exit code -6" in scored[str(crashes)][1]  # SIGABRT, as a failed assertion in a C codec would end
+
+
+# decode_stream keeps several files in flight to one child: a hang or a crash in the middle of a stream must cost only
+# that file, and the files sent behind it must reach the next child and come back in order.
+STREAM = textwrap.dedent(f"""
+    import json, sys
+    from pathlib import Path
+    from beam_pipelines import isolation
+    runner = isolation.DecodeRunner({TIMEOUT_SECONDS}, "{FAULTY_DECODER}")
+    items = [(path, Path(path).read_bytes()) for path in sys.argv[1:]]
+    print(json.dumps([[path, outcome[0] if outcome[0] == "ok" else outcome[1]]
+                      for path, outcome in runner.decode_stream(items, (16, 16), 10**6, in_flight=3)]))
+    print(runner.restarts)
+    runner.close()
+""")
+
+
+def test_files_in_flight_behind_a_hang_or_a_crash_are_decoded_by_the_next_child(tmp_path):
+    good = corpus.write_easy_dataset(tmp_path, per_class=3, size=24)
+    (hangs := tmp_path / "hangs.jpg").write_bytes(faulty.HANG)
+    (crashes := tmp_path / "crashes.png").write_bytes(faulty.CRASH)
+    order = [good[0], hangs, good[1], good[2], crashes, good[3], good[4], crashes, hangs, good[5]]
+
+    lines = run_python(STREAM, *order, timeout=120).stdout.splitlines()
+    outcomes, restarts = json.loads(lines[-2]), int(lines[-1])
+
+    expected = {str(hangs): isolation.DECODER_TIMEOUT, str(crashes): isolation.DECODER_CRASH}
+    assert outcomes == [[str(path), expected.get(str(path), "ok")] for path in order]
+    assert restarts == 4
