@@ -16,7 +16,7 @@ Command (all 23k photos of ../shared/data/pets-180, as `make preprocess` and the
   python -m beam_pipelines.preprocess --input ../shared/data/pets-180 --output_dir /tmp/pets180-data \\
       --runner DirectRunner --direct_num_workers 2
 
-Cost: 20-26 s for the 22,991 photos (880-1,150 images/s, 2.2 GB RAM) on the shared 2-core machine, about 1.6 ms of
+Cost: 20-26 s for the 22,991 photos (880-1,240 images/s, 2.2 GB RAM) on the shared 2-core machine, about 1.6 ms of
 CPU per 180x180 photo, of which 0.5 ms is decoding and encoding; --direct_running_mode multi_processing is slower
 here (31 s: its gRPC data plane). docs/PREPROCESS.md and benchmarks/RESULTS.md have the measurements, and the
 Dataflow and Dask commands.
