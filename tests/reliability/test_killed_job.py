@@ -20,6 +20,15 @@ def _tree(root) -> dict:
     return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
 
 
+def _appeared(staging_glob) -> bool:
+    """Whether the glob matches yet; a directory the job removes while the glob walks it (Beam's temporary
+    directories come and go) means not yet."""
+    try:
+        return any(staging_glob())
+    except FileNotFoundError:
+        return False
+
+
 def _kill_while_writing(args, staging_glob, attempts: int = 3):
     """Starts the job and SIGKILLs it as soon as its first TFRecord file appears under the staging directory,
     i.e. while the sinks write. Retries when the job was quicker than the watcher (it then finished normally)."""
@@ -27,7 +36,7 @@ def _kill_while_writing(args, staging_glob, attempts: int = 3):
         process = subprocess.Popen([sys.executable, "-m", "beam_pipelines.preprocess", *args], cwd=REPO,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            while process.poll() is None and not any(staging_glob()):
+            while process.poll() is None and not _appeared(staging_glob):
                 time.sleep(0.005)
             process.send_signal(signal.SIGKILL)
             _, stderr = process.communicate(timeout=60)
