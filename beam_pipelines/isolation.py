@@ -4,9 +4,8 @@ Pillow and its C codecs (libjpeg-turbo, libpng, libwebp, Pillow's own GIF and BM
 A codec bug can loop forever or kill the process (a segfault, an abort); in-process, either would stall or fail a
 Beam worker and, after the runner's retries, the whole job. `DecodeRunner` keeps one long-lived child process per
 DoFn instance, sends it files over a pipe (in order, a few ahead) and waits at most `timeout` seconds for each
-answer. When the
-time is up, or the child dies, the child is killed and replaced and the file is rejected as `decoder_timeout` /
-`decoder_crash`; the next file goes to a new child.
+answer. When the time is up, or the child dies, the child is killed and replaced and the file is rejected as
+`decoder_timeout` / `decoder_crash`; the next file goes to a new child.
 
 The child is a fresh interpreter (`python -m beam_pipelines.isolation`), not a multiprocessing `spawn`/`fork`
 child: Beam workers run threads, which `fork` does not copy safely, and `spawn` re-imports the launcher's
@@ -197,15 +196,17 @@ class DecodeRunner:
                     self._start()
                 try:
                     self._requests.send((data, size, max_pixels))
-                except OSError:  # the child died on a file already sent: the head's reply tells which
+                    failed = False
+                except OSError:  # the child died: the head's reply (EOF) reports it, on the file it was on
+                    failed = True
+                if failed and sent:
                     resend.appendleft((tag, data))
-                    if not sent:  # it died between files: start a new one for this file
-                        self._stop()
-                        continue
                     break
                 if not sent:
                     head_started = time.monotonic()
                 sent.append((tag, data))
+                if failed:
+                    break
             if not sent:
                 return
             tag, _ = sent.popleft()

@@ -193,11 +193,8 @@ def beam_preprocess_rate(inputs: list[str], count: int, workers: int, mode: str 
 def bench_preprocess(args, results: list[str]) -> None:
     workers = os.cpu_count() or 1
     for folder, limit in (("pets-180", args.pets_limit), ("kaggle-fullres", None)):
-        if limit:  # a stable subset: the first N/2 photos of each class
-            paths = list_images(SHARED / folder / "cat", limit // 2) + list_images(SHARED / folder / "dog", limit // 2)
-            inputs = _link_subset(paths)
-        else:
-            paths, inputs = list_images(SHARED / folder), [str(SHARED / folder)]
+        paths = _subset(folder, limit)
+        inputs = _link_subset(paths) if limit else [str(SHARED / folder)]
         print(f"preprocess {folder}: {len(paths)} photos", flush=True)
         limit_fig, naive_fig, ours = figures = [
             repeat(Figure(f"limit: decode-resize-encode, {workers} processes ({folder})", "img/s"), args.repeats,
@@ -240,7 +237,7 @@ _CACHE: dict = {}
 def bench_dataset(args) -> str:
     """pets-180 (or the --pets_limit subset) preprocessed once per benchmark run."""
     if "dataset" not in _CACHE:
-        paths = _pets_subset(args.train_limit)
+        paths = _subset("pets-180", args.train_limit)
         out = tempfile.mkdtemp(prefix="bench-data-")
         subprocess.run([PYTHON, "-m", "beam_pipelines.preprocess", *sum((["--input", i] for i in _link_subset(paths)),
                         []), "--output_dir", f"{out}/data", "--runner", "DirectRunner",
@@ -250,10 +247,11 @@ def bench_dataset(args) -> str:
     return _CACHE["dataset"]
 
 
-def _pets_subset(limit: int | None) -> list[Path]:
+def _subset(folder: str, limit: int | None) -> list[Path]:
+    """Every photo of the folder, or a stable subset: the first limit/2 photos of each class."""
     if not limit:
-        return list_images(SHARED / "pets-180")
-    return list_images(SHARED / "pets-180" / "cat", limit // 2) + list_images(SHARED / "pets-180" / "dog", limit // 2)
+        return list_images(SHARED / folder)
+    return list_images(SHARED / folder / "cat", limit // 2) + list_images(SHARED / folder / "dog", limit // 2)
 
 
 def build(arch: str, size: int = 180, model: bool = True):
@@ -517,7 +515,7 @@ def bench_score(args, results: list[str]) -> None:
                    functools.partial(model_only_rate, model_root, fullres))
     naive = repeat(Figure("naive: Pillow per file + model, 1 process, after start-up (kaggle-fullres)", "img/s"),
                    args.repeats, functools.partial(naive_score_rate, model_root, fullres))
-    large_paths = _pets_subset(args.pets_limit)
+    large_paths = _subset("pets-180", args.pets_limit)
     naive_script = repeat(Figure("naive, end to end as a script (kaggle-fullres)", "img/s"), args.repeats,
                           functools.partial(naive_score_script_rate, model_root, fullres))
     naive_large = repeat(Figure(f"naive, end to end as a script (pets-180, {len(large_paths):,})", "img/s"),

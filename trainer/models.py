@@ -159,21 +159,15 @@ def application(name: str, input_size, weights: str | None = None, dropout: floa
     return keras.Model(inputs, outputs, name=name)
 
 
-def find_backbone(model):
-    """The keras.applications feature extractor inside model (also behind a Resizing wrapper), or None."""
-    for layer in getattr(model, "layers", []):
-        if layer.name == BACKBONE_NAME:
-            return layer
-        found = find_backbone(layer)
-        if found is not None:
-            return found
-    return None
-
-
 def _sublayers(layer):
     for child in getattr(layer, "layers", []):
         yield child
         yield from _sublayers(child)
+
+
+def find_backbone(model):
+    """The keras.applications feature extractor inside model (also behind a Resizing wrapper), or None."""
+    return next((layer for layer in _sublayers(model) if layer.name == BACKBONE_NAME), None)
 
 
 def set_backbone_trainable(backbone, trainable: bool, freeze_batch_norm: bool) -> None:

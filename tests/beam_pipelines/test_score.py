@@ -29,11 +29,11 @@ def tiny_model(seed: int = 3):
     return keras.Model(inputs, outputs)
 
 
-def export_tiny_model(export_root: Path, version: str = VERSION, seed: int = 3) -> str:
-    """tiny_model(seed) exported through trainer/export.py."""
+def export_tiny_model(export_root: Path, version: str = VERSION, seed: int = 3, model=None) -> str:
+    """model (default tiny_model(seed)) exported through trainer/export.py."""
     from trainer import export
 
-    return export.export_model(tiny_model(seed), str(export_root), class_names=["cat", "dog"],
+    return export.export_model(model or tiny_model(seed), str(export_root), class_names=["cat", "dog"],
                                input_size=[SIZE, SIZE], model_name="tiny-test", version=version)
 
 

@@ -27,13 +27,11 @@ pytestmark = pytest.mark.slow
 EXPORT_TWINS = """
 import sys
 import numpy as np
-from trainer import export
-from tests.beam_pipelines.test_score import SIZE, VERSION, tiny_model
+from tests.beam_pipelines.test_score import export_tiny_model, tiny_model
 model = tiny_model(seed=3)
-kwargs = dict(class_names=["cat", "dog"], input_size=[SIZE, SIZE], model_name="tiny-test", version=VERSION)
-export.export_model(model, sys.argv[1], **kwargs)
+export_tiny_model(sys.argv[1], model=model)
 model.set_weights([np.asarray(w) + np.random.default_rng(4).normal(0, 1, np.shape(w)) for w in model.get_weights()])
-export.export_model(model, sys.argv[2], **kwargs)
+export_tiny_model(sys.argv[2], model=model)
 """
 
 
