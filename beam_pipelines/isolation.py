@@ -19,17 +19,22 @@ CPU, old and new code run back to back). A child start costs ~0.3 s of CPU (an i
 Pillow) and ~40 MB of memory per DoFn instance (one per Beam worker thread that decodes), paid again only after a
 failure.
 
-The decode function is named by import path ("module:function", default `beam_pipelines.imaging:decode_image`)
-because it has to be importable in the child; tests use it to inject a decoder that hangs or aborts. An optional
-second function (`then_fn`) runs on the decoded image in the child too, so that only its (smaller) result crosses the
-pipe: preprocessing sends back the record's JPEG bytes and hashes instead of the pixels (`imaging.record_parts`),
-which cut the pipe's cost ~7x and moved the encoding off the Beam worker (measured with py-spy).
+The child runs under an address-space limit (RLIMIT_AS, `memory_limit`): a file that makes the decoder allocate past
+it fails with MemoryError or kills the child, and is rejected (`decode_error` / `decoder_crash`) instead of taking the
+worker's memory. An optional second function (`then_fn`, "module:function") runs on the decoded image in the child
+too, so that only its (smaller) result crosses the pipe: preprocessing sends back the record's JPEG bytes and hashes
+instead of the pixels (`imaging.record_parts`), which cut the pipe's cost ~7x and moved the encoding off the Beam
+worker (measured with py-spy).
+
+The decoder itself is always `imaging.decode_image`; no command-line flag can name other code. The test suite, and
+only it, sets FAULT_INJECTION_ENV to a "module:function" to stand in for it (a decoder that hangs or aborts).
 """
 
 import collections
 import importlib
 import os
 import queue
+import resource
 import subprocess
 import sys
 import threading
@@ -42,6 +47,7 @@ DECODER_TIMEOUT = "decoder_timeout"
 DECODER_CRASH = "decoder_crash"
 REASONS = (DECODER_TIMEOUT, DECODER_CRASH)
 DEFAULT_DECODE_FN = "beam_pipelines.imaging:decode_image"
+FAULT_INJECTION_ENV = "CATSDOGS_TEST_DECODE_FN"  # set by tests only: a "module:function" replacing the decoder
 _STARTUP_SECONDS = 120
 IN_FLIGHT = 4  # files sent ahead to the child by decode_stream: enough to keep it busy, few enough to bound memory
 _READY = "ready"
@@ -69,11 +75,32 @@ def decode_outcome(decode, data: bytes, size, max_pixels: int, then=None):
         return ("ok", then(decoded) if then is not None else decoded)
     except imaging.ImageRejected as rejected:
         return ("rejected", rejected.reason, rejected.detail)
+    except MemoryError:
+        return ("rejected", DECODER_CRASH, "the decoder ran out of memory on this file (its process runs under an "
+                                           "address-space limit sized from --max_pixels and --max_file_mb)")
     except Exception as error:  # noqa: BLE001 - one poisoned file must not fail the job
         return ("rejected", imaging.DECODE_ERROR, f"unexpected {type(error).__name__}: {error}")
 
 
-def serve(requests: Connection, replies: Connection, decode_fn: str, then_fn: str = "") -> None:
+def decoder_function() -> str:
+    """imaging.decode_image, or the stand-in the test suite names in FAULT_INJECTION_ENV."""
+    return os.environ.get(FAULT_INJECTION_ENV) or DEFAULT_DECODE_FN
+
+
+def memory_limit(max_pixels: int, max_file_bytes: int) -> int:
+    """Address space the decoder child may use: the interpreter with numpy and Pillow (~160 MB of address space),
+    the encoded file twice (received, then wrapped), and 8 bytes per pixel at the pixel limit (the RGB image plus
+    one converted copy)."""
+    return 256 * 2**20 + 2 * max_file_bytes + 8 * max_pixels
+
+
+def limit_memory(limit_bytes: int) -> None:
+    if limit_bytes > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+
+def serve(requests: Connection, replies: Connection, decode_fn: str, then_fn: str = "",
+          memory_limit_bytes: int = 0) -> None:
     """The child's loop: (data, size, max_pixels) in, an outcome out, in order, until the parent closes its end.
 
     A reader thread takes requests off the pipe as they come, so the parent can send the next files while this
@@ -82,6 +109,7 @@ def serve(requests: Connection, replies: Connection, decode_fn: str, then_fn: st
     """
     decode = load_function(decode_fn)
     then = load_function(then_fn) if then_fn else None
+    limit_memory(memory_limit_bytes)  # after the imports: they are not the file's doing
     queued = queue.SimpleQueue()
 
     def read():
@@ -107,24 +135,27 @@ class DecodeRunner:
     same place, and its result is what `decode` returns.
     """
 
-    def __init__(self, timeout: float, decode_fn: str = DEFAULT_DECODE_FN, then_fn: str | None = None):
+    def __init__(self, timeout: float, then_fn: str | None = None, memory_limit_bytes: int = 0):
         self.timeout = timeout
-        self.decode_fn = decode_fn
+        self.decode_fn = decoder_function()
         self.then_fn = then_fn or ""
+        self.memory_limit_bytes = memory_limit_bytes
         self.restarts = 0
         self._process = None
         self._requests = self._replies = None
-        self._in_process = load_function(decode_fn) if not timeout else None
+        self._in_process = load_function(self.decode_fn) if not timeout else None
         self._then = load_function(then_fn) if then_fn else None
 
     def _start(self) -> None:
         request_read, request_write = os.pipe()
         reply_read, reply_write = os.pipe()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path or os.getcwd() for path in sys.path))
+        # One BLAS thread: the child only decodes, and each BLAS thread reserves address space under the limit.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path or os.getcwd() for path in sys.path),
+                   OPENBLAS_NUM_THREADS="1")
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "beam_pipelines.isolation", str(request_read), str(reply_write),
-                 self.decode_fn, self.then_fn],
+                 self.decode_fn, self.then_fn, str(self.memory_limit_bytes)],
                 pass_fds=(request_read, reply_write), stdin=subprocess.DEVNULL, env=env)
         finally:
             os.close(request_read)
@@ -246,6 +277,6 @@ class DecodeRunner:
 
 
 if __name__ == "__main__":
-    _requests_fd, _replies_fd, _decode_fn, _then_fn = sys.argv[1:5]
+    _requests_fd, _replies_fd, _decode_fn, _then_fn, _limit = sys.argv[1:6]
     serve(Connection(int(_requests_fd), writable=False), Connection(int(_replies_fd), readable=False), _decode_fn,
-          _then_fn)
+          _then_fn, int(_limit))

@@ -1,65 +1,56 @@
 """Batch scoring: classify every image under some folders with an exported model, on Apache Beam.
 
-Stages (one per line in `build`):
-  ListImages      folders / globs, local or gs://, listed lazily and recursively (storage.ListFiles)
-  JoinOnPath      CoGroupByKey of the listed paths with rows of earlier runs (--skip_scored): each path once,
-                  files the same model version already scored are `skipped`
-  DecodeImages    imaging.decode_image at the model's input_size, per file, before batching, in a child process
-                  (isolation.DecodeRunner: a decoder that hangs or crashes costs that file); unusable files go
-                  to the errors output with their reason and never reach (or break) a batch
-  Score           RunInference(KeyedModelHandler(PixelsModelHandler)): batches of --min/--max_batch_size
-                  through the SavedModel's `serve_pixels`, one model per worker process
-  WritePredictions, WriteErrors   sharded files via WriteToText (plain shard files on Dask), into a staging dir
-  CountOutcomes   the run's counts, computed in the pipeline (runners such as Dask report no metrics)
-Then the launcher swaps the staging dir into <output_dir>/<run_id>/ (a re-run of a run id replaces it) and
-writes summary.json last. Every listed file is in exactly one of predictions-* and errors-* (or is skipped).
+Stages (one per line in `build`; one element per batch of files from the listing on, never one per image):
+  ListImages        folders / globs, local or gs://, listed as a stream into batches of --files_per_batch files;
+                    with --skip_scored, files earlier runs accounted for are skipped right there (incremental.py:
+                    a watermark and a short list of recent keys, never the history's rows)
+  Score             RunInference over whole batches (inference.FilesModelHandler): files read ahead in threads,
+                    decoded in a child process (isolation.py: a decoder that hangs or crashes costs that file),
+                    --max_batch_size images per model call through the SavedModel's `serve_pixels`, decoding
+                    overlapped with inference; unusable files come out rejected with their reason
+  CommitBatches     each batch's predictions and errors are written as their own files, then a commit marker: a
+                    killed run, started again with the same --run_id, skips what its committed batches hold
+  CountOutcomes     the per-batch tallies, summed (no extra step per image; works where the runner has no metrics)
+Then the launcher publishes <output_dir>/<run_id>/ (summary.json last) and moves the incremental record forward.
+Every listed file is in exactly one of predictions-* and errors-* (or counted as skipped).
 
-Command (local; add --direct_running_mode=multi_processing --direct_num_workers=N for big folders):
+Command (local; the scoring CronJob adds --skip_scored with its own --output_dir):
   python -m beam_pipelines.score --model work/model/export --input ../shared/data/kaggle-fullres \\
       --output_dir work/scores
-Other runners: docs/SCORING.md (Dataflow, Dask). Exit status 1 and a message when more than
---max_error_rate of the files are rejected; the outputs are written anyway.
+Other runners: docs/SCORING.md (Dataflow, Dask). Exit status: 0 done, 1 more than --max_error_rate of the files
+rejected (outputs written anyway), 2 bad flags or model, 75 another run holds this run id.
 
-Cost (measured on 2 shared CPU cores, resnet_lite at 160x160, the 1,000 kaggle-fullres photos): about 6 s of
-start-up (imports, model load), then 110-125 images/s, the model's own speed on those cores (serve_pixels alone:
-~110 images/s; decoding a full-size JPEG costs ~1.5 ms). Memory per worker: one model plus a batch of images.
+Cost: see docs/SCORING.md and benchmarks/RESULTS.md (per image: the decode and the model; per run: start-up, the
+listing, and one small read of the incremental record).
 """
 
-import argparse
 import csv
 import datetime
-import difflib
 import io
 import json
 import logging
 import os
-import posixpath
 import sys
-import threading
 import time
-import zlib
+import uuid
 from collections import Counter
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, _BeamArgumentParser
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from beam_pipelines import imaging, isolation, model_handler, storage
-from beam_pipelines.options import ScoreOptions
+from beam_pipelines import cli, dask_compat, incremental, inference, lifecycle, listing, model_handler, options, storage
 from trainer import features, provenance, publish
 
 NAMESPACE = "catsdogs.score"
-PREDICTION_FIELDS = ("path", "predicted_class", "probability", "model_version", "run_id", "scored_at")
+ROW_SCHEMA_VERSION = 2
 ERROR_FIELDS = ("path", "reason", "detail")
-READ_ERROR = "read_error"  # besides imaging.REASONS: the file could not be read at all
-FILE_TOO_LARGE = "file_too_large"
-COUNTS_FILE = "_counts.json"  # written by the pipeline, folded into summary.json by the launcher
+COMMITTED = "_committed"  # in the staging dir: one marker per committed batch
+COUNTS_FILE = "_counts.json"
+RESUME_KEYS = "_resume.keys"
 SUMMARY_FILE = "summary.json"
-PROGRESS_SECONDS = 30.0
-BATCH_GROUPS = 1024  # DaskRunner only: images are spread over this many keys, then cut into batches
-DASK_NUM_SHARDS = 4
+PRIVATE = (COMMITTED, COUNTS_FILE, RESUME_KEYS, lifecycle.ATTEMPT_FILE)  # staging files that are not published
+HISTOGRAM_BINS = 10
 _KERAS_FILE_SUFFIXES = (".keras", ".h5", ".hdf5")  # refused as --model: never deserialised by the scorer
 
 _LOGGER = logging.getLogger(__name__)
@@ -77,584 +68,461 @@ def default_run_id() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-# ---- per-element functions ---------------------------------------------------------------------------------------
+# ---- rows ---------------------------------------------------------------------------------------------------------
 
-class DecodeImagesFn(beam.DoFn):
-    """(path, size) -> (path, uint8 pixels, None), or (path, None, {path, reason, detail}) for an unusable file.
+def row_fields(class_names) -> tuple[str, ...]:
+    """Prediction row columns (schema version ROW_SCHEMA_VERSION): the probability is named for the class it is of."""
+    return ("path", "predicted_class", f"{class_names[1]}_probability", "confidence", "model_version", "run_id",
+            "scored_at")
 
-    One output, tagged by which slot is set, rather than Beam tagged outputs: the DaskRunner mixes the
-    tagged outputs of a DoFn into one collection. `decoded_images` and `rejected_files` split it.
-    decode_timeout > 0 decodes in a child process (isolation.DecodeRunner), 0 in this one."""
 
-    def __init__(self, input_size, max_file_bytes: int, decode_timeout: float = 0.0,
-                 decode_fn: str = isolation.DEFAULT_DECODE_FN):
-        self._size = tuple(input_size)
-        self._max_file_bytes = max_file_bytes
-        self._decode_timeout = decode_timeout
-        self._decode_fn = decode_fn
+def prediction_row(path: str, probability: float, class_names, threshold: float, model_version: int, run_id: str,
+                   scored_at: str) -> dict:
+    probability = float(probability)
+    return {"path": storage.display_path(path),
+            "predicted_class": class_names[1] if probability >= threshold else class_names[0],
+            f"{class_names[1]}_probability": probability,
+            "confidence": max(probability, 1.0 - probability),
+            "model_version": model_version, "run_id": run_id, "scored_at": scored_at}
+
+
+def parquet_schema(class_names):
+    import pyarrow as pa
+
+    return pa.schema([("path", pa.string()), ("predicted_class", pa.string()),
+                      (f"{class_names[1]}_probability", pa.float64()), ("confidence", pa.float64()),
+                      ("model_version", pa.int64()), ("run_id", pa.string()), ("scored_at", pa.string())])
+
+
+def encode_rows(rows: list[dict], fmt: str, class_names) -> bytes:
+    """One predictions file: JSON lines, CSV with a header row, or Parquet with an explicit schema."""
+    if fmt == "jsonl":
+        return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=row_fields(class_names), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue().encode("utf-8")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=parquet_schema(class_names)), buffer)
+    return buffer.getvalue()
+
+
+def folder_label_key(path: str, predicted_class: str, class_names) -> str | None:
+    """When the file's folder names a class (`cat/`, `Dogs/`), whether the prediction agrees: scoring a labelled
+    folder reports its accuracy for free."""
+    label = features.label_for_name(os.path.basename(os.path.dirname(path)), class_names)
+    if label is None:
+        return None
+    return "folder_label:" + ("agrees" if class_names[label] == predicted_class else "differs")
+
+
+# ---- committing a batch -------------------------------------------------------------------------------------------
+
+class CommitBatchFn(beam.DoFn):
+    """BatchOutcome -> its predictions and errors files plus a commit marker in the staging dir, then the batch's
+    tally: {"counts": {...}, "recent": [keys], "retry": [paths], "files": [names]}.
+
+    The marker (written last) records the batch's outcome counts, the files it wrote, and the path hashes of every
+    file it accounted for, which is what a resumed run skips. A batch retried by the runner rewrites the same files.
+    """
+
+    def __init__(self, staging: str, fmt: str, model_info: dict, run_id: str, new_watermark: float):
+        self._staging = staging
+        self._format = fmt
+        self._class_names = tuple(model_info["class_names"])
+        self._threshold = float(model_info.get("threshold", 0.5))
+        version = str(model_info["model_version"])
+        self._model_version = int(version) if version.isdigit() else version
+        self._run_id = run_id
+        self._new_watermark = new_watermark
 
     def setup(self):
-        self._decoder = isolation.DecodeRunner(self._decode_timeout, self._decode_fn)
+        self._done = self._last_log = 0
+        self._started = self._last_time = time.monotonic()
 
-    def teardown(self):
-        self._decoder.close()
+    def process(self, outcome: inference.BatchOutcome):
+        batch, names = outcome.batch, self._class_names
+        counts, recent, retry, rows, errors = Counter(), list(outcome.batch.notes.get("recent", ())), [], [], []
+        for ref, probability in outcome.scored:
+            row = prediction_row(ref.path, probability, names, self._threshold, self._model_version, self._run_id,
+                                 outcome.scored_at)
+            rows.append(row)
+            counts["scored"] += 1
+            counts["class:" + row["predicted_class"]] += 1
+            counts[f"hist:{min(int(row[f'{names[1]}_probability'] * HISTOGRAM_BINS), HISTOGRAM_BINS - 1)}"] += 1
+            agreement = folder_label_key(ref.path, row["predicted_class"], names)
+            if agreement:
+                counts[agreement] += 1
+            if ref.mtime >= self._new_watermark:
+                recent.append(incremental.record_key(ref))
+        for ref, reason, detail in outcome.rejected:
+            errors.append({"path": storage.display_path(ref.path), "reason": reason, "detail": detail})
+            counts["failed:" + reason] += 1
+            if reason in incremental.TRANSIENT_REASONS:
+                retry.append(ref.path)
+            elif ref.mtime >= self._new_watermark:
+                recent.append(incremental.record_key(ref))
+        files = []
+        if rows:
+            files.append(f"predictions-{batch.batch_id}.{self._format}")
+            storage.write_bytes(storage.join(self._staging, files[-1]), encode_rows(rows, self._format, names))
+        if errors:
+            files.append(f"errors-{batch.batch_id}.jsonl")
+            storage.write_bytes(storage.join(self._staging, files[-1]),
+                                "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors).encode("utf-8"))
+        if files:
+            done = [incremental.path_hash(ref.path) for ref, _ in outcome.scored]
+            done += [incremental.path_hash(ref.path) for ref, _, _ in outcome.rejected]
+            storage.write_json(storage.join(self._staging, COMMITTED, f"{batch.batch_id}.{len(done)}.json"),
+                               {"counts": dict(counts), "files": files, "done": incremental.pack(done),
+                                "recent": incremental.pack(recent), "retry": retry})
+        self._count(len(batch))
+        for name, value in counts.items():
+            beam.metrics.Metrics.counter(NAMESPACE, name.replace(":", "_")).inc(value)
+        yield {"counts": dict(counts + Counter(batch.counts)), "recent": recent, "retry": retry, "files": files}
 
-    def process(self, element):
-        path, size = element
-        try:
-            if size > self._max_file_bytes:
-                raise imaging.ImageRejected(FILE_TOO_LARGE, f"{size} bytes is over --max_file_mb")
-            try:
-                data = storage.read_bytes(path)
-            except Exception as error:  # noqa: BLE001 - any storage failure is this file's problem only
-                raise imaging.ImageRejected(READ_ERROR, f"{type(error).__name__}: {error}") from None
-            outcome = self._decoder.decode(data, self._size, imaging.DEFAULT_MAX_PIXELS)
-            if outcome[0] == "rejected":
-                raise imaging.ImageRejected(*outcome[1:])
-            pixels = outcome[1].pixels
-        except imaging.ImageRejected as rejected:
-            beam.metrics.Metrics.counter(NAMESPACE, f"failed_{rejected.reason}").inc()
-            yield path, None, {"path": path, "reason": rejected.reason, "detail": rejected.detail}
-            return
-        yield path, pixels, None
-
-
-def decoded_images(outcome):
-    path, pixels, _ = outcome
-    if pixels is not None:
-        yield path, pixels
-
-
-def rejected_files(outcome):
-    _, _, error = outcome
-    if error is not None:
-        yield error
-
-
-def split_scored(joined):
-    """(path, {"matched": [sizes], "scored": [...]}) -> (path, size, already scored?) for each listed path, once."""
-    path, groups = joined
-    sizes = list(groups["matched"])
-    if not sizes:  # a path only earlier runs know about: gone from the inputs, nothing to do
-        return
-    beam.metrics.Metrics.counter(NAMESPACE, "matched").inc()
-    scored = any(True for _ in groups["scored"])
-    if scored:
-        beam.metrics.Metrics.counter(NAMESPACE, "skipped").inc()
-    yield path, sizes[0], scored
-
-
-def unscored_files(item):
-    path, size, scored = item
-    if not scored:
-        yield path, size
+    def _count(self, files: int) -> None:
+        self._done += files
+        now = time.monotonic()
+        if now - self._last_time >= lifecycle.PROGRESS_SECONDS:
+            rate = (self._done - self._last_log) / (now - self._last_time)
+            _LOGGER.info("scoring worker pid %d: %d files done, %.1f files/s over the last %.0f s", os.getpid(),
+                         self._done, rate, now - self._last_time)
+            self._last_log, self._last_time = self._done, now
 
 
-def scored_files(item):
-    path, _, scored = item
-    if scored:
-        yield path
-
-
-def is_prediction_file(path: str) -> bool:
-    """Prediction shards of finished runs: not staging dirs, not the aside copies replace_directory removes."""
-    name = posixpath.basename(path)
-    parts = path.split("/")
-    return (name.startswith("predictions-") and name.endswith((".jsonl", ".csv"))
-            and not any(part.startswith(".staging-") or ".old-" in part for part in parts[:-1]))
-
-
-def read_scored_paths(element, model_version: str, exclude_prefixes):
-    """A previous prediction file -> (path, True) for each row scored by model_version, streaming."""
-    file_path, _ = element
-    if not is_prediction_file(file_path) or file_path.startswith(tuple(exclude_prefixes)):
-        return
-    with FileSystems.open(file_path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
-        rows = csv.DictReader(text) if file_path.endswith(".csv") else (json.loads(line) for line in text
-                                                                          if line.strip())
-        for row in rows:
-            if str(row.get("model_version")) == model_version and row.get("path"):
-                yield row["path"], True
-
-
-def format_prediction(element, model_version: str, run_id: str) -> dict:
-    path, prediction = element
-    beam.metrics.Metrics.counter(NAMESPACE, "scored").inc()
-    beam.metrics.Metrics.counter(NAMESPACE, f"class_{prediction.class_name}").inc()
-    return {"path": path, "predicted_class": prediction.class_name, "probability": prediction.probability,
-            "model_version": model_version, "run_id": run_id, "scored_at": prediction.scored_at}
-
-
-def scored_keys(row: dict, class_names) -> list[str]:
-    """Count keys of one prediction: scored, its class and, when the file's folder names a class (`cat/`, `Dogs/`),
-    whether the prediction agrees with it: scoring a labelled folder then reports its accuracy for free."""
-    keys = ["scored", "class:" + row["predicted_class"]]
-    folder = posixpath.basename(posixpath.dirname(row["path"]))
-    label = features.label_for_name(folder, class_names)
-    if label is not None:
-        keys.append("folder_label:" + ("agrees" if class_names[label] == row["predicted_class"] else "differs"))
-    return keys
-
-
-def to_json_line(row: dict) -> str:
-    return json.dumps(row, ensure_ascii=False)
-
-
-def to_csv_line(row: dict) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow([row[field] for field in PREDICTION_FIELDS])
-    return buffer.getvalue()[:-1]  # WriteToText adds the newline
-
-
-def csv_header() -> str:
-    return ",".join(PREDICTION_FIELDS)
-
-
-class ReportProgressFn(beam.DoFn):
-    """Passes outcome keys through and logs, per worker process, files done and rate every 30 s."""
-
-    _lock = threading.Lock()
-    _state = {"done": 0, "scored": 0, "failed": 0, "start": None, "last": None}
-
-    def process(self, key):
-        if key == "scored" or key.startswith("failed:"):
-            state = self._state
-            with self._lock:
-                now = time.monotonic()
-                if state["start"] is None:
-                    state["start"] = state["last"] = now
-                state["done"] += 1
-                state["scored" if key == "scored" else "failed"] += 1
-                if now - state["last"] >= PROGRESS_SECONDS:
-                    state["last"] = now
-                    rate = state["done"] / max(now - state["start"], 1e-9)
-                    _LOGGER.warning("progress (worker pid %d): %d files done (%d scored, %d failed), %.1f files/s",
-                                    os.getpid(), state["done"], state["scored"], state["failed"], rate)
-        yield key
-
-
-class CountKeysFn(beam.CombineFn):
-    """Outcome keys -> {key: count}."""
+class MergeTalliesFn(beam.CombineFn):
+    """Batch tallies -> one tally (counts summed, lists concatenated)."""
 
     def create_accumulator(self):
-        return Counter()
+        return {"counts": Counter(), "recent": [], "retry": [], "files": []}
 
-    def add_input(self, counts, key):
-        counts[key] += 1
-        return counts
+    def add_input(self, total, tally):
+        total["counts"].update(tally["counts"])
+        for key in ("recent", "retry", "files"):
+            total[key].extend(tally[key])
+        return total
 
     def merge_accumulators(self, accumulators):
-        merged = Counter()
-        for counts in accumulators:
-            merged.update(counts)
+        merged = self.create_accumulator()
+        for total in accumulators:
+            self.add_input(merged, total)
         return merged
 
-    def extract_output(self, counts):
-        return dict(counts)
+    def extract_output(self, total):
+        return {**total, "counts": dict(total["counts"])}
 
 
-def write_counts(counts: dict, path: str) -> str:
-    storage.write_json(path, counts)
-    return path
+# ---- the pipeline -------------------------------------------------------------------------------------------------
+
+def build(pipeline, config: options.ScoreConfig, model_info: dict, plan: dict):
+    """Adds the scoring stages to pipeline. `plan` (from `plan_run`) holds the staging dir, this attempt's batch
+    prefix, the new watermark and the listing's selector. Returns the PCollection of the merged tally."""
+    handler = inference.FilesModelHandler(
+        config.model, model_info, max_batch_size=config.max_batch_size, max_file_bytes=config.max_file_bytes,
+        max_pixels=config.max_pixels, decode_timeout=config.decode_timeout_seconds,
+        intra_op_threads=plan["intra_op_threads"], inter_op_threads=2 if plan["intra_op_threads"] else 0,
+        large_model=config.share_model_across_processes)
+    return (pipeline
+            | "ListImages" >> listing.ListImages(config.inputs, config.files_per_batch, plan["batch_prefix"],
+                                                 plan["select"])
+            | "Score" >> RunInference(handler.with_no_batching())
+            | "CommitBatches" >> beam.ParDo(CommitBatchFn(plan["staging"], config.format, model_info, config.run_id,
+                                                          plan["new_watermark"]))
+            | "CountOutcomes" >> beam.CombineGlobally(MergeTalliesFn()).without_defaults()
+            | "WriteCounts" >> beam.Map(lambda tally: storage.write_json(
+                storage.join(plan["staging"], COUNTS_FILE), tally)))
 
 
-# ---- pipeline ----------------------------------------------------------------------------------------------------
+# ---- the launcher -------------------------------------------------------------------------------------------------
 
-def shard_path(prefix: str, index: int, num_shards: int, suffix: str) -> str:
-    return f"{prefix}-{index:05d}-of-{num_shards:05d}{suffix}"
+def _read_markers(staging: str) -> list[dict]:
+    """The commit markers an earlier attempt of this run left (a resume), read in parallel."""
+    import concurrent.futures
 
-
-def write_shard(group, prefix: str, suffix: str, num_shards: int, header: str | None) -> str:
-    index, lines = group
-    path = shard_path(prefix, index, num_shards, suffix)
-    text = "".join(line + "\n" for line in ([header] if header else []) + list(lines))
-    storage.write_bytes(path, text.encode("utf-8"))
-    return path
+    paths = [ref.path for ref in storage.list_files(storage.join(staging, COMMITTED) + "/")]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        return list(pool.map(storage.read_json, paths))
 
 
-class WriteShards(beam.PTransform):
-    """Lines -> num_shards files <prefix>-SSSSS-of-NNNNN<suffix> (those that get lines; see fill_missing_shards)."""
-
-    def __init__(self, prefix: str, suffix: str, num_shards: int, header: str | None = None):
-        super().__init__()
-        self._args = (prefix, suffix, num_shards, header)
-
-    def expand(self, lines):
-        num_shards = self._args[2]
-        return (lines
-                | "KeyByShard" >> beam.Map(lambda line: (zlib.crc32(line.encode("utf-8")) % num_shards, line))
-                | "GroupByShard" >> beam.GroupByKey()
-                | "WriteShard" >> beam.Map(write_shard, *self._args))
-
-
-def fill_missing_shards(prefix: str, suffix: str, num_shards: int, header: str | None = None) -> None:
-    """Writes the shards WriteShards had no lines for (empty, or just the header), so all N exist."""
-    for index in range(num_shards):
-        path = shard_path(prefix, index, num_shards, suffix)
-        if not storage.exists(path):
-            write_shard((index, []), prefix, suffix, num_shards, header)
-
-
-def drops_finish_bundle_output(options) -> bool:
-    """True on the DaskRunner (Beam 2.77), whose bundles keep only what DoFn.process emits."""
-    return "dask" in str(options.view_as(StandardOptions).runner).lower()
-
-
-def split_batches(group, max_batch_size: int):
-    _, items = group
-    items = list(items)
-    for start in range(0, len(items), max_batch_size):
-        yield items[start:start + max_batch_size]
-
-
-def build(pipeline, options, model_info):
-    """Adds the scoring stages to pipeline. options.model must already be a resolved version directory and
-    options.run_id set (run() does both). Returns {"predictions", "errors", "counts"} PCollections."""
-    opts = options.view_as(ScoreOptions)
-    staging = staging_dir(opts.output_dir, opts.run_id)
+def plan_run(config: options.ScoreConfig, model_info: dict, runner: str, direct_workers: int) -> dict:
+    """Prepares this attempt: resume an interrupted run of this run id (same model and format) or start clean, and
+    load what earlier runs accounted for. Returns what `build` and `finish` need."""
+    staging = staging_dir(config.output_dir, config.run_id)
     version = str(model_info["model_version"])
-    suffix = "." + opts.format
-
-    matched = (pipeline
-               | "ListImages" >> storage.ListFiles(opts.input, NAMESPACE)
-               | "DropFolderMarkers" >> beam.Filter(lambda element: not element[0].endswith("/")))
-    if opts.skip_scored:
-        exclude = [run_dir(opts.output_dir, opts.run_id).rstrip("/") + "/", staging + "/"]
-        scored_before = (pipeline
-                         | "ListPreviousRuns" >> storage.ListFiles(opts.skip_scored, NAMESPACE + ".previous")
-                         | "ReadPreviousRows" >> beam.FlatMap(read_scored_paths, version, exclude))
+    attempt = lifecycle.read_attempt(staging)
+    markers = []
+    if attempt and attempt.get("model_version") == version and attempt.get("format") == config.format:
+        markers = _read_markers(staging)
+        _LOGGER.info("resuming run %s: %d batches (%d files) committed by an earlier attempt", config.run_id,
+                     len(markers), sum(sum(m["counts"].values()) - _listing_counts(m["counts"]) for m in markers))
     else:
-        scored_before = pipeline | "NoPreviousRuns" >> beam.Create([]).with_output_types(tuple[str, bool])
-    listed = ({"matched": matched, "scored": scored_before}
-              | "JoinOnPath" >> beam.CoGroupByKey()
-              | "SplitScored" >> beam.FlatMap(split_scored))
-    todo = listed | "KeepUnscored" >> beam.FlatMap(unscored_files)
-    skipped = listed | "KeepScored" >> beam.FlatMap(scored_files)
-
-    outcomes = todo | "DecodeImages" >> beam.ParDo(DecodeImagesFn(
-        model_info["input_size"], opts.max_file_mb * 1024 * 1024, opts.decode_timeout_seconds, opts.decode_fn))
-    decoded = outcomes | "DecodedImages" >> beam.FlatMap(decoded_images)
-    errors = outcomes | "RejectedFiles" >> beam.FlatMap(rejected_files)
-    handler = KeyedModelHandler(model_handler.PixelsModelHandler(
-        opts.model, model_info, min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
-        intra_op_threads=opts.intra_op_threads, inter_op_threads=2 if opts.intra_op_threads else 0,
-        large_model=opts.share_model_across_processes))
-    num_shards = opts.num_shards
-    if drops_finish_bundle_output(options):
-        # RunInference's BatchElements (and WriteToText without fixed shards) emit their last output from
-        # finish_bundle, which the DaskRunner drops: form batches with a GroupByKey instead, and fix the shards.
-        batches = (decoded
-                   | "KeyForBatching" >> beam.Map(lambda item: (zlib.crc32(item[0].encode()) % BATCH_GROUPS, item))
-                   | "GroupForBatching" >> beam.GroupByKey()
-                   | "SplitBatches" >> beam.FlatMap(split_batches, opts.max_batch_size))
-        inferred = batches | "Score" >> RunInference(handler.with_no_batching())
-        num_shards = num_shards or DASK_NUM_SHARDS
-    else:
-        inferred = decoded | "Score" >> RunInference(handler)
-    predictions = inferred | "FormatPredictions" >> beam.Map(format_prediction, version, opts.run_id)
-
-    to_line = to_csv_line if opts.format == "csv" else to_json_line
-    header = csv_header() if opts.format == "csv" else None
-    if drops_finish_bundle_output(options):
-        # The DaskRunner recomputes side inputs inside each consumer, so WriteToText's initialise / write /
-        # finalise steps run more than once and race. Plain shard files are safe here: the whole staging
-        # directory is published only after the pipeline succeeded.
-        prediction_files = (predictions
-                            | "SerializePredictions" >> beam.Map(to_line)
-                            | "WritePredictions" >> WriteShards(storage.join(staging, "predictions"), suffix,
-                                                                num_shards, header))
-        error_files = (errors
-                       | "SerializeErrors" >> beam.Map(to_json_line)
-                       | "WriteErrors" >> WriteShards(storage.join(staging, "errors"), ".jsonl", num_shards))
-    else:
-        prediction_files = (predictions
-                            | "SerializePredictions" >> beam.Map(to_line)
-                            | "WritePredictions" >> beam.io.WriteToText(
-                                storage.join(staging, "predictions"), file_name_suffix=suffix,
-                                num_shards=num_shards, header=header))
-        error_files = (errors
-                       | "SerializeErrors" >> beam.Map(to_json_line)
-                       | "WriteErrors" >> beam.io.WriteToText(storage.join(staging, "errors"),
-                                                              file_name_suffix=".jsonl", num_shards=num_shards))
-
-    # Everything ends in one last step that depends on both sinks: runners that compute only the final
-    # step's inputs (the DaskRunner) then still write every output, and counts.json proves both finished.
-    outcome_keys = (
-        (matched | "KeyMatched" >> beam.Map(lambda _: "listed"),
-         todo | "KeyAttempted" >> beam.Map(lambda _: "attempted"),
-         skipped | "KeySkipped" >> beam.Map(lambda _: "skipped"),
-         errors | "KeyFailed" >> beam.Map(lambda row: "failed:" + row["reason"]),
-         predictions | "KeyScored" >> beam.FlatMap(scored_keys, tuple(model_info["class_names"])),
-         prediction_files | "KeyPredictionFiles" >> beam.Map(lambda _: "files:predictions"),
-         error_files | "KeyErrorFiles" >> beam.Map(lambda _: "files:errors"))
-        | "FlattenOutcomes" >> beam.Flatten())
-    counts = (outcome_keys
-              | "ReportProgress" >> beam.ParDo(ReportProgressFn())
-              | "CountOutcomes" >> beam.CombineGlobally(CountKeysFn()).without_defaults()
-              | "WriteCounts" >> beam.Map(write_counts, storage.join(staging, COUNTS_FILE)))
-    return {"predictions": predictions, "errors": errors, "counts": counts}
+        if attempt:
+            _LOGGER.info("discarding an unfinished attempt of run %s made with another model version or format",
+                         config.run_id)
+        storage.delete_tree(staging)
+        attempt = lifecycle.write_attempt(staging, model_version=version, format=config.format,
+                                          inputs=list(config.inputs))
+    first_started = float(attempt["started_at_epoch"])
+    new_watermark = first_started - config.incremental_margin_minutes * 60
+    resume_keys = None
+    if markers:
+        keys = [key for marker in markers for key in incremental.unpack(marker["done"]).tolist()]
+        resume_keys = storage.join(staging, RESUME_KEYS)
+        storage.write_bytes(resume_keys, incremental.unpack(incremental.pack(keys)).tobytes())
+    states = incremental.load(config.skip_scored, version)
+    intra = config.intra_op_threads
+    if not intra and "direct" in runner.lower() and direct_workers:
+        intra = max(1, (os.cpu_count() or 1) // direct_workers)
+    return {"staging": staging, "batch_prefix": uuid.uuid4().hex[:8], "new_watermark": new_watermark,
+            "select": incremental.SkipAccounted(states, new_watermark, resume_keys), "states": states,
+            "markers": markers, "first_started": first_started, "intra_op_threads": intra}
 
 
-# ---- launcher ----------------------------------------------------------------------------------------------------
-
-def _help_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="catsdogs-score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Beam's own flags pass through: --runner (default DirectRunner), --direct_running_mode, "
-               "--direct_num_workers, --project, --region, --temp_location, --setup_file, --sdk_container_image, "
-               "--dask_client_address, ... (see docs/SCORING.md).")
-    ScoreOptions._add_argparse_args(parser)
-    return parser
-
-
-def check_flags(argv) -> None:
-    """Fails with a message naming the flag and a likely fix when argv has a flag no Beam option class knows
-    (Beam itself only warns and drops it, so a typo such as --max_batchsize would silently be ignored)."""
-    if any(arg.startswith("--dask") for arg in argv):
-        try:
-            import apache_beam.runners.dask.dask_runner  # noqa: F401 - registers DaskOptions
-        except ImportError:
-            raise SystemExit("error: --dask_* flags need apache-beam[dask]: pip install 'apache-beam[dask]'") from None
-    parser = _BeamArgumentParser(allow_abbrev=False)
-    subset = {}
-    for cls in PipelineOptions.__subclasses__():
-        subset.setdefault(str(cls), cls)
-    for cls in subset.values():
-        cls._add_argparse_args(parser)
-    _, unknown = parser.parse_known_args(argv)
-    flags = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")]
-    if flags:
-        known = [option for action in parser._actions for option in action.option_strings]
-        hints = []
-        for flag in flags:
-            close = difflib.get_close_matches(flag, known, n=1)
-            hints.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
-        raise SystemExit(f"error: unknown flag(s): {', '.join(hints)}; run `python -m beam_pipelines.score --help` "
-                         f"for the scoring flags")
-    positional = [arg for arg in unknown if not arg.startswith("-")]
-    if positional:
-        raise SystemExit(f"error: unexpected argument(s) {positional}; every value needs its flag, e.g. "
-                         f"--input {positional[0]}")
-
-
-def _fail(message: str):
-    raise SystemExit(f"error: {message}")
-
-
-def _under_prefix(path: str, prefix: str) -> bool:
-    """Whether path is prefix or below it. Local paths are compared after resolving symlinks and `..`, so a link
-    placed under the prefix does not let a model from elsewhere in."""
-    if not storage.is_gcs(prefix):
-        prefix = os.path.realpath(prefix)
-        path = path if storage.is_gcs(path) else os.path.realpath(path)
-    prefix = prefix.rstrip("/") + "/"
-    return (path.rstrip("/") + "/").startswith(prefix)
-
-
-def resolve_and_check_model(model: str, allowed_prefix: str | None) -> tuple[str, dict]:
-    """The version directory to load and its verified model_info; exits with a clear message otherwise."""
-    if allowed_prefix and not _under_prefix(model, allowed_prefix):
-        _fail(f"--model {model} is outside --allowed_model_prefix {allowed_prefix}; use a model published there")
-    if model.rstrip("/").lower().endswith(_KERAS_FILE_SUFFIXES):
-        # Never handed to keras.models.load_model: a Keras file's Lambda layers carry Python bytecode.
-        _fail(f"--model {model} is a Keras file; the scorer loads only a SavedModel export (a version directory "
-              f"with saved_model.pb and model_info.json, or an export root with `latest`) as catsdogs-train writes "
-              f"it; export a Keras model of your own with trainer.export.export_model")
-    try:
-        resolved = publish.resolve_model(model, exists=FileSystems.exists)
-    except publish.PublishError as error:
-        _fail(str(error))
-    if allowed_prefix and not _under_prefix(resolved, allowed_prefix):
-        _fail(f"{model}'s `latest` points outside --allowed_model_prefix {allowed_prefix} ({resolved})")
-    try:
-        info = model_handler.check_model(resolved)
-    except model_handler.ModelError as error:
-        _fail(f"model {resolved} refused: {error}")
-    return resolved, info
-
-
-def _resolve_options(argv) -> tuple[PipelineOptions, dict]:
-    """Parses and checks every flag, the model and the inputs: everything that can fail before scoring."""
-    if "-h" in argv or "--help" in argv:
-        _help_parser().print_help()
-        raise SystemExit(0)
-    check_flags(argv)
-    options = PipelineOptions(argv)
-    score = options.view_as(ScoreOptions)
-    missing = [flag for flag, value in (("--model", score.model), ("--input", score.input),
-                                        ("--output_dir", score.output_dir)) if not value]
-    if missing:
-        _fail(f"missing {', '.join(missing)}: pass --model EXPORT_DIR --input IMAGES --output_dir SCORES_DIR "
-              f"(run `python -m beam_pipelines.score --help` for every flag)")
-    standard = options.view_as(StandardOptions)
-    if not standard.runner:  # left unset, Beam would try Prism, which needs a download
-        standard.runner = "DirectRunner"
-    if standard.runner == "DaskRunner":  # Beam knows it only by its full name
-        standard.runner = "apache_beam.runners.dask.dask_runner.DaskRunner"
-    if score.max_batch_size < score.min_batch_size:
-        _fail(f"--max_batch_size {score.max_batch_size} is below --min_batch_size {score.min_batch_size}; "
-              f"raise --max_batch_size or lower --min_batch_size")
-    if score.num_shards < 0:
-        _fail("--num_shards must be 0 (runner decides) or a positive number of files")
-    if not 0.0 <= score.decode_timeout_seconds <= 3600:
-        _fail(f"--decode_timeout_seconds must be between 0 (decode in the worker process) and 3600 "
-              f"(got {score.decode_timeout_seconds:g})")
-    try:
-        isolation.load_function(score.decode_fn)  # fail at launch, not on a worker
-    except ValueError as error:
-        _fail(f"--decode_fn: {error}")
-    if not storage.is_gcs(score.output_dir):  # listed paths are absolute: so must the run dir excluded from them be
-        score.output_dir = os.path.abspath(score.output_dir)
-    score.model, info = resolve_and_check_model(score.model, score.allowed_model_prefix)
-    storage.check_patterns_match(score.input)
-    score.run_id = score.run_id or default_run_id()
-    direct = options.view_as(DirectOptions)
-    if (not score.intra_op_threads and "direct" in str(standard.runner).lower()
-            and direct.direct_running_mode == "multi_processing"):
-        workers = direct.direct_num_workers or os.cpu_count() or 1
-        score.intra_op_threads = max(1, (os.cpu_count() or 1) // workers)
-    return options, info
-
-
-class _Heartbeat:
-    """Logs that the launcher is still waiting every 30 s, for runners whose workers log elsewhere."""
-
-    def __init__(self, run_id: str):
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, args=(run_id,), daemon=True)
-
-    def _beat(self, run_id):
-        start = time.monotonic()
-        while not self._stop.wait(PROGRESS_SECONDS):
-            _LOGGER.warning("scoring run %s still running after %.0f s", run_id, time.monotonic() - start)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-
-
-def sink_leftovers(staging: str) -> set[str]:
-    """Temporary folders of WriteToText that a runner left behind (the DaskRunner does) in the staging dir."""
-    prefix = staging.rstrip("/") + "/"
-    folders = set()
-    for metadata in storage.iter_files(prefix):
-        top, _, rest = metadata.path[len(prefix):].partition("/")
-        if top.startswith("beam-temp-") and rest:
-            folders.add(prefix + top)
-    return folders
+def _listing_counts(counts: dict) -> int:
+    return sum(n for key, n in counts.items() if key in (listing.LISTED, incremental.SKIPPED, incremental.DONE_BEFORE))
 
 
 def _folder_label_check(counts: dict) -> dict | None:
-    """Agreement of predictions with class-named parent folders, or None when no scored file sits in one."""
     agrees, differs = counts.get("folder_label:agrees", 0), counts.get("folder_label:differs", 0)
     if not agrees + differs:
         return None
     return {"images": agrees + differs, "agree": agrees, "accuracy": round(agrees / (agrees + differs), 4)}
 
 
-def summarize(counts: dict, info: dict, options, started_at: str, seconds: float, outputs: list[str]) -> dict:
-    score = options.view_as(ScoreOptions)
+def _drift(class_shares: dict, states, threshold: float) -> dict | None:
+    """The largest change of a class's share against the previous run's, when there is one to compare with."""
+    previous = next((state.class_shares for state in states if state.class_shares), None)
+    if not previous or not class_shares:
+        return None
+    changes = {name: round(share - previous.get(name, 0.0), 4) for name, share in class_shares.items()}
+    worst = max(changes, key=lambda name: abs(changes[name]))
+    return {"previous_run": states[0].run_id, "previous_shares": previous, "change": changes,
+            "largest": worst, "threshold": threshold, "drifted": abs(changes[worst]) > threshold}
+
+
+def summarize(config, model_info, counts, plan, runner, started_at, seconds, outputs) -> dict:
+    names = list(model_info["class_names"])
     failed = {key.split(":", 1)[1]: n for key, n in sorted(counts.items()) if key.startswith("failed:")}
-    classes = {name: counts.get(f"class:{name}", 0) for name in info["class_names"]}
-    scored, skipped = counts.get("scored", 0), counts.get("skipped", 0)
-    attempted = counts.get("attempted", 0)
-    failed_total = sum(failed.values())
+    scored, failed_total = counts.get("scored", 0), sum(failed.values())
+    classes = {name: counts.get(f"class:{name}", 0) for name in names}
+    shares = {name: round(n / scored, 4) for name, n in classes.items()} if scored else {}
+    attempted = scored + failed_total
     return {
-        "run_id": score.run_id,
+        "run_id": config.run_id,
         "status": "succeeded",
-        "model": score.model,
-        "model_name": info["model_name"],
-        "model_version": str(info["model_version"]),
-        "class_names": info["class_names"],
-        "inputs": score.input,
-        "skip_scored": score.skip_scored or [],
-        "format": score.format,
-        "matched": attempted + skipped,
-        "listed": counts.get("listed", 0),
+        "model": config.model,
+        "model_name": model_info["model_name"],
+        "model_version": str(model_info["model_version"]),
+        "lineage": lineage(model_info),
+        "class_names": names,
+        "inputs": list(config.inputs),
+        "skip_scored": list(config.skip_scored),
+        "format": config.format,
+        "row_schema": {"version": ROW_SCHEMA_VERSION, "fields": list(row_fields(names))},
+        "listed": counts.get(listing.LISTED, 0),
+        "matched": counts.get(listing.LISTED, 0),
         "scored": scored,
         "failed": failed_total,
         "failed_by_reason": failed,
-        "skipped": skipped,
+        "skipped": counts.get(incremental.SKIPPED, 0),
+        "resumed": counts.get(incremental.DONE_BEFORE, 0),
         "class_counts": classes,
+        "class_shares": shares,
+        "probability_histogram": {"class": names[1], "bins": HISTOGRAM_BINS,
+                                  "counts": [counts.get(f"hist:{i}", 0) for i in range(HISTOGRAM_BINS)]},
+        "drift": _drift(shares, plan["states"], config.drift_threshold),
         "folder_labels": _folder_label_check(counts),
         "error_rate": round(failed_total / attempted, 6) if attempted else 0.0,
-        "max_error_rate": score.max_error_rate,
+        "max_error_rate": config.max_error_rate,
         "seconds": round(seconds, 3),
         "images_per_second": round(scored / seconds, 2) if seconds > 0 else 0.0,
         "output_files": sorted(outputs),
-        "runner": str(options.view_as(StandardOptions).runner),
-        "options": {k: v for k, v in options.get_all_options(drop_default=True).items()},
+        "incremental": {"watermark": plan["new_watermark"], "margin_minutes": config.incremental_margin_minutes,
+                        "previous": [state.source for state in plan["states"]]},
+        "runner": runner,
+        "options": dataclasses_dict(config),
         "code_version": provenance.code_version(),
         "started_at": started_at,
         "finished_at": provenance.utc_now(),
     }
 
 
-def run(argv=None, test_pipeline=None) -> dict:
-    """Parses argv, checks the model and inputs, runs the scoring pipeline, publishes the run and returns
-    its summary. Exits (SystemExit) with a message on a bad flag or model, or when --max_error_rate is exceeded."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    options, info = _resolve_options(argv)
-    score = options.view_as(ScoreOptions)
-    staging = staging_dir(score.output_dir, score.run_id)
-    final = run_dir(score.output_dir, score.run_id)
-    storage.delete_tree(staging)  # leftovers of a run that crashed before its swap
-    _LOGGER.warning("scoring %s with model %s (version %s) into %s", score.input, score.model,
-                    info["model_version"], final)
+def dataclasses_dict(config) -> dict:
+    import dataclasses
 
-    started_at, start = provenance.utc_now(), time.monotonic()
-    pipeline = test_pipeline or beam.Pipeline(options=options)
-    build(pipeline, options, info)
-    with _Heartbeat(score.run_id):
-        result = pipeline.run()
-        try:
-            result.wait_until_finish()
-        finally:
-            client = getattr(result, "client", None)  # the DaskRunner's connection to the cluster
-            if client is not None:
-                client.close()
-    seconds = time.monotonic() - start
+    return {key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(config).items()}
 
+
+def finish(config, model_info, plan, runner, started_at, seconds) -> dict:
+    """After the pipeline: adds what earlier attempts committed, checks every listed file is accounted for, removes
+    files of batches that never committed, publishes the run (summary.json last) and moves the incremental record."""
+    staging = plan["staging"]
     counts_path = storage.join(staging, COUNTS_FILE)
     if not storage.exists(counts_path):
-        _fail(f"the pipeline finished without writing {counts_path}; its outputs are incomplete, re-run it")
-    counts = storage.read_json(counts_path)
-    FileSystems.delete([counts_path])
-    if drops_finish_bundle_output(options):
-        shards = score.num_shards or DASK_NUM_SHARDS
-        fill_missing_shards(storage.join(staging, "predictions"), "." + score.format, shards,
-                            csv_header() if score.format == "csv" else None)
-        fill_missing_shards(storage.join(staging, "errors"), ".jsonl", shards)
-    for leftover in sink_leftovers(staging):
-        storage.delete_tree(leftover)
-    outputs = [posixpath.basename(m.path) for m in storage.iter_files(staging.rstrip("/") + "/")]
-    summary = summarize(counts, info, options, started_at, seconds, outputs)
-    if summary["matched"] != summary["scored"] + summary["failed"] + summary["skipped"]:
-        _fail(f"internal error: {summary['matched']} files matched but {summary['scored']} scored, "
-              f"{summary['failed']} failed and {summary['skipped']} skipped; outputs left in {staging}")
-    too_many_errors = summary["error_rate"] > score.max_error_rate
-    if too_many_errors:
+        raise cli.JobFailed(f"the pipeline finished without writing {counts_path}; its outputs are incomplete, "
+                            f"re-run with --run_id {config.run_id} to finish it")
+    tally = storage.read_json(counts_path)
+    this_attempt = Counter(tally["counts"])
+    worked = this_attempt.get("scored", 0) + sum(n for k, n in this_attempt.items() if k.startswith("failed:"))
+    listed = this_attempt.get(listing.LISTED, 0)
+    accounted = this_attempt.get(incremental.SKIPPED, 0) + this_attempt.get(incremental.DONE_BEFORE, 0) + worked
+    if listed != accounted:
+        raise cli.JobFailed(f"internal error: {listed} files listed but {accounted} accounted for; outputs left "
+                            f"in {staging}")
+    counts, recent, retry, files = this_attempt, list(tally["recent"]), list(tally["retry"]), set(tally["files"])
+    for marker in plan["markers"]:  # what earlier attempts of this run committed
+        counts = counts + Counter(marker["counts"])
+        recent += incremental.unpack(marker["recent"]).tolist()
+        retry += marker["retry"]
+        files.update(marker["files"])
+    prefix = staging.rstrip("/") + "/"
+    outputs, orphans = [], []
+    for ref in storage.list_files(prefix):
+        name = ref.path[len(prefix):]
+        if name.startswith(PRIVATE):
+            continue
+        (outputs if name in files else orphans).append(name)
+    for name in orphans:  # written by a batch that was killed before its commit marker: scored again since
+        storage.delete(storage.join(staging, name))
+    summary = summarize(config, model_info, counts, plan, runner, started_at, seconds, outputs)
+    too_many = summary["error_rate"] > config.max_error_rate
+    if too_many:
         summary["status"] = "failed: error rate above --max_error_rate"
-    storage.replace_directory(staging, final, marker=SUMMARY_FILE)
+    final = run_dir(config.output_dir, config.run_id)
+    lifecycle.publish_directory(staging, final, marker=SUMMARY_FILE, exclude=PRIVATE)
     storage.write_json(storage.join(final, SUMMARY_FILE), summary)  # last: readers take it as "complete"
-    print(json.dumps({k: summary[k] for k in ("run_id", "status", "matched", "scored", "failed",
-                                               "failed_by_reason", "skipped", "class_counts", "folder_labels",
-                                               "images_per_second")}, ensure_ascii=False))
-    if too_many_errors:
-        _fail(f"{summary['failed']} of {summary['matched'] - summary['skipped']} files were rejected "
-              f"({summary['error_rate']:.1%} > --max_error_rate {score.max_error_rate:.1%}), by reason "
-              f"{summary['failed_by_reason']}; see {storage.join(final, 'errors-*.jsonl')}. Check --input points "
-              f"at image folders, or raise --max_error_rate")
+    if not too_many:
+        state = {"watermark": plan["new_watermark"], "recent": incremental.pack(recent), "retry": sorted(set(retry)),
+                 "run_id": config.run_id, "class_shares": summary["class_shares"], "updated_at": provenance.utc_now()}
+        incremental.save(config.output_dir, str(model_info["model_version"]), state)
+    if summary["drift"] and summary["drift"]["drifted"]:
+        drift = summary["drift"]
+        _LOGGER.warning("class shares drifted: %s changed by %+.1f%% against run %s (threshold %.0f%%): %s",
+                        drift["largest"], 100 * drift["change"][drift["largest"]], drift["previous_run"],
+                        100 * config.drift_threshold, summary["class_shares"])
     return summary
 
 
+def _under_prefix(path: str, prefix: str) -> bool:
+    """Whether path is prefix or below it. Local paths are compared after resolving symlinks and `..`, so a link
+    placed under the prefix does not let a model from elsewhere in."""
+    if not storage.is_remote(prefix):
+        prefix = os.path.realpath(prefix)
+        path = path if storage.is_remote(path) else os.path.realpath(path)
+    prefix = prefix.rstrip("/") + "/"
+    return (path.rstrip("/") + "/").startswith(prefix)
+
+
+def resolve_and_check_model(model: str, allowed_prefix: str | None) -> tuple[str, dict]:
+    """The version directory to load and its verified model_info; raises cli.UsageError saying what is wrong."""
+    if allowed_prefix and not _under_prefix(model, allowed_prefix):
+        raise cli.UsageError(f"--model {model} is outside --allowed_model_prefix {allowed_prefix}; use a model "
+                             f"published there")
+    if model.rstrip("/").lower().endswith(_KERAS_FILE_SUFFIXES):
+        # Never handed to keras.models.load_model: a Keras file's Lambda layers carry Python bytecode.
+        raise cli.UsageError(
+            f"--model {model} is a Keras file; the scorer loads only a SavedModel export (a version directory with "
+            f"saved_model.pb and model_info.json, or an export root with `latest`) as catsdogs-train writes it; "
+            f"export a Keras model of your own with trainer.export.export_model")
+    try:
+        resolved = publish.resolve_model(model, exists=storage.exists)
+    except publish.PublishError as error:
+        raise cli.UsageError(str(error)) from None
+    if allowed_prefix and not _under_prefix(resolved, allowed_prefix):
+        raise cli.UsageError(f"{model}'s `latest` points outside --allowed_model_prefix {allowed_prefix} "
+                             f"({resolved})")
+    try:
+        info = model_handler.check_model(resolved)
+    except model_handler.ModelError as error:
+        raise cli.UsageError(f"model {resolved} refused: {error}") from None
+    return resolved, info
+
+
+def lineage(info: dict) -> dict:
+    """Where the model came from: its version and the dataset it was trained on."""
+    data = info.get("training_data") or {}
+    return {"model_name": info.get("model_name"), "model_version": str(info.get("model_version")),
+            "dataset_version": data.get("version"), "dataset_finished_at": data.get("finished_at"),
+            "dataset_code_version": data.get("code_version")}
+
+
+def _resolve(argv) -> tuple[PipelineOptions, options.ScoreConfig, dict, str]:
+    """Parses and checks every flag, the model and the inputs: everything that can fail before scoring."""
+    cli.check_flags(argv, "catsdogs-score", options.JobOptions, options.ScoreOptions)
+    pipeline_options = PipelineOptions(argv)
+    standard = pipeline_options.view_as(StandardOptions)
+    standard.runner = dask_compat.resolve_runner(standard.runner or "DirectRunner")  # unset, Beam would try Prism
+    try:
+        config = options.score_config(pipeline_options)
+    except ValueError as error:
+        raise cli.UsageError(str(error)) from None
+    inputs = tuple(storage.absolute(p) for p in config.inputs)
+    output_dir = storage.absolute(config.output_dir)
+    skip = tuple(storage.absolute(p) for p in config.skip_scored)
+    model, info = resolve_and_check_model(config.model, config.allowed_model_prefix)
+    storage.check_patterns_match(inputs)
+    import dataclasses
+
+    config = dataclasses.replace(config, inputs=inputs, output_dir=output_dir, skip_scored=skip, model=model,
+                                 run_id=config.run_id or default_run_id())
+    return pipeline_options, config, info, str(standard.runner)
+
+
+def run(argv=None, test_pipeline=None) -> dict:
+    """Parses argv, checks the model and inputs, runs the scoring pipeline, publishes the run and returns its
+    summary. Exits (SystemExit) with a message on a bad flag or model (2), when another run holds the run id (75), or
+    when --max_error_rate is exceeded (1)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pipeline_options, config, info, runner = _resolve(argv)
+    direct = pipeline_options.view_as(DirectOptions)
+    workers = (direct.direct_num_workers or os.cpu_count() or 1) \
+        if direct.direct_running_mode == "multi_processing" else 0
+    lease = lifecycle.Lease(storage.join(config.output_dir, f".lease-{config.run_id}.json"),
+                            what=f"run id {config.run_id} in {config.output_dir}")
+    with lease:
+        lifecycle.clean_stale_staging(config.output_dir, ".staging-", keep=staging_dir(config.output_dir,
+                                                                                        config.run_id))
+        plan = plan_run(config, info, runner, workers)
+        _LOGGER.info("scoring %s with model %s (version %s) into %s", ", ".join(config.inputs), config.model,
+                     info["model_version"], run_dir(config.output_dir, config.run_id))
+        started_at, start = provenance.utc_now(), time.monotonic()
+        pipeline = test_pipeline or beam.Pipeline(options=pipeline_options)
+        build(pipeline, config, info, plan)
+        lifecycle.run_pipeline(pipeline, progress=lambda: _progress(plan["staging"]))
+        if lease.lost.is_set():
+            raise cli.JobFailed(f"another run took over run id {config.run_id} while this one ran; nothing was "
+                                f"published by this one")
+        summary = finish(config, info, plan, runner, started_at, time.monotonic() - start)
+    print(json.dumps({k: summary[k] for k in ("run_id", "status", "matched", "scored", "failed", "failed_by_reason",
+                                               "skipped", "resumed", "class_counts", "folder_labels",
+                                               "images_per_second")}, ensure_ascii=False))
+    if summary["status"] != "succeeded":
+        raise cli.JobFailed(
+            f"{summary['failed']} of {summary['scored'] + summary['failed']} files were rejected "
+            f"({summary['error_rate']:.1%} > --max_error_rate {config.max_error_rate:.1%}), by reason "
+            f"{summary['failed_by_reason']}; see {run_dir(config.output_dir, config.run_id)}/errors-*.jsonl. Check "
+            f"--input points at image folders, or raise --max_error_rate")
+    return summary
+
+
+def _progress(staging: str) -> str:
+    """Files committed so far, from the commit markers' names (one listing, whatever the runner)."""
+    batches = files = 0
+    for ref in storage.list_files(storage.join(staging, COMMITTED) + "/"):
+        batches += 1
+        files += int(ref.path.rsplit(".", 2)[-2])
+    return f"{files} files committed in {batches} batches"
+
+
 def main():
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run()
+    cli.main(run, prog="catsdogs-score", doc=__doc__, option_classes=(options.JobOptions, options.ScoreOptions))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,24 @@
-"""End-to-end tests of the scoring pipeline: real DirectRunner / DaskRunner, a real exported TF model, real files."""
+"""The scoring pipeline end to end and stage by stage: real DirectRunner / DaskRunner, a real exported TF model, real
+files, the GCS emulator, and the Dataflow runner's job graph (dry run)."""
 
 import csv
+import dataclasses
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from beam_pipelines import imaging, model_handler, score
+from beam_pipelines import imaging, incremental, lifecycle, listing, model_handler, options, score, storage
 from tests.conftest import upload_tree
 from tests.corpus import write_easy_dataset, write_odd_files
 
 SIZE = 32
 VERSION = "1700000000"
+PROBABILITY = "dog_probability"
 
 
 def tiny_model(seed: int = 3):
@@ -57,12 +62,21 @@ def run_score(*flags, runner="DirectRunner"):
     return score.run(["--runner", runner, *[str(flag) for flag in flags]])
 
 
+def read_rows(path: Path) -> list[dict]:
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
 def read_predictions(run_dir: Path) -> dict:
     rows = {}
     for shard in sorted(run_dir.glob("predictions-*")):
-        with open(shard, newline="", encoding="utf-8") as handle:
-            parsed = list(csv.DictReader(handle)) if shard.suffix == ".csv" else [json.loads(line) for line in handle]
-        for row in parsed:
+        for row in read_rows(shard):
             assert row["path"] not in rows, f"{row['path']} predicted twice"
             rows[row["path"]] = row
     return rows
@@ -71,8 +85,7 @@ def read_predictions(run_dir: Path) -> dict:
 def read_errors(run_dir: Path) -> dict:
     rows = {}
     for shard in sorted(run_dir.glob("errors-*.jsonl")):
-        for line in shard.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
+        for row in read_rows(shard):
             assert row["path"] not in rows, f"{row['path']} in errors twice"
             rows[row["path"]] = row
     return rows
@@ -81,20 +94,21 @@ def read_errors(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def jsonl_run(export_root, images, tmp_path_factory):
     output = tmp_path_factory.mktemp("scores")
-    summary = run_score("--model", export_root, "--input", images[0], "--output_dir", output, "--run_id", "first")
+    summary = run_score("--model", export_root, "--input", images[0], "--output_dir", output, "--run_id", "first",
+                        "--files_per_batch", 7)
     return output / "first", summary
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 def test_mixed_folder_scores_good_files_and_rejects_each_bad_one_with_its_reason(fmt, request, export_root, images,
                                                                                    tmp_path):
     root, expected = images
     if fmt == "jsonl":
         run_dir, summary = request.getfixturevalue("jsonl_run")
     else:
-        summary = run_score("--model", export_root, "--input", root, "--output_dir", tmp_path, "--run_id", "csv-run",
-                            "--format", "csv")
-        run_dir = tmp_path / "csv-run"
+        summary = run_score("--model", export_root, "--input", root, "--output_dir", tmp_path, "--run_id", "other",
+                            "--format", fmt, "--files_per_batch", 7)
+        run_dir = tmp_path / "other"
     predictions, errors = read_predictions(run_dir), read_errors(run_dir)
 
     good = {path for path, reason in expected.items() if reason is None}
@@ -103,18 +117,23 @@ def test_mixed_folder_scores_good_files_and_rejects_each_bad_one_with_its_reason
         path: reason for path, reason in expected.items() if reason is not None}
     assert all(row["detail"] for row in errors.values())
     assert summary["matched"] == len(expected) == summary["scored"] + summary["failed"]
-    assert summary["scored"] == len(good) and summary["skipped"] == 0
-    assert sum(summary["class_counts"].values()) == len(good)
+    assert summary["scored"] == len(good) and summary["skipped"] == summary["resumed"] == 0
     assert summary["failed_by_reason"] == {reason: list(expected.values()).count(reason)
                                            for reason in set(expected.values()) - {None}}
     for row in predictions.values():
-        probability = float(row["probability"])
+        probability = float(row[PROBABILITY])
         assert 0.0 <= probability <= 1.0
         assert row["predicted_class"] == ("dog" if probability >= 0.5 else "cat")
-        assert (row["model_version"], row["run_id"]) == (VERSION, run_dir.name)
+        assert float(row["confidence"]) == pytest.approx(max(probability, 1 - probability))
+        assert int(row["model_version"]) == int(VERSION) and row["run_id"] == run_dir.name
         assert row["scored_at"].endswith("Z")
+        if fmt != "csv":  # stable types where the format has types
+            assert isinstance(row["model_version"], int) and isinstance(row[PROBABILITY], float)
     assert summary["class_counts"] == {name: sum(r["predicted_class"] == name for r in predictions.values())
                                        for name in ("cat", "dog")}
+    assert sum(summary["probability_histogram"]["counts"]) == len(good)
+    assert summary["row_schema"] == {"version": score.ROW_SCHEMA_VERSION, "fields": list(score.row_fields(
+        ["cat", "dog"]))}
     folders = {path: Path(path).parent.name.lower().rstrip("s") for path in predictions}
     labelled = [path for path, folder in folders.items() if folder in ("cat", "dog")]
     agree = sum(predictions[path]["predicted_class"] == folders[path] for path in labelled)
@@ -124,8 +143,9 @@ def test_mixed_folder_scores_good_files_and_rejects_each_bad_one_with_its_reason
     names = sorted(path.name for path in run_dir.iterdir())
     assert names[-1] == "summary.json" and json.loads((run_dir / "summary.json").read_text()) == summary
     assert all(name.startswith(("predictions-", "errors-")) for name in names[:-1])
+    assert len(names) - 1 == len(summary["output_files"]) > 4  # one file per batch of 7, not one per run
     assert all(name.endswith("." + fmt) for name in names if name.startswith("predictions-"))
-    assert not list(tmp_path.glob(".staging-*"))
+    assert not list(run_dir.parent.glob(".staging-*")) and not list(run_dir.parent.glob(".lease-*"))
 
 
 def test_probability_equals_serve_pixels_on_the_same_decoded_pixels(jsonl_run, export_root):
@@ -137,7 +157,7 @@ def test_probability_equals_serve_pixels_on_the_same_decoded_pixels(jsonl_run, e
     pixels = np.stack([imaging.decode_image(Path(path).read_bytes(), (SIZE, SIZE)).pixels for path in paths])
     model = tf.saved_model.load(str(export_root / VERSION))
     direct = model.signatures["serve_pixels"](pixels=tf.constant(pixels))["probability"].numpy()
-    scored = np.array([float(predictions[path]["probability"]) for path in paths])
+    scored = np.array([float(predictions[path][PROBABILITY]) for path in paths])
     assert len(paths) > 10
     np.testing.assert_allclose(scored, direct, rtol=0, atol=1e-6)
     assert {row["predicted_class"] for row in predictions.values()} == {"cat", "dog"}  # the check saw both classes
@@ -147,48 +167,58 @@ def test_rerun_replaces_the_run_and_skip_scored_scores_only_new_files(export_roo
     monkeypatch.chdir(tmp_path)  # relative --output_dir and --skip_scored, as a CronJob would pass them
     inputs, output = tmp_path / "incoming", tmp_path / "scores"
     first = write_easy_dataset(inputs, per_class=4, size=40, seed=1)
-    flags = ["--model", export_root, "--input", inputs, "--output_dir", "scores"]
+    flags = ["--model", export_root, "--input", inputs, "--output_dir", "scores", "--files_per_batch", 3]
 
-    run_score(*flags, "--run_id", "r1", "--num_shards", "3")
-    summary = run_score(*flags, "--run_id", "r1", "--num_shards", "2")
-    shards = sorted(path.name for path in (output / "r1").glob("predictions-*"))
-    assert shards == ["predictions-00000-of-00002.jsonl", "predictions-00001-of-00002.jsonl"]
+    run_score(*flags, "--run_id", "r1", "--format", "csv")
+    summary = run_score(*flags, "--run_id", "r1")  # a re-run of a finished run id replaces it whole
+    assert sorted({path.suffix for path in (output / "r1").glob("predictions-*")}) == [".jsonl"]
     assert set(read_predictions(output / "r1")) == {str(path) for path in first}
     assert summary["scored"] == len(first)
-    assert sorted(path.name for path in output.iterdir()) == ["r1"]
+    assert sorted(path.name for path in output.iterdir()) == ["_incremental", "r1"]
 
     (inputs / "later").mkdir()
     new = [inputs / "later" / "a.png", inputs / "later" / "b, c.jpg"]
     for path, source in zip(new, first[:2], strict=True):
         shutil.copy(source, path)
-    for _ in range(2):  # the second pass re-runs r2: its own earlier output must not count as scored
-        summary = run_score(*flags, "--run_id", "r2", "--skip_scored", "scores")
-        assert (summary["matched"], summary["scored"], summary["skipped"]) == (len(first) + 2, 2, len(first))
-        assert set(read_predictions(output / "r2")) == {str(path) for path in new}
+    summary = run_score(*flags, "--run_id", "r2", "--skip_scored", "scores")
+    assert (summary["matched"], summary["scored"], summary["skipped"]) == (len(first) + 2, 2, len(first))
+    assert set(read_predictions(output / "r2")) == {str(path) for path in new}
+    summary = run_score(*flags, "--run_id", "r3", "--skip_scored", "scores")  # nothing new since r2
+    assert (summary["scored"], summary["skipped"]) == (0, len(first) + 2)
     union = set(read_predictions(output / "r1")) | set(read_predictions(output / "r2"))
     assert union == {str(path) for path in first + new}
 
 
-def test_skip_scored_reads_csv_rows_and_rescores_files_of_another_model_version(export_root, tmp_path):
+def test_skip_scored_keeps_one_record_per_model_version_and_rescores_for_a_new_one(export_root, tmp_path):
     inputs, output = tmp_path / "incoming", tmp_path / "scores"
     files = write_easy_dataset(inputs, per_class=2, size=40)
-    run_score("--model", export_root, "--input", inputs, "--output_dir", output, "--run_id", "old", "--format", "csv")
+    run_score("--model", export_root, "--input", inputs, "--output_dir", output, "--run_id", "old")
     other_root = tmp_path / "export"
-    shutil.copytree(export_root / VERSION, other_root / "1800000000")
-    info_path = other_root / "1800000000" / "model_info.json"
-    info = json.loads(info_path.read_text())
-    info_path.write_text(json.dumps({**info, "model_version": "1800000000"}))
-    summary = run_score("--model", other_root / "1800000000", "--input", inputs, "--output_dir", output,
-                        "--run_id", "new", "--skip_scored", str(output / "old" / "predictions-*.csv"))
+    export_tiny_model(other_root, version="1800000000", seed=4)
+    summary = run_score("--model", other_root, "--input", inputs, "--output_dir", output, "--run_id", "new",
+                        "--skip_scored", output)
     assert (summary["scored"], summary["skipped"]) == (len(files), 0)
     summary = run_score("--model", export_root, "--input", inputs, "--output_dir", output, "--run_id", "again",
-                        "--skip_scored", str(output / "old" / "predictions-*.csv"))
-    assert (summary["scored"], summary["skipped"]) == (0, len(files))  # the CSV rows were read back
+                        "--skip_scored", output)
+    assert (summary["scored"], summary["skipped"]) == (0, len(files))
+    assert sorted(p.name for p in (output / incremental.STATE_DIR).glob("*.json")) == [
+        "model-1700000000.json", "model-1800000000.json"]
+
+
+def test_a_file_whose_content_changes_is_scored_again_and_a_new_hard_link_to_old_content_once(export_root, tmp_path):
+    inputs, output = tmp_path / "incoming", tmp_path / "scores"
+    files = write_easy_dataset(inputs, per_class=3, size=40)
+    flags = ["--model", export_root, "--input", inputs, "--output_dir", output, "--skip_scored", output]
+    run_score(*flags, "--run_id", "r1")
+    time.sleep(0.01)
+    files[0].write_bytes(files[1].read_bytes())  # new content under an old name (and a new modification time)
+    os.link(files[2], inputs / "cat" / "linked.jpg")  # an old picture under a new name (bumps its inode's ctime)
+    summary = run_score(*flags, "--run_id", "r2")
+    assert set(read_predictions(output / "r2")) == {str(files[0]), str(inputs / "cat" / "linked.jpg")}
+    assert summary["skipped"] == len(files) - 1
 
 
 def test_gcs_images_model_and_outputs_through_the_emulator(gcs_bucket, export_root, tmp_path):
-    from apache_beam.io.filesystems import FileSystems
-
     local = tmp_path / "images"
     files = write_easy_dataset(local / "pets", per_class=3, size=40)
     (local / "pets" / "odd, name ü.jpg").write_bytes(files[0].read_bytes())
@@ -197,24 +227,27 @@ def test_gcs_images_model_and_outputs_through_the_emulator(gcs_bucket, export_ro
     upload_tree(export_root, f"{gcs_bucket}/models/export")  # the version directory and `latest`
     output = f"{gcs_bucket}/scores"
 
-    summary = run_score("--model", f"{gcs_bucket}/models/export", "--input", f"{gcs_bucket}/images/pets",
-                        "--output_dir", output, "--run_id", "cloud", "--format", "csv",
-                        "--allowed_model_prefix", f"{gcs_bucket}/models/")
+    flags = ["--model", f"{gcs_bucket}/models/export", "--input", f"{gcs_bucket}/images/pets", "--output_dir", output,
+             "--format", "csv", "--allowed_model_prefix", f"{gcs_bucket}/models/", "--skip_scored", output,
+             "--files_per_batch", 3]
+    summary = run_score(*flags, "--run_id", "cloud")
     assert summary["model"] == f"{gcs_bucket}/models/export/{VERSION}"
     assert (summary["matched"], summary["scored"], summary["failed"]) == (len(files) + 2, len(files) + 1, 1)
-    listing = {m.path for m in FileSystems.match([f"{output}/cloud/*"])[0].metadata_list}
-    assert f"{output}/cloud/summary.json" in listing
-    [shard] = [path for path in listing if "/predictions-" in path]
-    with FileSystems.open(shard) as handle:
-        rows = list(csv.DictReader(handle.read().decode("utf-8").splitlines(keepends=True)))
-    assert {row["path"] for row in rows} == {f"{gcs_bucket}/images/pets/{p.relative_to(local / 'pets').as_posix()}"
-                                             for p in files} | {f"{gcs_bucket}/images/pets/odd, name ü.jpg"}
-    [errors] = [path for path in listing if "/errors-" in path]
-    with FileSystems.open(errors) as handle:
-        [error] = [json.loads(line) for line in handle.read().decode("utf-8").splitlines()]
+    names = {ref.path for ref in storage.list_files(f"{output}/cloud/")}
+    assert f"{output}/cloud/summary.json" in names
+    rows = [row for path in names if "/predictions-" in path
+            for row in csv.DictReader(storage.read_bytes(path).decode("utf-8").splitlines(keepends=True))]
+    assert sorted(row["path"] for row in rows) == sorted(
+        {f"{gcs_bucket}/images/pets/{p.relative_to(local / 'pets').as_posix()}" for p in files}
+        | {f"{gcs_bucket}/images/pets/odd, name ü.jpg"})
+    [errors] = [path for path in names if "/errors-" in path]
+    [error] = [json.loads(line) for line in storage.read_bytes(errors).decode("utf-8").splitlines()]
     assert (error["path"], error["reason"]) == (f"{gcs_bucket}/images/pets/broken.jpg", imaging.NOT_AN_IMAGE)
-    assert not any(".staging-" in path for path in {m.path for m in FileSystems.match([f"{output}/**"])[0]
-                                                    .metadata_list})
+    assert not any(".staging-" in ref.path or ".lease-" in ref.path for ref in storage.list_files(f"{output}/"))
+
+    upload_tree(local / "pets" / "cat", f"{gcs_bucket}/images/pets/later")
+    summary = run_score(*flags, "--run_id", "cloud-2")  # the incremental record works through GCS too
+    assert (summary["scored"], summary["skipped"]) == (3, len(files) + 2)
 
 
 def test_dask_runner_on_a_two_worker_cluster_gives_the_direct_runner_predictions(jsonl_run, export_root, images,
@@ -225,14 +258,44 @@ def test_dask_runner_on_a_two_worker_cluster_gives_the_direct_runner_predictions
     with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster:
         summary = run_score("--model", export_root, "--input", images[0], "--output_dir", tmp_path,
                             "--run_id", "dask", "--dask_client_address", cluster.scheduler_address,
-                            runner="DaskRunner")
+                            "--files_per_batch", 7, runner="DaskRunner")
     direct, dask = read_predictions(direct_dir), read_predictions(tmp_path / "dask")
     assert set(dask) == set(direct) and summary["scored"] == len(direct)
     for path, row in dask.items():
-        assert abs(float(row["probability"]) - float(direct[path]["probability"])) <= 1e-6
+        assert abs(float(row[PROBABILITY]) - float(direct[path][PROBABILITY])) <= 1e-6
         assert row["predicted_class"] == direct[path]["predicted_class"]
     assert {p: r["reason"] for p, r in read_errors(tmp_path / "dask").items()} == {
         p: r["reason"] for p, r in read_errors(direct_dir).items()}
+
+
+def test_the_dataflow_job_graph_has_one_element_per_batch_and_no_per_file_shuffle(export_root, images, tmp_path):
+    """DataflowRunner with --dry_run=True builds the real Dataflow job (Beam's own way to test that runner) without
+    submitting it."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    argv = ["--runner", "DataflowRunner", "--dry_run=True", "--no_auth", "--project", "catsdogs-test", "--region",
+            "us-central1", "--temp_location", "gs://catsdogs-test-beam/tmp", "--sdk_location=container",
+            "--sdk_container_image", "us-docker.pkg.dev/catsdogs-test/catsdogs/catsdogs-cpu:abc123",
+            "--model", str(export_root / VERSION), "--input", str(images[0]), "--output_dir", str(tmp_path),
+            "--run_id", "dry"]
+    pipeline_options = PipelineOptions(argv)
+    config = options.score_config(pipeline_options)
+    info = model_handler.check_model(config.model)
+    plan = score.plan_run(config, info, "DataflowRunner", 0)
+    pipeline = beam.Pipeline(options=pipeline_options)
+    score.build(pipeline, config, info, plan)
+    result = pipeline.run()
+    job = result.job
+    transforms = job.proto_pipeline.components.transforms
+    top = {t.unique_name for t in transforms.values() if "/" not in t.unique_name}
+    assert {"ListImages", "Score", "CommitBatches", "CountOutcomes", "WriteCounts"} <= top
+    shuffles = sorted(t.unique_name for t in transforms.values()
+                      if t.spec.urn == "beam:transform:group_by_key:v1")
+    # One shuffle spreads the batches of paths, one sums the per-batch tallies: nothing per image, no pixels.
+    assert len(shuffles) == 2 and shuffles[0].startswith("CountOutcomes/") and shuffles[1].startswith("ListImages/")
+    assert "catsdogs-cpu:abc123" in str(job.proto_pipeline.components.environments)
+    assert not list(tmp_path.glob("first*"))  # nothing ran
 
 
 def _break_missing_info(version_dir: Path):
@@ -260,74 +323,24 @@ def test_a_wrong_model_fails_at_launch_with_a_clear_message(damage, message, exp
     damage(model / VERSION)
     with pytest.raises(SystemExit) as failure:
         run_score("--model", model, "--input", images[0], "--output_dir", tmp_path / "scores")
-    assert message in str(failure.value.code) and "--model" in str(failure.value.code)
+    assert message in str(failure.value) and "--model" in str(failure.value)
+    assert failure.value.code == 2
     assert not (tmp_path / "scores").exists()  # nothing was scored or written
 
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--max_batchsize", "64"], "did you mean --max_batch_size"),
-    (["--min_batch_size", "64", "--max_batch_size", "8"], "raise --max_batch_size"),
+    (["--max_batch", "64"], "did you mean --max_batch_size"),  # no abbreviations
+    (["--max_batch_size", "0"], "--max_batch_size must be between 1 and 4096"),
+    (["--format", "xml"], "see the message above"),
     (["--allowed_model_prefix", "/somewhere/else"], "outside --allowed_model_prefix"),
 ])
-def test_a_wrong_flag_fails_at_launch_saying_what_to_do(flags, message, export_root, images, tmp_path):
+def test_a_wrong_flag_fails_at_launch_with_exit_code_2_saying_what_to_do(flags, message, export_root, images,
+                                                                         tmp_path):
     with pytest.raises(SystemExit) as failure:
         run_score("--model", export_root, "--input", images[0], "--output_dir", tmp_path / "scores", *flags)
-    assert message in str(failure.value.code)
+    assert message in str(failure.value) and failure.value.code == 2
     assert not (tmp_path / "scores").exists()
-
-
-def test_too_many_rejected_files_fail_the_job_but_keep_the_outputs(export_root, images, tmp_path):
-    root, expected = images
-    with pytest.raises(SystemExit) as failure:
-        run_score("--model", export_root, "--input", root / "odd" / "dog", "--output_dir", tmp_path,
-                  "--run_id", "bad", "--max_error_rate", "0.2")
-    assert "--max_error_rate" in str(failure.value.code)
-    summary = json.loads((tmp_path / "bad" / "summary.json").read_text())
-    assert summary["status"].startswith("failed") and summary["error_rate"] > 0.2
-    bad = {path for path, reason in expected.items() if reason is not None}
-    assert set(read_errors(tmp_path / "bad")) == bad
-    assert len(read_predictions(tmp_path / "bad")) == summary["scored"] > 0
-
-
-def test_progress_is_logged_with_files_done_and_rate(monkeypatch, caplog):
-    monkeypatch.setattr(score, "PROGRESS_SECONDS", 0.0)
-    monkeypatch.setattr(score.ReportProgressFn, "_state",
-                        {"done": 0, "scored": 0, "failed": 0, "start": None, "last": None})
-    progress = score.ReportProgressFn()
-    with caplog.at_level("WARNING", logger=score.__name__):
-        passed = [key for key in ("listed", "scored", "failed:truncated", "scored", "class:cat")
-                  for key in progress.process(key)]
-    assert passed == ["listed", "scored", "failed:truncated", "scored", "class:cat"]
-    assert "3 files done (2 scored, 1 failed)" in caplog.text and "files/s" in caplog.text
-
-
-def test_build_alone_runs_in_a_test_pipeline_and_counts_outcomes_in_beam_counters(export_root, images, tmp_path):
-    import apache_beam as beam
-    from apache_beam.metrics.metric import MetricsFilter
-    from apache_beam.options.pipeline_options import PipelineOptions
-    from apache_beam.testing.test_pipeline import TestPipeline
-    from apache_beam.testing.util import assert_that, equal_to
-
-    root, expected = images
-    model_dir = str(export_root / VERSION)
-    options = PipelineOptions(["--runner", "DirectRunner", "--model", model_dir, "--input", str(root),
-                               "--output_dir", str(tmp_path), "--run_id", "built"])
-    pipeline = TestPipeline(options=options)
-    outputs = score.build(pipeline, options, model_handler.check_model(model_dir))
-    bad = [(path, reason) for path, reason in expected.items() if reason is not None]
-    assert_that(outputs["errors"] | beam.Map(lambda row: (row["path"], row["reason"])), equal_to(bad),
-                label="CheckErrors")
-    assert_that(outputs["predictions"] | beam.Map(lambda row: row["path"]),
-                equal_to([path for path, reason in expected.items() if reason is None]), label="CheckPredictions")
-    result = pipeline.run()
-    result.wait_until_finish()
-    counters = {counter.key.metric.name: counter.committed for counter in
-                result.metrics().query(MetricsFilter().with_namespace(score.NAMESPACE))["counters"]}
-    assert counters["matched"] == len(expected)
-    assert counters["scored"] == len(expected) - len(bad)
-    assert counters["class_cat"] + counters["class_dog"] == counters["scored"]
-    assert {name[len("failed_"):]: n for name, n in counters.items() if name.startswith("failed_")} == {
-        reason: [r for _, r in bad].count(reason) for reason in {r for _, r in bad}}
 
 
 @pytest.mark.parametrize("left_out", ["--model", "--input", "--output_dir"])
@@ -336,5 +349,79 @@ def test_a_missing_required_flag_fails_at_launch_naming_it(left_out, tmp_path):
     del flags[left_out]
     with pytest.raises(SystemExit) as failure:
         run_score(*[item for pair in flags.items() for item in pair])
-    assert f"missing {left_out}" in str(failure.value.code) and "--help" in str(failure.value.code)
+    assert f"no {left_out} given" in str(failure.value) and failure.value.code == 2
     assert not (tmp_path / "scores").exists()
+
+
+def test_too_many_rejected_files_fail_the_job_but_keep_the_outputs(export_root, images, tmp_path):
+    root, expected = images
+    with pytest.raises(SystemExit) as failure:
+        run_score("--model", export_root, "--input", root / "odd" / "dog", "--output_dir", tmp_path,
+                  "--run_id", "bad", "--max_error_rate", "0.2", "--skip_scored", tmp_path)
+    assert "--max_error_rate" in str(failure.value) and failure.value.code == 1
+    summary = json.loads((tmp_path / "bad" / "summary.json").read_text())
+    assert summary["status"].startswith("failed") and summary["error_rate"] > 0.2
+    bad = {path for path, reason in expected.items() if reason is not None and "/odd/dog/" in path}
+    assert set(read_errors(tmp_path / "bad")) == bad
+    assert len(read_predictions(tmp_path / "bad")) == summary["scored"] > 0
+    assert not (tmp_path / incremental.STATE_DIR).exists()  # a failed run does not vouch for its files
+
+
+def test_a_second_run_with_the_same_run_id_is_refused_while_the_first_holds_its_lease(export_root, images, tmp_path):
+    holder = lifecycle.Lease(str(tmp_path / ".lease-busy.json"), what="run id busy")
+    with holder, pytest.raises(SystemExit) as failure:
+        run_score("--model", export_root, "--input", images[0], "--output_dir", tmp_path, "--run_id", "busy")
+    assert failure.value.code == lifecycle.EXIT_LEASE_HELD and "another run holds run id busy" in str(failure.value)
+    assert not (tmp_path / "busy").exists() and not (tmp_path / ".staging-busy").exists()
+
+
+def test_progress_and_drift_are_logged(export_root, tmp_path, caplog, monkeypatch):
+    inputs, output = tmp_path / "incoming", tmp_path / "scores"
+    write_easy_dataset(inputs, per_class=6, size=40, class_dirs=("cat", "dog"))
+    flags = ["--model", export_root, "--output_dir", output, "--skip_scored", output, "--files_per_batch", 2]
+    monkeypatch.setattr(lifecycle, "PROGRESS_SECONDS", 0.0)
+    with caplog.at_level("INFO"):
+        first = run_score(*flags, "--input", inputs / "cat", "--run_id", "cats")
+        second = run_score(*flags, "--input", inputs / "dog", "--run_id", "dogs", "--drift_threshold", "0.01")
+    assert "files done" in caplog.text and "files/s" in caplog.text  # the workers' progress lines
+    assert first["drift"] is None  # nothing to compare with
+    assert second["drift"]["previous_run"] == "cats"
+    assert second["drift"]["drifted"] == (second["class_shares"] != first["class_shares"])
+    if second["drift"]["drifted"]:
+        assert "class shares drifted" in caplog.text
+
+
+def test_build_alone_runs_in_a_test_pipeline_and_counts_outcomes(export_root, images, tmp_path):
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that
+
+    root, expected = images
+    model_dir = str(export_root / VERSION)
+    pipeline_options = PipelineOptions(["--runner", "DirectRunner", "--model", model_dir, "--input", str(root),
+                                        "--output_dir", str(tmp_path), "--files_per_batch", "5"])
+    config = dataclasses.replace(options.score_config(pipeline_options), run_id="built")
+    info = model_handler.check_model(model_dir)
+    plan = score.plan_run(config, info, "DirectRunner", 0)
+    pipeline = TestPipeline(options=pipeline_options)
+    tally = score.build(pipeline, config, info, plan)
+    bad = [reason for reason in expected.values() if reason is not None]
+
+    def check(tallies):
+        [written] = tallies
+        assert written is None  # WriteCounts wrote the merged tally into the staging dir
+
+    assert_that(tally, check, label="CheckWritten")
+    result = pipeline.run()
+    result.wait_until_finish()
+    counts = storage.read_json(str(tmp_path / ".staging-built" / score.COUNTS_FILE))["counts"]
+    assert counts[listing.LISTED] == len(expected) and counts["scored"] == len(expected) - len(bad)
+    assert {key[len("failed:"):]: n for key, n in counts.items() if key.startswith("failed:")} == {
+        reason: bad.count(reason) for reason in set(bad)}
+    counters = {counter.key.metric.name: counter.committed for counter in
+                result.metrics().query(MetricsFilter().with_namespace(score.NAMESPACE))["counters"]}
+    assert counters["scored"] == counts["scored"]
+    assert counters["class_cat"] + counters["class_dog"] == counters["scored"]
+    markers = list((tmp_path / ".staging-built" / score.COMMITTED).iterdir())
+    assert len(markers) == sum(1 for _ in (tmp_path / ".staging-built").glob("predictions-*")) >= len(expected) // 5

@@ -1,0 +1,107 @@
+"""ListImages: folders and globs (local or gs://) -> batches of files spread over the workers. Both jobs start here.
+
+A batch of files (`FileBatch`), not a file, is the unit that crosses the runner from here on: each element costs the
+runner fixed overhead (a Reshuffle is several steps per element), so it is paid once per batch. The listing streams
+(storage.list_files: a page or a directory entry at a time) and a batch is emitted as soon as it is full, so nothing
+holds the list of every file; what the Reshuffle carries is paths and sizes, never image bytes.
+
+A file matched by two --input patterns is listed once (by the first). An optional `select` (see `Selector`) decides
+per file whether it needs work at all, inside the same step: scoring's incremental filter skips what earlier runs
+scored without any shuffle or join.
+"""
+
+import dataclasses
+import logging
+
+import apache_beam as beam
+
+from beam_pipelines import storage
+
+DEFAULT_FILES_PER_BATCH = 1024
+LISTED = "listed"
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class FileBatch:
+    """Files to process, and what the listing counted while collecting them (`counts`: `listed`, plus the keys a
+    Selector returned for files that need no work). `notes` carries a Selector's per-batch extras. len() is the
+    number of files, which is what RunInference reports as elements."""
+
+    batch_id: str
+    files: tuple[storage.FileRef, ...]
+    counts: dict
+    notes: dict = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+class Selector:
+    """Decides, during the listing, which files need work. `open()` runs once per worker before the first file
+    (load state there, not in __init__: selectors are pickled into the pipeline). `__call__(ref)` returns None for a
+    file to process, else the count key it is tallied under (e.g. "skipped"). `notes()` returns extras to attach to
+    the next batch (and resets them)."""
+
+    def open(self) -> None:
+        pass
+
+    def __call__(self, ref: storage.FileRef) -> str | None:
+        return None
+
+    def notes(self) -> dict:
+        return {}
+
+
+class ListBatchesFn(beam.DoFn):
+    """(pattern index, pattern) -> FileBatch elements of up to `files_per_batch` files each."""
+
+    def __init__(self, patterns, files_per_batch: int, batch_prefix: str, select: Selector | None = None):
+        self._patterns = [storage.absolute(p) for p in patterns]
+        self._size = files_per_batch
+        self._prefix = batch_prefix
+        self._select = select or Selector()
+
+    def setup(self):
+        self._select.open()
+        self._earlier = [storage.Matcher(pattern) for pattern in self._patterns]
+
+    def process(self, element):
+        index, pattern = element
+        earlier = self._earlier[:index]
+        counts, files, sequence = {LISTED: 0}, [], 0
+        for ref in storage.list_files(pattern):
+            if any(matches(ref.path) for matches in earlier):
+                continue  # an earlier pattern lists it
+            counts[LISTED] += 1
+            verdict = self._select(ref)
+            if verdict is not None:
+                counts[verdict] = counts.get(verdict, 0) + 1
+                continue
+            files.append(ref)
+            if len(files) == self._size:
+                yield self._batch(index, sequence, files, counts)
+                counts, files, sequence = {LISTED: 0}, [], sequence + 1
+        if files or any(counts.values()) or sequence == 0:
+            yield self._batch(index, sequence, files, counts)
+        _LOG.info("listing %s: done", storage.display_path(pattern))
+
+    def _batch(self, index: int, sequence: int, files, counts) -> FileBatch:
+        return FileBatch(f"{self._prefix}-{index:03d}-{sequence:07d}", tuple(files), dict(counts), self._select.notes())
+
+
+class ListImages(beam.PTransform):
+    """Patterns -> FileBatch, reshuffled so the batches spread over the workers."""
+
+    def __init__(self, patterns, files_per_batch: int = DEFAULT_FILES_PER_BATCH, batch_prefix: str = "b",
+                 select: Selector | None = None):
+        super().__init__()
+        self._patterns = list(patterns)
+        self._fn = ListBatchesFn(self._patterns, files_per_batch, batch_prefix, select)
+
+    def expand(self, pipeline):
+        return (pipeline
+                | "Patterns" >> beam.Create(list(enumerate(self._patterns)))
+                | "ListBatches" >> beam.ParDo(self._fn)
+                | "SpreadBatches" >> beam.Reshuffle())

@@ -1,0 +1,120 @@
+"""Read a batch of files ahead in threads and decode them in the isolated child, while the caller works on results.
+
+Both jobs process a FileBatch through `decoded(...)`: it yields `(ref, outcome)` for every file of the batch, where
+outcome is `("ok", value)` (the decoder's result) or `("rejected", reason, detail)`. Three things overlap:
+- reads: up to READ_AHEAD files are being read by READ_THREADS threads (on GCS each read is a request of tens of
+  milliseconds: read one at a time, a worker would mostly wait);
+- decoding: a feeder thread sends the bytes to the decoder child (isolation.DecodeRunner, a few files in flight) and
+  queues its answers;
+- the caller's own work on the answers (the model on a batch of pixels, writing records), which releases the GIL in
+  TensorFlow and in file I/O.
+A file that cannot be used costs that file only: it comes out rejected with its reason, never as an exception.
+"""
+
+import collections
+import concurrent.futures
+import queue
+import threading
+
+from beam_pipelines import isolation, storage
+
+READ_THREADS = 8
+READ_AHEAD = 32  # files being read at once: enough to hide GCS latency, few enough to bound memory
+QUEUE_SIZE = 256  # decoded results waiting for the caller (pixels of a 180x180 image: 97 KB each)
+READ_ERROR = "read_error"
+FILE_TOO_LARGE = "file_too_large"
+REASONS = (READ_ERROR, FILE_TOO_LARGE, *storage.LISTING_PROBLEMS)
+
+_LISTING_DETAIL = {
+    storage.BROKEN_SYMLINK: "a symbolic link whose target does not exist",
+    storage.SYMLINK_LOOP: "a symbolic link to a folder listed already (a loop, or the same folder twice): its files "
+                          "are counted once, under the first path",
+    storage.NOT_A_FILE: "not a regular file (a FIFO, socket or device): never read, it could block forever",
+    storage.UNREADABLE_FOLDER: "a folder that could not be listed (permissions?): its files are not counted",
+}
+
+
+def rejected(reason: str, detail: str) -> tuple:
+    return ("rejected", reason, detail)
+
+
+def _read(ref: storage.FileRef, max_bytes: int):
+    """The file's bytes, or a rejection."""
+    if ref.problem:
+        return rejected(ref.problem, _LISTING_DETAIL.get(ref.problem, ref.problem))
+    if ref.size > max_bytes:
+        return rejected(FILE_TOO_LARGE, f"{ref.size:,} bytes is over the cap of {max_bytes:,} (--max_file_mb)")
+    try:
+        return storage.read_bytes(ref.path, limit=max_bytes)
+    except storage.FileTooLarge as error:
+        return rejected(FILE_TOO_LARGE, f"{error} (it grew after it was listed; cap: --max_file_mb)")
+    except Exception as error:  # noqa: BLE001 - whatever storage raised after its retries is this file's problem
+        return rejected(READ_ERROR, f"{type(error).__name__}: {error}")
+
+
+def read_ahead(refs, max_bytes: int, pool: concurrent.futures.Executor, window: int = READ_AHEAD):
+    """Yields (ref, bytes or rejection) for each ref, in order, with up to `window` reads running in `pool`."""
+    pending = collections.deque()
+    refs = iter(refs)
+    while True:
+        while len(pending) < window:
+            ref = next(refs, None)
+            if ref is None:
+                break
+            pending.append((ref, pool.submit(_read, ref, max_bytes)))
+        if not pending:
+            return
+        ref, future = pending.popleft()
+        yield ref, future.result()
+
+
+class _End:
+    def __init__(self, error: BaseException | None = None):
+        self.error = error
+
+
+def decoded(refs, *, decoder: isolation.DecodeRunner, pool: concurrent.futures.Executor, size, max_pixels: int,
+            max_bytes: int):
+    """Yields (ref, outcome) for every ref, in no set order (rejections before decoding come out first)."""
+    results = queue.Queue(maxsize=QUEUE_SIZE)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                results.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def feed():
+        try:
+            def readable():
+                for ref, data in read_ahead(refs, max_bytes, pool):
+                    if isinstance(data, tuple):
+                        if not put((ref, data)):
+                            return
+                        continue
+                    yield ref, data
+
+            for ref, outcome in decoder.decode_stream(readable(), size, max_pixels):
+                if not put((ref, outcome)):
+                    return
+            put(_End())
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread, which raises it
+            put(_End(error))
+
+    feeder = threading.Thread(target=feed, name="decode-feeder", daemon=True)
+    feeder.start()
+    try:
+        while True:
+            item = results.get()
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
+                return
+            yield item
+    finally:
+        stop.set()
+        feeder.join()
