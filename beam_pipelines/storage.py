@@ -353,15 +353,17 @@ def list_files(pattern: str) -> Iterator[FileRef]:
     order. Local paths come out absolute."""
     pattern = absolute(pattern)
     prefix, regex = _split_pattern(pattern)
-    listing = _list_gcs(prefix) if is_remote(prefix) else _list_local(prefix, descend=True)
+    listing = _list_gcs(prefix, regex is not None) if is_remote(prefix) else _list_local(prefix, descend=True)
     for ref in listing:
         if regex is None or regex.match(ref.path):
             yield ref
 
 
-def _list_gcs(prefix: str) -> Iterator[FileRef]:
+def _list_gcs(prefix: str, raw_prefix: bool) -> Iterator[FileRef]:
+    """Objects under a folder (or the one object named), or, for a glob's text before its wildcard (`raw_prefix`),
+    every object whose name starts with it."""
     bucket, name = _split_gcs(prefix)
-    if name and not name.endswith("/") and not _WILDCARD.search(name):
+    if name and not name.endswith("/") and not raw_prefix:
         blob = gcs_client().bucket(bucket).get_blob(name, retry=_retry())
         if blob is not None:  # a single object named exactly; else a folder given without its '/'
             yield FileRef(prefix, int(blob.size or 0), _timestamp(blob.updated), int(blob.generation or 0))
