@@ -61,6 +61,19 @@ MUTATIONS = [
      R + "test_gcs_ambiguous_write.py", "recognising our own completed write after a 412"),
     ("setup.py", '"pillow": "pillow==13.0.0",', '"pillow": "pillow==12.3.0",', R + "test_dependency_pins.py",
      "the Pillow pin moved without reinstalling (or updating RELIABILITY.md)"),
+    ("k8s/overlays/multinode/networkpolicy.yaml",
+     "  ingress:\n    - from:\n        - podSelector:\n            matchLabels:\n"
+     "              batch.kubernetes.io/job-name: train-workers\n",
+     "  ingress:\n    - from:\n        - podSelector:\n            matchLabels:\n"
+     "              app.kubernetes.io/name: catsdogs\n",
+     "tests/k8s/test_network_policy.py", "training workers' gRPC port open to every catsdogs pod"),
+    ("k8s/base/networkpolicy.yaml", "  name: default-deny\nspec:\n  podSelector: {}\n  policyTypes:\n    - Ingress\n",
+     "  name: default-deny\nspec:\n  podSelector: {}\n  policyTypes:\n", "tests/k8s/test_network_policy.py",
+     "the namespace's default deny of ingress"),
+    ("k8s/base/networkpolicy.yaml",
+     "              - fe80::/10\n      ports:\n        - protocol: TCP\n          port: 443\n",
+     "              - fe80::/10\n", "tests/k8s/test_network_policy.py",
+     "the port limit on egress to outside addresses (443 only)"),
 ]
 
 
