@@ -116,5 +116,5 @@ def test_each_worker_gets_the_tf_config_multiworkermirroredstrategy_expects(mult
 def test_an_index_outside_the_job_fails_instead_of_joining_a_wrong_cluster(multinode):
     workers = multinode["job"]["spec"]["completions"]
     result, record, _ = run_pod(multinode, workers)
-    assert result.returncode != 0 and "outside" in result.stderr
+    assert result.returncode == 2 and "outside" in result.stderr  # 2: a configuration error, not retried
     assert not record.exists()

@@ -74,6 +74,9 @@ MUTATIONS = [
      "              - fe80::/10\n      ports:\n        - protocol: TCP\n          port: 443\n",
      "              - fe80::/10\n", "tests/k8s/test_network_policy.py",
      "the port limit on egress to outside addresses (443 only)"),
+    ("k8s/base/train-job.yaml", "          operator: In\n          values: [2, 3, 4]\n",
+     "          operator: In\n          values: [2, 3]\n", "tests/k8s/test_job_failures.py",
+     "ending the training Job when the model is not blessed (exit 4 retried instead)"),
 ]
 
 
