@@ -1,7 +1,7 @@
 """What the training Jobs do when the trainer exits with each of its codes, read from the rendered podFailurePolicy the
 way the Job controller reads it: 4 (model not blessed), 3 (damaged dataset) and 2 (usage or configuration error)
-end the Job without a retry, 143 (SIGTERM) and 5 (a lost worker) are retried to resume from the backup, and a disruption (preemption,
-eviction, node drain) is retried without using up backoffLimit."""
+end the Job without a retry, 143 (SIGTERM) and 5 (a lost worker) are retried to resume from the backup, and a
+disruption (preemption, eviction, node drain) is retried without using up backoffLimit."""
 
 import pytest
 
