@@ -24,7 +24,7 @@ OVERWRITE ?=## set to 1 to let `make preprocess` replace an existing dataset
 PREPROCESS_ARGS ?=## extra flags for catsdogs-preprocess (see: .venv/bin/catsdogs-preprocess --help)
 TRAIN_ARGS ?=## extra flags for catsdogs-train
 SCORE_ARGS ?=## extra flags for catsdogs-score
-IMAGE_REPO ?= us-docker.pkg.dev/catsdogs-demo/catsdogs## registry path for `make image` (images catsdogs-cpu and catsdogs-gpu)
+IMAGE_REPO ?= us-docker.pkg.dev/catsdogs-demo/catsdogs## registry path for `make image` (images catsdogs-cpu, catsdogs-gpu, catsdogs-dataflow)
 IMAGE_PUSH ?=## set to 1 to let `make image` also push the images
 K8S_OUT ?= build/k8s## where `make k8s-render` writes one rendered manifest per overlay
 BENCH_ARGS ?=## flags for benchmarks/bench.py, e.g. --quick or --sections preprocess
@@ -143,12 +143,12 @@ K8S_VERSION := 1.32.0
 K8S_OVERLAYS := $(notdir $(wildcard k8s/overlays/*))
 CHECKOV := .venv-checkov/bin/checkov
 
-image: ## build the cpu and gpu images as IMAGE_REPO/catsdogs-{cpu,gpu}:<git commit> (IMAGE_PUSH=1 pushes)
+image: ## build the images IMAGE_REPO/catsdogs-{cpu,gpu,dataflow}:<git commit> (IMAGE_PUSH=1 pushes)
 	@test -n "$(IMAGE_TAG)" || { echo "error: not a git checkout: images are tagged by commit" >&2; exit 1; }
 	@if [ -n "$$(git status --porcelain -- Dockerfile .dockerignore setup.py pyproject.toml beam_pipelines trainer)" ]; then \
 	  echo "error: uncommitted changes in files the image contains; commit them so tag $(IMAGE_TAG) names the code" >&2; \
 	  exit 1; fi
-	for target in cpu gpu; do \
+	for target in cpu gpu dataflow; do \
 	  docker build --target $$target --build-arg CATSDOGS_CODE_VERSION=$$(git rev-parse --short=12 HEAD) \
 	    -t $(IMAGE_REPO)/catsdogs-$$target:$(IMAGE_TAG) . ; \
 	  if [ -n "$(IMAGE_PUSH)" ]; then docker push $(IMAGE_REPO)/catsdogs-$$target:$(IMAGE_TAG); fi; \
@@ -164,7 +164,7 @@ k8s-render: ## render each k8s overlay, images pinned to IMAGE_REPO:<git commit>
 	  dir=$(K8S_OUT)/kustomize/$$overlay; mkdir -p $$dir; \
 	  { echo "apiVersion: kustomize.config.k8s.io/v1beta1"; echo "kind: Kustomization"; \
 	    echo "resources: [$$(realpath --relative-to=$$dir k8s/overlays/$$overlay)]"; echo "images:"; \
-	    for name in catsdogs-cpu catsdogs-gpu; do \
+	    for name in catsdogs-cpu catsdogs-gpu catsdogs-dataflow; do \
 	      echo "  - {name: $$name, newName: $(IMAGE_REPO)/$$name, newTag: \"$(IMAGE_TAG)\"}"; done; \
 	  } > $$dir/kustomization.yaml; \
 	  kubectl kustomize $$dir > $(K8S_OUT)/$$overlay.yaml; \
