@@ -77,6 +77,8 @@ MUTATIONS = [
     ("k8s/base/train-job.yaml", "          operator: In\n          values: [2, 3, 4]\n",
      "          operator: In\n          values: [2, 3]\n", "tests/k8s/test_job_failures.py",
      "ending the training Job when the model is not blessed (exit 4 retried instead)"),
+    ("k8s/components/dataflow-scoring/score-launcher.yaml", "                - --allowed_model_prefix=$(MODEL)\n", "",
+     "tests/k8s/test_dataflow.py", "the base CronJob's --allowed_model_prefix on the Dataflow launcher"),
 ]
 
 
