@@ -33,10 +33,10 @@ MUTATIONS = [
     ("trainer/data.py", "    dataset = dataset.map(parse, num_parallel_calls=autotune, deterministic=not training)\n",
      "    dataset = dataset.map(parse, num_parallel_calls=autotune, deterministic=not training).ignore_errors()\n",
      R + "test_corrupt_shard.py", "failing on damaged records (ignore_errors)"),
-    ("trainer/train.py", "        backup = choose_backup(self.backup_dir)\n", "        backup = None\n",
+    ("trainer/backup.py", "        backup = choose_backup(self.backup_dir)\n", "        backup = None\n",
      "tests/trainer/test_train.py::test_sigkill_mid_epoch_then_same_command_resumes_from_backup",
      "restoring the backup on start"),
-    ("trainer/train.py", "    if expected is not None and _sha256(weights) != expected:", "    if False:",
+    ("trainer/backup.py", "    if expected is not None and sha256(weights) != expected:", "    if False:",
      R + "test_corrupt_backup.py", "the backup checksum"),
     ("beam_pipelines/model_handler.py", "    info = read_model_info(model_dir)\n    verify_files(model_dir, info)\n",
      "    info = read_model_info(model_dir)\n", R + "test_untrusted_models.py::"
