@@ -14,12 +14,30 @@ Call `choose` before any other TensorFlow work: MultiWorkerMirroredStrategy must
 Keras 3.15 needs three workarounds under MultiWorkerMirroredStrategy, all here: `fit_scope` (the deferred build and
 the vector step logs) and `barrier` (workers leave together); every worker also saves its backups and checkpoints
 (trainer/backup.py), since saving can be a collective.
+
+A lost worker (killed, its node gone, or stuck) makes the others exit with EXIT_LOST_WORKER (5) within
+--worker_timeout_minutes, so the Job restarts every worker and they resume from the chief's backup:
+- TensorFlow's coordination service heartbeats every task and aborts the collectives of the others when one stops
+  answering (a killed or frozen process: about 10 s here); `lost_worker_guard` turns that error into LostWorker.
+- `Watchdog`, for what heartbeats miss (a process alive but stuck, e.g. on a hung read): when no training or
+  validation step finishes for --worker_timeout_minutes, it aborts the collectives, and exits the process if that
+  does not end it. TensorFlow's own per-collective timeout (CommunicationOptions.timeout_seconds) is not used: its
+  documentation keeps it for debugging, as it starts a thread for every collective of every step.
 """
 
 import contextlib
 import dataclasses
 import json
 import os
+import sys
+import threading
+import time
+
+EXIT_LOST_WORKER = 5
+
+
+class LostWorker(RuntimeError):
+    """A multi-worker collective failed because another worker is gone: restart every worker to resume."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,3 +154,99 @@ def barrier(placement: Placement) -> None:
 
         strategy = placement.strategy
         strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
+@contextlib.contextmanager
+def lost_worker_guard(placement: Placement):
+    """Multi-worker: the errors TensorFlow raises when a peer is gone (the coordination service's heartbeat or an
+    aborted collective) become LostWorker, with what to do. Other strategies: errors pass unchanged, since the same
+    error types also come from storage (an unavailable gs://) and would be misnamed."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+            tf.errors.CancelledError) as error:
+        if not placement.multi_worker:
+            raise
+        first_line = (error.message or str(error)).strip().splitlines()[0][:300]
+        raise LostWorker(f"lost a worker ({type(error).__name__}: {first_line}); restart every worker to resume "
+                         f"from the backup (a Kubernetes Job does so)") from None
+
+
+class Watchdog:
+    """Ends a multi-worker process that makes no progress: `beat()` after every step; when none comes for
+    timeout_seconds, the collectives are aborted (the blocked step raises, and lost_worker_guard names it), and
+    the process exits with EXIT_LOST_WORKER if it is still there grace_seconds later."""
+
+    def __init__(self, timeout_seconds: float, grace_seconds: float = 30.0):
+        self.timeout_seconds, self.grace_seconds = float(timeout_seconds), float(grace_seconds)
+        self._last = time.monotonic()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="catsdogs-watchdog", daemon=True)
+
+    def start(self) -> "Watchdog":
+        self._last = time.monotonic()
+        self._thread.start()
+        return self
+
+    def beat(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _watch(self) -> None:
+        interval = max(0.05, min(self.timeout_seconds / 10, 5.0))
+        while not self._stopped.wait(interval):
+            idle = time.monotonic() - self._last
+            if idle < self.timeout_seconds:
+                continue
+            print(f"catsdogs-train: no training step finished for {idle / 60:.1f} min (--worker_timeout_minutes): "
+                  f"lost a worker; aborting. Restart every worker to resume from the backup.",
+                  file=sys.stderr, flush=True)
+            try:  # tf.distribute's own way to fail every pending collective (its health check uses it)
+                from tensorflow.python.eager import context
+                from tensorflow.python.framework import errors
+
+                context.context().abort_collective_ops(errors.UNAVAILABLE, "catsdogs watchdog: no step in time")
+            except Exception as error:  # noqa: BLE001 (exiting below either way)
+                print(f"catsdogs-train: could not abort the collectives ({error})", file=sys.stderr, flush=True)
+            if not self._stopped.wait(self.grace_seconds):
+                os._exit(EXIT_LOST_WORKER)  # the main thread is stuck where no exception reaches it
+            return
+
+
+@contextlib.contextmanager
+def watch_workers(placement: Placement, timeout_minutes: float):
+    """Around training and the final barrier: yields the callbacks to add to fit (a Watchdog's heartbeat when
+    multi-worker, else none) and turns a lost peer's errors into LostWorker (lost_worker_guard)."""
+    if not placement.multi_worker:
+        yield []
+        return
+    watchdog = Watchdog(timeout_minutes * 60).start()
+    try:
+        with lost_worker_guard(placement):
+            yield [heartbeat_callback(watchdog)]
+    finally:
+        watchdog.stop()
+
+
+def heartbeat_callback(watchdog: Watchdog):
+    """A Keras callback that feeds the watchdog after every training and validation step and epoch."""
+    import keras
+
+    class Heartbeat(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            watchdog.beat()
+
+        def on_test_batch_end(self, batch, logs=None):
+            watchdog.beat()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            watchdog.beat()
+
+        def on_epoch_end(self, epoch, logs=None):
+            watchdog.beat()
+
+    return Heartbeat()

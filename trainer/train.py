@@ -15,7 +15,8 @@ Fault tolerance (trainer/backup.py): a backup (weights, optimizer state, epoch) 
 Kubernetes Job retries it). Running the same command again resumes from the last backup; a different config in the
 same model_dir is refused. A run that already finished (metrics.json and an export) is not repeated.
 
-Exit status: 0 success, 2 usage or config error, 3 damaged dataset, 143 interrupted by SIGTERM (re-run to resume).
+Exit status: 0 success, 2 usage or config error, 3 damaged dataset, 5 lost a worker of a multi-worker run (restart
+every worker to resume from the backup), 143 interrupted by SIGTERM (re-run to resume).
 
 Cost, measured on the 2-core development CPU: the default resnet_lite (width 32, depth 2) at 128x128 trains ~200
 images/s with the real input pipeline, ~90 s per epoch of pets-180's 18,368 training images, so the default 40
@@ -42,6 +43,7 @@ from trainer.paths import join, write_json
 EXIT_OK = 0
 EXIT_USAGE = 2  # a bad flag, a missing dataset, another run's model_dir, an unusable backup
 EXIT_DAMAGED_DATA = 3
+EXIT_LOST_WORKER = distribute.EXIT_LOST_WORKER  # 5: a multi-worker peer is gone; restart all workers to resume
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what Kubernetes expects from a process it terminated
 
 
@@ -80,6 +82,9 @@ def main(argv=None) -> int:
     except (data.DatasetMissing, model_dir.ConfigMismatch, backup.BackupUnusable, FileNotFoundError) as error:
         print(f"catsdogs-train: {error}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    except distribute.LostWorker as error:
+        print(f"catsdogs-train: {error}", file=sys.stderr, flush=True)
+        return EXIT_LOST_WORKER
     except tf.errors.DataLossError as error:
         # A record failed its CRC: stop rather than train on damaged data (records are never skipped), and name
         # the files, which TensorFlow's message does not.
@@ -116,44 +121,28 @@ def run(cfg: config_lib.TrainConfig) -> int:
     monitor = "val_loss" if validation_data is not None else "loss"
     backups = backup.ResumableBackup(outputs.backup_dir, cfg.backup_every_steps, stop,
                                      write_dir=None if placement.is_chief else join(outputs.out_dir, "backup"))
-    callbacks = make_callbacks(cfg, outputs, monitor, earlier_history, freeze, backups)
-    started = time.monotonic()
-    try:
-        with distribute.fit_scope(model, placement):
-            fit = model.fit(train_data, epochs=cfg.epochs, steps_per_epoch=plan.steps_per_epoch,
-                            validation_data=validation_data, callbacks=callbacks, shuffle=False,
-                            verbose=1 if sys.stdout.isatty() else 2)
-    except backup.Interrupted as interruption:
-        print(f"catsdogs-train: {interruption}; run the same command again to resume", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
-    train_seconds = time.monotonic() - started
-    if stop.signal_name:  # arrived after the last step: the epoch-end backup already holds everything
-        print(f"catsdogs-train: {stop.signal_name} after training; backup at {outputs.backup_dir}; exiting",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
-    epochs_run = len(fit.epoch)
-    stopped_by = backups.stopped_by or ("early_stopping" if resume_epoch + epochs_run < cfg.epochs else "epochs")
-
-    if not placement.is_chief:
+    with distribute.watch_workers(placement, cfg.worker_timeout_minutes) as watch_callbacks:
+        callbacks = watch_callbacks + make_callbacks(cfg, outputs, monitor, earlier_history, freeze, backups)
+        try:
+            trained = fit_model(model, cfg, plan, placement, train_data, validation_data, callbacks, stop)
+        except backup.Interrupted as interruption:
+            print(f"catsdogs-train: {interruption}; run the same command again to resume", file=sys.stderr,
+                  flush=True)
+            return EXIT_INTERRUPTED
+        if not placement.is_chief:
+            distribute.barrier(placement)
+            shutil.rmtree(outputs.out_dir, ignore_errors=True)
+            return EXIT_OK
+        stopped_by = backups.stopped_by or ("early_stopping" if resume_epoch + trained.epochs < cfg.epochs
+                                            else "epochs")
+        metrics, labels, probabilities = evaluate_best(model, cfg, plan, metadata, outputs, monitor)
+        metrics.update(training_facts(trained, plan, placement, stopped_by))
+        write_reports(cfg, plan, outputs, metrics, labels, probabilities)
+        published = export_and_publish(model, cfg, plan, metadata, metrics)
+        if tf.io.gfile.exists(outputs.backup_dir):
+            tf.io.gfile.rmtree(outputs.backup_dir)  # the run is complete: a restart must not resume it
         distribute.barrier(placement)
-        shutil.rmtree(outputs.out_dir, ignore_errors=True)
-        return EXIT_OK
-    metrics, labels, probabilities = evaluate_best(model, cfg, plan, metadata, outputs, monitor)
-    metrics.update({
-        "stopped_by": stopped_by,
-        "train_seconds_this_run": round(train_seconds, 1),
-        # includes validation passes and the first step's graph tracing, so it is a lower bound on step rate
-        "train_steps_per_second_this_run": (round(epochs_run * plan.steps_per_epoch / train_seconds, 3)
-                                            if epochs_run else None),
-        "global_batch_size": plan.global_batch,
-        "num_replicas": placement.num_replicas,
-    })
-    write_reports(cfg, plan, outputs, metrics, labels, probabilities)
-    published = export_and_publish(model, cfg, plan, metadata, metrics)
-    if tf.io.gfile.exists(outputs.backup_dir):
-        tf.io.gfile.rmtree(outputs.backup_dir)  # the run is complete: a restart must not resume it
-    distribute.barrier(placement)
-    summarize(cfg, metrics, train_seconds, outputs, published)
+    summarize(cfg, metrics, trained.seconds, outputs, published)
     return EXIT_OK
 
 
@@ -278,6 +267,38 @@ def make_callbacks(cfg, outputs: Outputs, monitor: str, earlier_history: list, f
     if freeze is not None:
         callbacks.insert(0, freeze)
     return callbacks
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    epochs: int  # epochs this process ran (after a resume, not counting the earlier ones)
+    seconds: float
+
+
+def fit_model(model, cfg, plan: Plan, placement, train_data, validation_data, callbacks, stop) -> Trained:
+    """model.fit; raises backup.Interrupted when SIGTERM arrived (the backup is written by then)."""
+    started = time.monotonic()
+    with distribute.fit_scope(model, placement):
+        fit = model.fit(train_data, epochs=cfg.epochs, steps_per_epoch=plan.steps_per_epoch,
+                        validation_data=validation_data, callbacks=callbacks, shuffle=False,
+                        verbose=1 if sys.stdout.isatty() else 2)
+    if stop.signal_name:  # arrived after the last step: the epoch-end backup already holds everything
+        raise backup.Interrupted(f"{stop.signal_name} after training; backup at "
+                                 f"{join(cfg.model_dir, model_dir.BACKUP_DIR)}")
+    return Trained(epochs=len(fit.epoch), seconds=time.monotonic() - started)
+
+
+def training_facts(trained: Trained, plan: Plan, placement, stopped_by: str) -> dict:
+    """What metrics.json records about the training itself."""
+    steps = trained.epochs * plan.steps_per_epoch
+    return {
+        "stopped_by": stopped_by,
+        "train_seconds_this_run": round(trained.seconds, 1),
+        # includes validation passes and the first step's graph tracing, so it is a lower bound on step rate
+        "train_steps_per_second_this_run": round(steps / trained.seconds, 3) if steps else None,
+        "global_batch_size": plan.global_batch,
+        "num_replicas": placement.num_replicas,
+    }
 
 
 def evaluate_best(model, cfg, plan: Plan, metadata: dict, outputs: Outputs, monitor: str):

@@ -61,6 +61,15 @@ MUTATIONS = [
      R + "test_gcs_ambiguous_write.py", "recognising our own completed write after a 412"),
     ("setup.py", '"pillow": "pillow==13.0.0",', '"pillow": "pillow==12.3.0",', R + "test_dependency_pins.py",
      "the Pillow pin moved without reinstalling (or updating RELIABILITY.md)"),
+    ("trainer/backup.py", "            load_weights_file(self.model, backup.weights)\n", "            pass\n",
+     "tests/trainer/test_train.py::test_sigkill_mid_epoch_then_same_command_resumes_from_backup",
+     "restoring the backup's weights (the epoch still resumes)"),
+    ("trainer/distribute.py", "        if not placement.multi_worker:\n            raise\n", "        raise\n",
+     R + "test_lost_worker.py::test_losing_a_worker_makes_the_other_exit_5_within_the_bound",
+     "exit status 5 for a lost worker"),
+    ("trainer/distribute.py", "            if idle < self.timeout_seconds:\n                continue\n",
+     "            continue\n", R + "test_lost_worker.py::test_the_watchdog_ends_a_process_whose_steps_stopped",
+     "the watchdog for a worker stuck without a step"),
 ]
 
 
