@@ -33,10 +33,10 @@ MUTATIONS = [
     ("trainer/data.py", "    dataset = dataset.map(parse, num_parallel_calls=autotune, deterministic=not training)\n",
      "    dataset = dataset.map(parse, num_parallel_calls=autotune, deterministic=not training).ignore_errors()\n",
      R + "test_corrupt_shard.py", "failing on damaged records (ignore_errors)"),
-    ("trainer/train.py", "        backup = choose_backup(self.backup_dir)\n", "        backup = None\n",
+    ("trainer/backup.py", "        backup = choose_backup(self.backup_dir)\n", "        backup = None\n",
      "tests/trainer/test_train.py::test_sigkill_mid_epoch_then_same_command_resumes_from_backup",
      "restoring the backup on start"),
-    ("trainer/train.py", "    if expected is not None and _sha256(weights) != expected:", "    if False:",
+    ("trainer/backup.py", "    if expected is not None and sha256(weights) != expected:", "    if False:",
      R + "test_corrupt_backup.py", "the backup checksum"),
     ("beam_pipelines/model_handler.py", "    info = read_model_info(model_dir)\n    verify_files(model_dir, info)\n",
      "    info = read_model_info(model_dir)\n", R + "test_untrusted_models.py::"
@@ -79,6 +79,15 @@ MUTATIONS = [
      "ending the training Job when the model is not blessed (exit 4 retried instead)"),
     ("k8s/components/dataflow-scoring/score-launcher.yaml", "                - --allowed_model_prefix=$(MODEL)\n", "",
      "tests/k8s/test_dataflow.py", "the base CronJob's --allowed_model_prefix on the Dataflow launcher"),
+    ("trainer/backup.py", "            load_weights_file(self.model, backup.weights)\n", "            pass\n",
+     "tests/trainer/test_train.py::test_sigkill_mid_epoch_then_same_command_resumes_from_backup",
+     "restoring the backup's weights (the epoch still resumes)"),
+    ("trainer/distribute.py", "        if not placement.multi_worker:\n            raise\n", "        raise\n",
+     R + "test_lost_worker.py::test_losing_a_worker_makes_the_other_exit_5_within_the_bound",
+     "exit status 5 for a lost worker"),
+    ("trainer/distribute.py", "            if idle < self.timeout_seconds:\n                continue\n",
+     "            continue\n", R + "test_lost_worker.py::test_the_watchdog_ends_a_process_whose_steps_stopped",
+     "the watchdog for a worker stuck without a step"),
 ]
 
 
