@@ -38,22 +38,23 @@ MUTATIONS = [
      "restoring the backup on start"),
     ("trainer/train.py", "    if expected is not None and _sha256(weights) != expected:", "    if False:",
      R + "test_corrupt_backup.py", "the backup checksum"),
-    ("beam_pipelines/model_handler.py", "    info = read_model_info(model_dir)\n    verify_files(model_dir, info)\n",
-     "    info = read_model_info(model_dir)\n", R + "test_untrusted_models.py::"
+    ("beam_pipelines/model_handler.py",
+     "    info = read_model_info(model_dir, expected_sha256)\n    verify_files(model_dir, info)\n",
+     "    info = read_model_info(model_dir, expected_sha256)\n", R + "test_untrusted_models.py::"
      "test_a_valid_model_with_swapped_weights_is_refused_by_its_checksums", "the checksum check at launch"),
-    ("beam_pipelines/score.py",
+    ("beam_pipelines/model_handler.py",
      "        # Never handed to keras.models.load_model: a Keras file's Lambda layers carry Python bytecode.\n",
      "        __import__('keras').models.load_model(model, safe_mode=False)\n",
      R + "test_untrusted_models.py::test_a_keras_file_with_a_lambda_layer_never_runs",
      "refusing Keras files (load them unsafely)"),
-    ("beam_pipelines/score.py",
+    ("beam_pipelines/model_handler.py",
      "        prefix = os.path.realpath(prefix)\n"
      "        path = path if storage.is_gcs(path) else os.path.realpath(path)",
      "        prefix = os.path.abspath(prefix)\n"
      "        path = path if storage.is_gcs(path) else os.path.abspath(path)",
      R + "test_untrusted_models.py::test_a_model_outside_the_allowed_prefix_is_refused_even_through_a_symlink",
      "resolving symlinks before the prefix check"),
-    ("trainer/publish.py", "    if not version.isdigit():", "    if False:",
+    ("trainer/model_contract.py", "        if not is_version(text):", "        if False:",
      R + "test_untrusted_models.py::test_a_latest_pointer_naming_a_path_instead_of_a_version_is_refused",
      "the version check on `latest`"),
     ("trainer/publish.py",

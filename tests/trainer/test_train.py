@@ -51,7 +51,7 @@ def test_default_model_learns_the_easy_task_and_writes_every_output(dataset, tmp
     assert (model_dir / "report.png").stat().st_size > 10_000
     assert (model_dir / "checkpoints" / "best.weights.h5").exists()
     assert not (model_dir / "backup").exists()  # a finished run leaves nothing to resume
-    version = publish.read_latest(str(model_dir / "export"))
+    version = publish.read_latest(str(model_dir / "export")).version
     info = json.loads((model_dir / "export" / version / "model_info.json").read_text())
     assert info["metrics"]["accuracy"] == metrics["accuracy"]
     assert info["training_data"]["class_names"] == ["cat", "dog"] and info["model_name"] == "resnet_lite"
