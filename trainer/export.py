@@ -8,7 +8,8 @@ The contract (trainer/model_contract.py; docs/ARCHITECTURE.md, "Model directory"
 `probability` is the probability of `class_names[1]` (dog). The bytes path decodes any JPEG/PNG/GIF/BMP with
 `tf.io.decode_image`, resizes with bilinear antialiased interpolation to `input_size` (squashed, like the training
 records) and rounds to 8-bit values, as `beam_pipelines.imaging.decode_image` (Pillow) does for the pixels path. The
-Keras model takes float pixels in [0, 255] and scales them itself.
+Keras model takes float pixels in [0, 255] and scales them itself. Before decoding, the bytes path reads each image's
+size from its header (trainer/image_headers.py) and fails on more than `model_contract.MAX_IMAGE_PIXELS`.
 
 `stage_export` writes and checks the SavedModel in a local temporary directory; `publish_staged` adds
 model_info.json and publishes it under a version new in the export root (trainer/publish.py), moving `latest` or
@@ -24,7 +25,7 @@ import os
 import shutil
 import tempfile
 
-from trainer import model_contract, provenance, publish
+from trainer import image_headers, model_contract, provenance, publish
 from trainer.model_contract import MODEL_INFO, SIGNATURES, THRESHOLD
 
 _VERSION_ATTEMPTS = 5
@@ -73,6 +74,7 @@ def build_archive(model, *, class_names, input_size):
         return {"probability": probability, "class_name": class_name}
 
     def decode_one(data):
+        data = image_headers.check_pixel_limit(data, model_contract.MAX_IMAGE_PIXELS)  # a bomb is never decoded
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
         image = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
         # Pillow rounds its resized picture to uint8; do the same so both signatures see the same values.
