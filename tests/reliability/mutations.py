@@ -64,6 +64,13 @@ MUTATIONS = [
      "        data = image_headers.check_pixel_limit(data, model_contract.MAX_IMAGE_PIXELS)"
      "  # a bomb is never decoded\n",
      "", R + "test_bytes_signature_bombs.py", "the bytes signature's pixel limit before decoding"),
+    ("trainer/model_contract.py", "        problem = file_key_problem(key)\n", "        problem = None\n",
+     R + "test_untrusted_models.py::test_crafted_files_keys_of_a_gcs_model_are_refused_before_anything_is_copied",
+     "validating model_info.json's `files` keys before a gs:// model is copied"),
+    ("beam_pipelines/model_handler.py", "    if expected_sha256 is not None:\n        actual =",
+     "    if False:\n        actual =",
+     R + "test_untrusted_models.py::test_a_model_info_rewritten_with_its_files_is_caught_by_the_pointers_sha256",
+     "comparing model_info.json with the sha256 `latest` records"),
     ("setup.py", '"pillow": "pillow==13.0.0",', '"pillow": "pillow==12.3.0",', R + "test_dependency_pins.py",
      "the Pillow pin moved without reinstalling (or updating RELIABILITY.md)"),
 ]
