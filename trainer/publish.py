@@ -29,6 +29,7 @@ from trainer import model_contract
 from trainer.model_contract import LATEST, MODEL_INFO, ModelError, Pointer
 
 FORWARD = "forward"  # move_latest's default expectation: only to a version newer than the one `latest` names
+DAMAGED = "damaged"  # the expectation that repairs an unreadable `latest` (and only an unreadable one)
 
 
 class PublishError(RuntimeError):
@@ -217,15 +218,22 @@ def _parse(data: bytes | None, where: str) -> Pointer | None:
         raise PublishError(str(error)) from None
 
 
+def _parse_or_damaged(data: bytes | None, where: str) -> Pointer | str | None:
+    try:
+        return _parse(data, where)
+    except PublishError:
+        return DAMAGED
+
+
 def read_latest(export_root: str) -> Pointer | None:
     """What `latest` names, or None when nothing was published yet. Raises PublishError on a damaged pointer."""
     where = model_contract.join(export_root, LATEST)
     return _parse(_read(where), where)
 
 
-def _read_latest_gcs(export_root: str, client=None, attempts: int = 5) -> tuple[Pointer | None, int]:
-    """(pointer or None, generation of `latest`; 0 when absent, which `if_generation_match` reads as
-    "create only")."""
+def _read_latest_gcs(export_root: str, client=None, attempts: int = 5) -> tuple[Pointer | str | None, int]:
+    """(pointer, DAMAGED for one that cannot be parsed, or None; generation of `latest`: 0 when absent, which
+    `if_generation_match` reads as "create only")."""
     from google.api_core import exceptions
 
     where = model_contract.join(export_root, LATEST)
@@ -251,42 +259,52 @@ def _read_latest_gcs(export_root: str, client=None, attempts: int = 5) -> tuple[
         if not generation:
             # Without it the conditional write below would become an unconditional overwrite.
             raise PublishError(f"{where}: the server reports no object generation")
-        return _parse(content, where), int(generation)
+        return _parse_or_damaged(content, where), int(generation)
     raise PublishError(f"{where} kept changing while being read ({attempts} attempts)")
 
 
-def _refusal(current: Pointer | None, new: Pointer, expected) -> str:
-    """Why `latest` must not move from current to new ("" when it may)."""
+def _refusal(current, new: Pointer, expected, where: str) -> str:
+    """Why `latest` must not move from current to new ("" when it may). Raises PublishError for a damaged
+    `latest` unless the caller means to repair it."""
+    if current == DAMAGED or expected == DAMAGED:
+        if current == DAMAGED and expected == DAMAGED:
+            return ""
+        if current == DAMAGED:
+            read_latest(where.rsplit("/", 1)[0])  # raises, saying what is wrong and what to do
+        return f"latest is readable now ({describe(current)}): nothing to repair"
     if expected == FORWARD:
         if current is not None and model_contract.version_key(current.version) >= model_contract.version_key(
                 new.version):
             return f"latest names version {current.version}, not older than {new.version}"
         return ""
     if current != expected:
-        return (f"latest names {_describe(current)}, not {_describe(expected)} as it did when this publish started: "
+        return (f"latest names {describe(current)}, not {describe(expected)} as it did when this publish started: "
                 f"another publisher or a rollback moved it meanwhile")
     return ""
 
 
-def _describe(pointer: Pointer | None) -> str:
-    return "nothing" if pointer is None else f"version {pointer.version}"
+def describe(pointer) -> str:
+    return "nothing" if pointer is None else "an unreadable pointer" if pointer == DAMAGED else \
+        f"version {pointer.version}"
 
 
 def move_latest(export_root: str, new: Pointer, *, expected=FORWARD, attempts: int = 20) -> LatestMove:
     """Points `latest` at `new` when allowed: expected=FORWARD moves only to a newer version; expected=<Pointer or
-    None> moves only when `latest` still names exactly that (None: nothing published yet). Never raises for a
-    refusal: the returned LatestMove says what `latest` names and why it did not move."""
+    None> moves only when `latest` still names exactly that (None: nothing published yet); expected=DAMAGED only
+    replaces a `latest` that cannot be parsed. Never raises for a refusal: the returned LatestMove says what
+    `latest` names and why it did not move. Raises PublishError when `latest` is damaged (and not expected so)."""
     data = model_contract.format_pointer(new)
     if not _is_gcs(export_root):
         os.makedirs(export_root, exist_ok=True)
         with open(os.path.join(export_root, ".latest.lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            current = read_latest(export_root)
+            where = os.path.join(export_root, LATEST)
+            current = _parse_or_damaged(_read(where), where)
             if current == new:
                 return LatestMove(True, current)  # ours already: a retry
-            refusal = _refusal(current, new, expected)
+            refusal = _refusal(current, new, expected, where)
             if refusal:
-                return LatestMove(False, current, refusal)
+                return LatestMove(False, None if current == DAMAGED else current, refusal)
             staging = os.path.join(export_root, f".{LATEST}.{os.getpid()}.{threading.get_ident()}")
             with open(staging, "wb") as handle:
                 handle.write(data)
@@ -302,9 +320,9 @@ def move_latest(export_root: str, new: Pointer, *, expected=FORWARD, attempts: i
         current, generation = _read_latest_gcs(export_root, client)
         if current == new:
             return LatestMove(True, current)  # also when our own earlier write succeeded but its reply was lost
-        refusal = _refusal(current, new, expected)
+        refusal = _refusal(current, new, expected, model_contract.join(export_root, LATEST))
         if refusal:
-            return LatestMove(False, current, refusal)
+            return LatestMove(False, None if current == DAMAGED else current, refusal)
         blob = client.bucket(bucket_name).blob(name)
         try:
             blob.upload_from_string(data, content_type="application/json", if_generation_match=generation)

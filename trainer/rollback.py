@@ -7,8 +7,8 @@
 files do not all match their sha256, or that failed the promotion gate (unless --allow_unblessed). It moves `latest`
 with the same compare-and-swap as publishing (GCS: a write conditioned on the generation read; locally: under the
 export root's lock), so if a trainer publishes meanwhile nothing is overwritten and the command says so. It also
-rewrites a `latest` pointer of the old plain-text format in the current one. Exit status: 0 moved (or already
-there), 1 refused or lost the race, 2 usage.
+rewrites a `latest` of the old plain-text format in the current one, and replaces a damaged one. Exit status:
+0 moved (or already there), 1 refused or lost the race, 2 usage.
 """
 
 import argparse
@@ -27,7 +27,11 @@ def rollback(export_root: str, version: str, *, allow_unblessed: bool = False) -
         reasons = "; ".join(info["promotion"].get("reasons", [])) or "no reason recorded"
         raise publish.PublishError(f"version {version} did not pass the promotion gate ({reasons}); pass "
                                    f"--allow_unblessed to point latest at it anyway")
-    current = publish.read_latest(export_root)
+    try:
+        current = publish.read_latest(export_root)
+    except publish.PublishError as error:  # the repair this command exists for
+        print(f"replacing a damaged latest ({error})", file=sys.stderr)
+        current = publish.DAMAGED
     return publish.move_latest(export_root, Pointer(version, checksum), expected=current)
 
 

@@ -3,8 +3,9 @@
 Stages: read the dataset's metadata.json -> choose the distribution strategy (trainer/distribute.py) -> check or write
 <model_dir>/config.json -> input pipelines (trainer/data.py) -> build the model (trainer/models.py) -> fit with
 warm-up + cosine learning rate, early stopping, best checkpoint, TensorBoard, history.csv and fault-tolerant backups
--> evaluate the best weights on the test split (metrics.json, report.png) -> export the SavedModel and publish it to
-<model_dir>/export/<version> (trainer/export.py).
+-> evaluate the best weights on the test split (metrics.json, report.png) -> export the SavedModel, gate it against
+the current `latest` and publish it to <export_dir>/<version>, moving `latest` only when blessed (trainer/promotion.py;
+exit status 4 when not).
 
     python -m trainer.train --data_dir work/data --model_dir work/model            # or: catsdogs-train ...
     python -m trainer.train --data_dir work/data --model_dir work/seed --model seed_cnn --epochs 15
@@ -12,7 +13,7 @@ warm-up + cosine learning rate, early stopping, best checkpoint, TensorBoard, hi
 Fault tolerance: a backup (weights, optimizer state, epoch) goes to <model_dir>/backup every --backup_every_steps
 steps, at every epoch end and on SIGTERM (then the process exits with status 143 so a Kubernetes Job retries it).
 Running the same command again resumes from the last backup; a different config in the same model_dir is refused.
-A run that already finished (metrics.json and an export) is not repeated.
+A run that already finished (metrics.json records its promotion decision) is not repeated: it exits as it did.
 
 Cost, measured on the 2-core development CPU: the default resnet_lite (width 32, depth 2) at 128x128 trains ~200
 images/s with the real input pipeline, ~90 s per epoch of pets-180's 18,368 training images, so the default 40
@@ -37,7 +38,7 @@ import keras
 import tensorflow as tf
 
 from trainer import config as config_lib
-from trainer import data, distribute, evaluate, export, models, provenance
+from trainer import data, distribute, evaluate, models, promotion, provenance
 
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what Kubernetes expects from a process it terminated
 CONFIG_FILE = "config.json"
@@ -391,12 +392,6 @@ def barrier(placement: distribute.Placement) -> None:
         strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
 
 
-def already_finished(model_dir: str) -> bool:
-    from trainer import publish
-
-    return tf.io.gfile.exists(join(model_dir, METRICS_FILE)) and publish.read_latest(join(model_dir, "export"))
-
-
 EXIT_DAMAGED_DATA = 3
 
 
@@ -424,10 +419,11 @@ def run(cfg: config_lib.TrainConfig) -> int:
     metadata = data.read_metadata(cfg.data_dir)
     placement = distribute.choose(cfg.mixed_precision)
     previous = check_config(cfg.model_dir, cfg)
-    if previous is not None and already_finished(cfg.model_dir):
-        print(f"catsdogs-train: {cfg.model_dir} already holds a finished run with this config "
-              f"(metrics.json and an export); nothing to do", flush=True)
-        return 0
+    finished = promotion.recorded_exit_code(join(cfg.model_dir, METRICS_FILE)) if previous is not None else None
+    if finished is not None:
+        print(f"catsdogs-train: {cfg.model_dir} already holds a finished run with this config (its metrics.json "
+              f"records the promotion decision); nothing to do, exiting {finished} as it did", flush=True)
+        return finished
 
     image_size = [int(v) for v in metadata["image_size"]]
     class_names = list(metadata["class_names"])
@@ -584,9 +580,12 @@ def run(cfg: config_lib.TrainConfig) -> int:
     backbone = models.find_backbone(model)
     if backbone is not None:  # get_weights() lists trainable variables first: match the fresh copy's flags
         models.set_backbone_trainable(backbone, True, freeze_batch_norm=False)
-    published = export.export_model(float32_copy(model, cfg, image_size), join(cfg.model_dir, "export"),
-                                     class_names=class_names, input_size=image_size, model_name=cfg.model,
-                                     metrics=metrics, training_data=metadata)
+    outcome = promotion.promote(
+        float32_copy(model, cfg, image_size), export_root=cfg.export_dir or join(cfg.model_dir, "export"),
+        data_dir=cfg.data_dir, split=test_split, image_size=image_size, class_names=class_names, model_name=cfg.model,
+        metrics=metrics, training_data=metadata,
+        gate=promotion.Gate(cfg.min_accuracy, cfg.min_roc_auc, cfg.max_regression, cfg.force_publish))
+    evaluate.write_metrics(join(cfg.model_dir, METRICS_FILE), {**metrics, "promotion": outcome.record})
     if tf.io.gfile.exists(backup_dir):
         tf.io.gfile.rmtree(backup_dir)  # the run is complete: a restart must not resume it
     barrier(placement)
@@ -599,8 +598,8 @@ def run(cfg: config_lib.TrainConfig) -> int:
           f"recall {fmt(metrics['recall'])}, ROC AUC {fmt(metrics['roc_auc'])}, log loss {fmt(metrics['log_loss'])} "
           f"on {metrics['examples']} images", flush=True)
     print(f"catsdogs-train: metrics {join(cfg.model_dir, METRICS_FILE)}, report {join(cfg.model_dir, REPORT_FILE)}, "
-          f"history {history_path}, export {published}", flush=True)
-    return 0
+          f"history {history_path}, export {outcome.uri}", flush=True)
+    return outcome.exit_code
 
 
 if __name__ == "__main__":
