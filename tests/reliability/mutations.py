@@ -83,6 +83,9 @@ MUTATIONS = [
     ("trainer/model_contract.py", "    return str(max(int(now), newest + 1))", "    return str(int(now))",
      R + "test_model_promotion.py::test_a_version_made_with_a_clock_an_hour_behind_still_becomes_latest",
      "versions newer than every published one whatever the clock"),
+    ("trainer/publish.py", "    _verify(model_contract.join(export_root, version), info, version)\n", "",
+     "tests/trainer/test_rollback.py::test_rollback_refuses_a_broken_version",
+     "verifying a version's checksums before `latest` is rolled back to it"),
     ("setup.py", '"pillow": "pillow==13.0.0",', '"pillow": "pillow==12.3.0",', R + "test_dependency_pins.py",
      "the Pillow pin moved without reinstalling (or updating RELIABILITY.md)"),
 ]
