@@ -5,7 +5,8 @@
 backup to resume from (trainer/backup.py) -> write config.json -> input pipelines (trainer/data.py) -> build and
 compile the model (trainer/models.py, trainer/schedules.py) -> fit with early stopping, best checkpoint, TensorBoard,
 history.csv and backups -> evaluate the best weights on the test split (metrics.json, report.png) -> export the
-SavedModel and publish it to <model_dir>/export/<version> (trainer/export.py).
+SavedModel, gate it against the current `latest` and publish it to <export_dir>/<version>, moving `latest` only when
+blessed (trainer/promotion.py).
 
     python -m trainer.train --data_dir work/data --model_dir work/model            # or: catsdogs-train ...
     python -m trainer.train --data_dir work/data --model_dir work/seed --model seed_cnn --epochs 15
@@ -13,9 +14,11 @@ SavedModel and publish it to <model_dir>/export/<version> (trainer/export.py).
 Fault tolerance (trainer/backup.py): a backup (weights, optimizer state, epoch) goes to <model_dir>/backup every
 --backup_every_steps steps, at every epoch end and on SIGTERM (then the process exits with status 143 so a
 Kubernetes Job retries it). Running the same command again resumes from the last backup; a different config in the
-same model_dir is refused. A run that already finished (metrics.json and an export) is not repeated.
+same model_dir is refused. A run that already finished (its metrics.json records the promotion decision) is not
+repeated: it exits as it did.
 
-Exit status: 0 success, 2 usage or config error, 3 damaged dataset, 5 lost a worker of a multi-worker run (restart
+Exit status: 0 success, 2 usage or config error, 3 damaged dataset, 4 model not blessed by the promotion gate (kept
+under export/, `latest` unchanged), 5 lost a worker of a multi-worker run (restart
 every worker to resume from the backup), 143 interrupted by SIGTERM (re-run to resume).
 
 Cost, measured on the 2-core development CPU: the default resnet_lite (width 32, depth 2) at 128x128 trains ~200
@@ -36,7 +39,7 @@ import time
 import keras
 import tensorflow as tf
 
-from trainer import backup, data, distribute, evaluate, export, fine_tune, model_dir, models, provenance, schedules
+from trainer import backup, data, distribute, evaluate, fine_tune, model_dir, models, promotion, provenance, schedules
 from trainer import config as config_lib
 from trainer.paths import join, write_json
 
@@ -102,10 +105,11 @@ def run(cfg: config_lib.TrainConfig) -> int:
     metadata = data.read_metadata(cfg.data_dir)
     placement = distribute.choose(cfg.mixed_precision)
     previous = model_dir.check_config(cfg.model_dir, cfg.to_dict())
-    if previous is not None and model_dir.already_finished(cfg.model_dir):
-        print(f"catsdogs-train: {cfg.model_dir} already holds a finished run with this config "
-              f"(metrics.json and an export); nothing to do", flush=True)
-        return EXIT_OK
+    finished = promotion.recorded_exit_code(join(cfg.model_dir, model_dir.METRICS_FILE)) if previous else None
+    if finished is not None:
+        print(f"catsdogs-train: {cfg.model_dir} already holds a finished run with this config (its metrics.json "
+              f"records the promotion decision); nothing to do, exiting {finished} as it did", flush=True)
+        return finished
     plan = plan_run(cfg, metadata, placement)
     outputs = prepare_outputs(cfg, placement)
     resume_epoch = backup.backup_epoch(outputs.backup_dir)
@@ -138,12 +142,12 @@ def run(cfg: config_lib.TrainConfig) -> int:
         metrics, labels, probabilities = evaluate_best(model, cfg, plan, metadata, outputs, monitor)
         metrics.update(training_facts(trained, plan, placement, stopped_by))
         write_reports(cfg, plan, outputs, metrics, labels, probabilities)
-        published = export_and_publish(model, cfg, plan, metadata, metrics)
+        outcome = export_and_promote(model, cfg, plan, metadata, metrics)
         if tf.io.gfile.exists(outputs.backup_dir):
             tf.io.gfile.rmtree(outputs.backup_dir)  # the run is complete: a restart must not resume it
         distribute.barrier(placement)
-    summarize(cfg, metrics, trained.seconds, outputs, published)
-    return EXIT_OK
+    summarize(cfg, metrics, trained.seconds, outputs, outcome.uri)
+    return outcome.exit_code
 
 
 def plan_run(cfg: config_lib.TrainConfig, metadata: dict, placement: distribute.Placement) -> Plan:
@@ -339,11 +343,18 @@ def float32_copy(model, cfg: config_lib.TrainConfig, image_size):
     return copy
 
 
-def export_and_publish(model, cfg, plan: Plan, metadata: dict, metrics: dict) -> str:
+def export_and_promote(model, cfg, plan: Plan, metadata: dict, metrics: dict) -> promotion.Outcome:
+    """Exports the model, then publishes it as `latest` only when the promotion gate blesses it; metrics.json records
+    the decision (and the exit code a re-run of this finished run returns)."""
     fine_tune.unfreeze_for_export(model)
-    return export.export_model(float32_copy(model, cfg, plan.image_size), join(cfg.model_dir, model_dir.EXPORT_DIR),
-                               class_names=plan.class_names, input_size=plan.image_size, model_name=cfg.model,
-                               metrics=metrics, training_data=metadata)
+    outcome = promotion.promote(
+        float32_copy(model, cfg, plan.image_size), export_root=cfg.export_dir or join(cfg.model_dir,
+                                                                                      model_dir.EXPORT_DIR),
+        data_dir=cfg.data_dir, split=metrics["split"], image_size=plan.image_size, class_names=plan.class_names,
+        model_name=cfg.model, metrics=metrics, training_data=metadata,
+        gate=promotion.Gate(cfg.min_accuracy, cfg.min_roc_auc, cfg.max_regression, cfg.force_publish))
+    evaluate.write_metrics(join(cfg.model_dir, model_dir.METRICS_FILE), {**metrics, "promotion": outcome.record})
+    return outcome
 
 
 def summarize(cfg, metrics: dict, train_seconds: float, outputs: Outputs, published: str) -> None:
