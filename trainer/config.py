@@ -54,6 +54,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # cap on steps per epoch (default: one pass over the training split)
     early_stopping_patience: int = 5  # epochs without validation-loss improvement before stopping; 0: never
     backup_every_steps: int = 100  # fault-tolerance backup frequency (and at every epoch end and on SIGTERM)
+    worker_timeout_minutes: float = 5.0  # multi-worker: exit 5 when no step finishes this long (a peer is lost)
     shuffle_buffer: int = 2048
     cache: str = "auto"  # decoded training/validation images in memory: auto when they fit in cache_limit_mb
     cache_limit_mb: int = 2048
@@ -118,6 +119,8 @@ class TrainConfig:
              f"--early_stopping_patience must be an integer >= 0 (got {self.early_stopping_patience!r})")
         need(_is_int(self.backup_every_steps) and self.backup_every_steps >= 1,
              f"--backup_every_steps must be an integer >= 1 (got {self.backup_every_steps!r})")
+        need(_is_number(self.worker_timeout_minutes) and self.worker_timeout_minutes > 0,
+             f"--worker_timeout_minutes must be > 0 (got {self.worker_timeout_minutes!r})")
         need(_is_int(self.shuffle_buffer) and self.shuffle_buffer >= 1,
              f"--shuffle_buffer must be an integer >= 1 (got {self.shuffle_buffer!r})")
         need(self.cache in CACHE, f"--cache must be one of {', '.join(CACHE)} (got {self.cache!r})")
@@ -196,6 +199,8 @@ HELP = {
     "input_size": "side (pixels) the network works at: images are resized to it inside the model, so serving at the "
                   "dataset's size stays consistent; default 128 for resnet_lite (capped at the dataset size), "
                   "the dataset size for the others",
+    "worker_timeout_minutes": "multi-worker only: when no training step finishes for this long (a worker died or "
+                              "hangs), exit with status 5 so the Job restarts every worker from the backup",
     "cache": "keep decoded images in memory: auto (when they fit in --cache_limit_mb), on, off",
     "export_dir": "export root the model is published to, and whose `latest` it is gated against (local or gs://; "
                   "default <model_dir>/export)",

@@ -11,7 +11,7 @@ import tensorflow as tf
 from tests.trainer.datasets import write_dataset
 from tests.trainer.test_train import NO_GATE
 from trainer import config as config_lib
-from trainer import models, train
+from trainer import fine_tune, models, schedules, train
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +46,9 @@ def test_head_first_then_the_whole_network_with_batch_norm_statistics_kept(weigh
     assert cfg.head_only_epochs() == 1
     model = models.build_model(cfg, (SIZE, SIZE))
     steps = 4
-    schedule = train.FineTuneSchedule(0.01, 0, steps, 3 * steps, cfg.fine_tune_factor)
+    schedule = schedules.FineTuneSchedule(0.01, 0, steps, 3 * steps, cfg.fine_tune_factor)
     train.compile_model(model, cfg, schedule)
-    freeze = train.prepare_fine_tuning(model, cfg, cfg.head_only_epochs())
+    freeze = fine_tune.prepare_fine_tuning(model, cfg, cfg.head_only_epochs())
     backbone = models.find_backbone(model)
     loaded = snapshot(backbone)
     head = model.get_layer("probability")

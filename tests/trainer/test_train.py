@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.trainer.datasets import REPO, run_python, write_dataset
-from trainer import publish, train
+from trainer import backup, publish, train
 
 pytestmark = pytest.mark.slow
 
@@ -145,7 +145,18 @@ SLOW_RUN = [*SMALL_NET, *NO_GATE, "--epochs", "6", "--batch_size", "4", "--backu
             "--early_stopping_patience", "0", "--warmup_epochs", "0"]  # 24 steps/epoch
 
 
-def test_sigkill_mid_epoch_then_same_command_resumes_from_backup(dataset, tmp_path):
+def weight_arrays(weights_file) -> list[bytes]:
+    """Every array stored in a Keras .weights.h5 file (model and optimizer variables), as sorted raw bytes: read
+    with h5py, independently of the Keras code that restores it."""
+    import h5py
+
+    arrays = []
+    with h5py.File(weights_file, "r") as h5:
+        h5.visititems(lambda _, item: arrays.append(item[()].tobytes()) if isinstance(item, h5py.Dataset) else None)
+    return sorted(arrays)
+
+
+def test_sigkill_mid_epoch_then_same_command_resumes_from_backup(dataset, tmp_path, monkeypatch, capsys):
     model_dir = tmp_path / "model"
     cmd = command(dataset, model_dir, *SLOW_RUN)
     first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -162,11 +173,24 @@ def test_sigkill_mid_epoch_then_same_command_resumes_from_backup(dataset, tmp_pa
     assert backed_up["epoch"] >= 1
     print(f"killed with a backup at epoch {backed_up['epoch']} step {backed_up['batch']}")
     assert not (model_dir / "metrics.json").exists()
+    saved = weight_arrays(model_dir / "backup" / "latest.weights.h5")
 
-    second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert f"resuming from backup at epoch {backed_up['epoch']} (of 6)" in second.stdout
-    epochs_run = [line for line in second.stdout.splitlines() if line.startswith("Epoch ")]
+    # The same command again, in this process so the model can be read right after the restore.
+    restored = []
+    restore = backup.ResumableBackup.on_train_begin
+
+    def on_train_begin(self, logs=None):
+        restore(self, logs)
+        restored.append([v.numpy().tobytes() for v in [*self.model.weights, *self.model.optimizer.variables]])
+
+    monkeypatch.setattr(backup.ResumableBackup, "on_train_begin", on_train_begin)
+    capsys.readouterr()
+    assert train.main(cmd[cmd.index("--data_dir"):]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming from backup at epoch {backed_up['epoch']} (of 6)" in out
+    # every variable of the model and the optimizer (step counter, moments) holds exactly the backup's values
+    assert sorted(restored[0]) == saved
+    epochs_run = [line for line in out.splitlines() if line.startswith("Epoch ")]
     assert epochs_run[0] == f"Epoch {backed_up['epoch'] + 1}/6"  # not "Epoch 1/6"
     assert [row["epoch"] for row in history(model_dir)] == list(range(6))  # each epoch once
     assert json.loads((model_dir / "config.json").read_text())["resumed_at_epoch"] == backed_up["epoch"]
