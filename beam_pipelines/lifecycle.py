@@ -22,6 +22,9 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
+
+import apache_beam as beam
 
 from beam_pipelines import cli, dask_compat, storage
 
@@ -182,6 +185,32 @@ def clean_stale_staging(parent: str, prefix: str, keep: str | None = None,
             _LOG.info("%s was left by a run that did not finish, or belongs to one still going (started %s); it is "
                       "removed after %g hours", staging, attempt.get("started_at"), max_age_hours)
     return removed
+
+
+class MergeTalliesFn(beam.CombineFn):
+    """Per-batch tallies -> one: {"counts": {key: n}, other keys: lists}. The counts are summed and the lists
+    concatenated: how both jobs count without pushing every file through extra steps, on every runner (the DaskRunner
+    has no metrics)."""
+
+    def create_accumulator(self):
+        return {"counts": Counter()}
+
+    def add_input(self, total, tally):
+        for key, value in tally.items():
+            if key == "counts":
+                total["counts"].update(value)
+            else:
+                total.setdefault(key, []).extend(value)
+        return total
+
+    def merge_accumulators(self, accumulators):
+        merged = self.create_accumulator()
+        for total in accumulators:
+            self.add_input(merged, total)
+        return merged
+
+    def extract_output(self, total):
+        return {**total, "counts": dict(total["counts"])}
 
 
 def run_pipeline(pipeline, progress=None):

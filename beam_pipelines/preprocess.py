@@ -31,7 +31,6 @@ import sys
 import time
 import uuid
 import zlib
-from collections import Counter
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -157,28 +156,6 @@ def read_known(item):
     return [(fact.path, ("record", fact)) for fact in records.read_facts(path, batch, True)]
 
 
-class MergeTalliesFn(beam.CombineFn):
-    """Tallies ({"counts", "batches", "replaced"}) -> one."""
-
-    def create_accumulator(self):
-        return {"counts": Counter(), "batches": [], "replaced": []}
-
-    def add_input(self, total, tally):
-        total["counts"].update(tally["counts"])
-        total["batches"].extend(tally["batches"])
-        total["replaced"].extend(tally["replaced"])
-        return total
-
-    def merge_accumulators(self, accumulators):
-        merged = self.create_accumulator()
-        for total in accumulators:
-            self.add_input(merged, total)
-        return merged
-
-    def extract_output(self, total):
-        return {**total, "counts": dict(total["counts"])}
-
-
 def _values(kind: str):
     return beam.FlatMap(lambda item: [item[1]] if item[0] == kind else [])
 
@@ -219,7 +196,7 @@ def build(pipeline, config: options.PreprocessConfig, plan: dict):
     tallies.append(rewritten | "RewriteTallies" >> _values("tally"))
     return (tallies
             | "AllTallies" >> beam.Flatten()
-            | "CountOutcomes" >> beam.CombineGlobally(MergeTalliesFn()).without_defaults()
+            | "CountOutcomes" >> beam.CombineGlobally(lifecycle.MergeTalliesFn()).without_defaults()
             | "WriteCounts" >> beam.Map(lambda tally: storage.write_json(storage.join(version_dir, COUNTS_FILE),
                                                                          tally)))
 
@@ -299,7 +276,7 @@ def plan_version(config: options.PreprocessConfig) -> dict:
 
 def assemble_metadata(config, plan, tally, runner, started_at, seconds) -> dict:
     counts = tally["counts"]
-    batches = records.metadata_batches(plan["previous_batches"], tally["batches"], tally["replaced"])
+    batches = records.metadata_batches(plan["previous_batches"], tally.get("batches", []), tally.get("replaced", []))
     names = list(config.class_names)
     split_counts = {split: {name: 0 for name in names} for split in features.SPLITS}
     shards = {split: [] for split in features.SPLITS}

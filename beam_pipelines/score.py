@@ -195,28 +195,6 @@ class CommitBatchFn(beam.DoFn):
             self._last_log, self._last_time = self._done, now
 
 
-class MergeTalliesFn(beam.CombineFn):
-    """Batch tallies -> one tally (counts summed, lists concatenated)."""
-
-    def create_accumulator(self):
-        return {"counts": Counter(), "recent": [], "retry": [], "files": []}
-
-    def add_input(self, total, tally):
-        total["counts"].update(tally["counts"])
-        for key in ("recent", "retry", "files"):
-            total[key].extend(tally[key])
-        return total
-
-    def merge_accumulators(self, accumulators):
-        merged = self.create_accumulator()
-        for total in accumulators:
-            self.add_input(merged, total)
-        return merged
-
-    def extract_output(self, total):
-        return {**total, "counts": dict(total["counts"])}
-
-
 # ---- the pipeline -------------------------------------------------------------------------------------------------
 
 def build(pipeline, config: options.ScoreConfig, model_info: dict, plan: dict):
@@ -233,7 +211,7 @@ def build(pipeline, config: options.ScoreConfig, model_info: dict, plan: dict):
             | "Score" >> RunInference(handler.with_no_batching())
             | "CommitBatches" >> beam.ParDo(CommitBatchFn(plan["staging"], config.format, model_info, config.run_id,
                                                           plan["new_watermark"]))
-            | "CountOutcomes" >> beam.CombineGlobally(MergeTalliesFn()).without_defaults()
+            | "CountOutcomes" >> beam.CombineGlobally(lifecycle.MergeTalliesFn()).without_defaults()
             | "WriteCounts" >> beam.Map(lambda tally: storage.write_json(
                 storage.join(plan["staging"], COUNTS_FILE), tally)))
 
@@ -375,7 +353,8 @@ def finish(config, model_info, plan, runner, started_at, seconds) -> dict:
     if listed != accounted:
         raise cli.JobFailed(f"internal error: {listed} files listed but {accounted} accounted for; outputs left "
                             f"in {staging}")
-    counts, recent, retry, files = this_attempt, list(tally["recent"]), list(tally["retry"]), set(tally["files"])
+    counts, recent, retry = this_attempt, list(tally.get("recent", [])), list(tally.get("retry", []))
+    files = set(tally.get("files", []))
     for marker in plan["markers"]:  # what earlier attempts of this run committed
         counts = counts + Counter(marker["counts"])
         recent += incremental.unpack(marker["recent"]).tolist()
