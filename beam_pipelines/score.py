@@ -24,9 +24,7 @@ Cost: see docs/SCORING.md and benchmarks/RESULTS.md (per image: the decode and t
 listing, and one small read of the incremental record).
 """
 
-import csv
 import datetime
-import io
 import json
 import logging
 import os
@@ -39,18 +37,26 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from beam_pipelines import cli, dask_compat, incremental, inference, lifecycle, listing, model_handler, options, storage
-from trainer import features, provenance
+from beam_pipelines import (
+    cli,
+    dask_compat,
+    incremental,
+    inference,
+    lifecycle,
+    listing,
+    model_handler,
+    options,
+    predictions,
+    storage,
+)
+from trainer import provenance
 
-NAMESPACE = "catsdogs.score"
-ROW_SCHEMA_VERSION = 2
-ERROR_FIELDS = ("path", "reason", "detail")
-COMMITTED = "_committed"  # in the staging dir: one marker per committed batch
+NAMESPACE = predictions.NAMESPACE
 COUNTS_FILE = "_counts.json"
 RESUME_KEYS = "_resume.keys"
 SUMMARY_FILE = "summary.json"
-PRIVATE = (COMMITTED, COUNTS_FILE, RESUME_KEYS, lifecycle.ATTEMPT_FILE)  # staging files that are not published
-HISTOGRAM_BINS = 10
+# staging files that are not published
+PRIVATE = (predictions.COMMITTED, COUNTS_FILE, RESUME_KEYS, lifecycle.ATTEMPT_FILE)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -67,134 +73,6 @@ def default_run_id() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-# ---- rows ---------------------------------------------------------------------------------------------------------
-
-def row_fields(class_names) -> tuple[str, ...]:
-    """Prediction row columns (schema version ROW_SCHEMA_VERSION): the probability is named for the class it is of."""
-    return ("path", "predicted_class", f"{class_names[1]}_probability", "confidence", "model_version", "run_id",
-            "scored_at")
-
-
-def prediction_row(path: str, probability: float, class_names, threshold: float, model_version: int, run_id: str,
-                   scored_at: str) -> dict:
-    probability = float(probability)
-    return {"path": storage.display_path(path),
-            "predicted_class": class_names[1] if probability >= threshold else class_names[0],
-            f"{class_names[1]}_probability": probability,
-            "confidence": max(probability, 1.0 - probability),
-            "model_version": model_version, "run_id": run_id, "scored_at": scored_at}
-
-
-def parquet_schema(class_names):
-    import pyarrow as pa
-
-    return pa.schema([("path", pa.string()), ("predicted_class", pa.string()),
-                      (f"{class_names[1]}_probability", pa.float64()), ("confidence", pa.float64()),
-                      ("model_version", pa.int64()), ("run_id", pa.string()), ("scored_at", pa.string())])
-
-
-def encode_rows(rows: list[dict], fmt: str, class_names) -> bytes:
-    """One predictions file: JSON lines, CSV with a header row, or Parquet with an explicit schema."""
-    if fmt == "jsonl":
-        return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=row_fields(class_names), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        return buffer.getvalue().encode("utf-8")
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=parquet_schema(class_names)), buffer)
-    return buffer.getvalue()
-
-
-def folder_label_key(path: str, predicted_class: str, class_names) -> str | None:
-    """When the file's folder names a class (`cat/`, `Dogs/`), whether the prediction agrees: scoring a labelled
-    folder reports its accuracy for free."""
-    label = features.label_for_name(os.path.basename(os.path.dirname(path)), class_names)
-    if label is None:
-        return None
-    return "folder_label:" + ("agrees" if class_names[label] == predicted_class else "differs")
-
-
-# ---- committing a batch -------------------------------------------------------------------------------------------
-
-class CommitBatchFn(beam.DoFn):
-    """BatchOutcome -> its predictions and errors files plus a commit marker in the staging dir, then the batch's
-    tally: {"counts": {...}, "recent": [keys], "retry": [paths], "files": [names]}.
-
-    The marker (written last) records the batch's outcome counts, the files it wrote, and the path hashes of every
-    file it accounted for, which is what a resumed run skips. A batch retried by the runner rewrites the same files.
-    """
-
-    def __init__(self, staging: str, fmt: str, model_info: dict, run_id: str, new_watermark: float):
-        self._staging = staging
-        self._format = fmt
-        self._class_names = tuple(model_info["class_names"])
-        self._threshold = float(model_info.get("threshold", 0.5))
-        version = str(model_info["model_version"])
-        self._model_version = int(version) if version.isdigit() else version
-        self._run_id = run_id
-        self._new_watermark = new_watermark
-
-    def setup(self):
-        self._done = self._last_log = 0
-        self._started = self._last_time = time.monotonic()
-
-    def process(self, outcome: inference.BatchOutcome):
-        batch, names = outcome.batch, self._class_names
-        counts, recent, retry, rows, errors = Counter(), list(outcome.batch.notes.get("recent", ())), [], [], []
-        for ref, probability in outcome.scored:
-            row = prediction_row(ref.path, probability, names, self._threshold, self._model_version, self._run_id,
-                                 outcome.scored_at)
-            rows.append(row)
-            counts["scored"] += 1
-            counts["class:" + row["predicted_class"]] += 1
-            counts[f"hist:{min(int(row[f'{names[1]}_probability'] * HISTOGRAM_BINS), HISTOGRAM_BINS - 1)}"] += 1
-            agreement = folder_label_key(ref.path, row["predicted_class"], names)
-            if agreement:
-                counts[agreement] += 1
-            if ref.mtime >= self._new_watermark:
-                recent.append(incremental.record_key(ref))
-        for ref, reason, detail in outcome.rejected:
-            errors.append({"path": storage.display_path(ref.path), "reason": reason, "detail": detail})
-            counts["failed:" + reason] += 1
-            if reason in incremental.TRANSIENT_REASONS:
-                retry.append(ref.path)
-            elif ref.mtime >= self._new_watermark:
-                recent.append(incremental.record_key(ref))
-        files = []
-        if rows:
-            files.append(f"predictions-{batch.batch_id}.{self._format}")
-            storage.write_bytes(storage.join(self._staging, files[-1]), encode_rows(rows, self._format, names))
-        if errors:
-            files.append(f"errors-{batch.batch_id}.jsonl")
-            storage.write_bytes(storage.join(self._staging, files[-1]),
-                                "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors).encode("utf-8"))
-        if files:
-            done = [incremental.path_hash(ref.path) for ref, _ in outcome.scored]
-            done += [incremental.path_hash(ref.path) for ref, _, _ in outcome.rejected]
-            storage.write_json(storage.join(self._staging, COMMITTED, f"{batch.batch_id}.{len(done)}.json"),
-                               {"counts": dict(counts), "files": files, "done": incremental.pack(done),
-                                "recent": incremental.pack(recent), "retry": retry})
-        self._count(len(batch))
-        for name, value in counts.items():
-            beam.metrics.Metrics.counter(NAMESPACE, name.replace(":", "_")).inc(value)
-        yield {"counts": dict(counts + Counter(batch.counts)), "recent": recent, "retry": retry, "files": files}
-
-    def _count(self, files: int) -> None:
-        self._done += files
-        now = time.monotonic()
-        if now - self._last_time >= lifecycle.PROGRESS_SECONDS:
-            rate = (self._done - self._last_log) / (now - self._last_time)
-            _LOGGER.info("scoring worker pid %d: %d files done, %.1f files/s over the last %.0f s", os.getpid(),
-                         self._done, rate, now - self._last_time)
-            self._last_log, self._last_time = self._done, now
-
-
 # ---- the pipeline -------------------------------------------------------------------------------------------------
 
 def build(pipeline, config: options.ScoreConfig, model_info: dict, plan: dict):
@@ -209,8 +87,8 @@ def build(pipeline, config: options.ScoreConfig, model_info: dict, plan: dict):
             | "ListImages" >> listing.ListImages(config.inputs, config.files_per_batch, plan["batch_prefix"],
                                                  plan["select"])
             | "Score" >> RunInference(handler.with_no_batching())
-            | "CommitBatches" >> beam.ParDo(CommitBatchFn(plan["staging"], config.format, model_info, config.run_id,
-                                                          plan["new_watermark"]))
+            | "CommitBatches" >> beam.ParDo(predictions.CommitBatchFn(
+                plan["staging"], config.format, model_info, config.run_id, plan["new_watermark"]))
             | "CountOutcomes" >> beam.CombineGlobally(lifecycle.MergeTalliesFn()).without_defaults()
             | "WriteCounts" >> beam.Map(lambda tally: storage.write_json(
                 storage.join(plan["staging"], COUNTS_FILE), tally)))
@@ -222,7 +100,7 @@ def _read_markers(staging: str) -> list[dict]:
     """The commit markers an earlier attempt of this run left (a resume), read in parallel."""
     import concurrent.futures
 
-    paths = [ref.path for ref in storage.list_files(storage.join(staging, COMMITTED) + "/")]
+    paths = [ref.path for ref in storage.list_files(storage.join(staging, predictions.COMMITTED) + "/")]
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         return list(pool.map(storage.read_json, paths))
 
@@ -301,7 +179,7 @@ def summarize(config, model_info, counts, plan, runner, started_at, seconds, out
         "inputs": list(config.inputs),
         "skip_scored": list(config.skip_scored),
         "format": config.format,
-        "row_schema": {"version": ROW_SCHEMA_VERSION, "fields": list(row_fields(names))},
+        "row_schema": {"version": predictions.ROW_SCHEMA_VERSION, "fields": list(predictions.row_fields(names))},
         "listed": counts.get(listing.LISTED, 0),
         "matched": counts.get(listing.LISTED, 0),
         "scored": scored,
@@ -311,8 +189,8 @@ def summarize(config, model_info, counts, plan, runner, started_at, seconds, out
         "resumed": counts.get(incremental.DONE_BEFORE, 0),
         "class_counts": classes,
         "class_shares": shares,
-        "probability_histogram": {"class": names[1], "bins": HISTOGRAM_BINS,
-                                  "counts": [counts.get(f"hist:{i}", 0) for i in range(HISTOGRAM_BINS)]},
+        "probability_histogram": {"class": names[1], "bins": predictions.HISTOGRAM_BINS,
+                                  "counts": [counts.get(f"hist:{i}", 0) for i in range(predictions.HISTOGRAM_BINS)]},
         "drift": _drift(shares, plan["states"], config.drift_threshold),
         "folder_labels": _folder_label_check(counts),
         "error_rate": round(failed_total / attempted, 6) if attempted else 0.0,
@@ -453,7 +331,7 @@ def run(argv=None, test_pipeline=None) -> dict:
 def _progress(staging: str) -> str:
     """Files committed so far, from the commit markers' names (one listing, whatever the runner)."""
     batches = files = 0
-    for ref in storage.list_files(storage.join(staging, COMMITTED) + "/"):
+    for ref in storage.list_files(storage.join(staging, predictions.COMMITTED) + "/"):
         batches += 1
         files += int(ref.path.rsplit(".", 2)[-2])
     return f"{files} files committed in {batches} batches"
