@@ -24,6 +24,7 @@ benchmarks/RESULTS.md.
 """
 
 import dataclasses
+import json
 import logging
 import posixpath
 import re
@@ -34,7 +35,7 @@ import uuid
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_pipelines import changes, cli, dask_compat, grouping, lifecycle, listing, options, records, storage
+from beam_pipelines import changes, cli, dask_compat, grouping, lifecycle, listing, options, preflight, records, storage
 from trainer import dataset_contract, features, provenance
 
 NAMESPACE = records.NAMESPACE
@@ -129,10 +130,10 @@ def _refuse_foreign(output_dir: str) -> None:
             + "; choose another --output_dir, or remove them")
 
 
-def plan_version(config: options.PreprocessConfig) -> dict:
+def plan_version(config: options.PreprocessConfig, dry_run: bool = False) -> dict:
     """Decides what this run makes: the first version, a new one from scratch (--overwrite), or the current one plus
-    what changed (--skip_if_current). Removes versions of runs that died before publishing (this run holds the lease).
-    """
+    what changed (--skip_if_current). Removes versions of runs that died before publishing (this run holds the lease),
+    unless `dry_run` (--check_only: nothing is written or removed)."""
     current = _current(config.output_dir)
     previous, facts_files, rejection_files, homes, previous_batches = None, [], [], {}, []
     if current is None:
@@ -163,7 +164,7 @@ def plan_version(config: options.PreprocessConfig) -> dict:
                                for ref in storage.list_files(storage.join(version_dir, pattern))]
     for ref in storage.list_files(config.output_dir.rstrip("/") + "/"):  # unpublished versions of dead runs
         match = re.match(r"^v(\d{5,})$", ref.path[len(config.output_dir.rstrip("/")) + 1:].split("/")[0])
-        if match and int(match.group(1)) >= number:
+        if match and int(match.group(1)) >= number and not dry_run:
             dead = storage.join(config.output_dir, match.group(0))
             _LOG.warning("preprocess: removing %s, left by a run that did not publish it", dead)
             storage.delete_tree(dead)
@@ -286,6 +287,10 @@ def _resolve(argv) -> tuple[PipelineOptions, options.PreprocessConfig, str]:
         raise cli.UsageError(str(error)) from None
     config = dataclasses.replace(config, inputs=tuple(storage.absolute(p) for p in config.inputs),
                                  output_dir=storage.absolute(config.output_dir).rstrip("/"))
+    try:  # before anything reads from GCS: broken credentials fail here, in seconds, not as a hang
+        preflight.check_reachable([*config.inputs, config.output_dir])
+    except preflight.Unreachable as error:
+        raise cli.UsageError(str(error)) from None
     storage.check_patterns_match(config.inputs)
     return pipeline_options, config, str(standard.runner)
 
@@ -296,6 +301,13 @@ def run(argv=None, test_pipeline=None) -> dict:
     nothing changed. Raises cli.JobExit (a SystemExit with an exit code and a message) otherwise."""
     argv = list(sys.argv[1:] if argv is None else argv)
     pipeline_options, config, runner = _resolve(argv)
+    if config.check_only:
+        plan = plan_version(config, dry_run=True)
+        report = preflight.run_checks(config.inputs, config.output_dir, config.size, config.max_pixels,
+                                      config.max_file_bytes, {"would_write": plan["version_dir"],
+                                                              "adding_to": plan["previous_version"]})
+        print(json.dumps(report, ensure_ascii=False))
+        return report
     with lifecycle.Lease(storage.join(config.output_dir, LEASE_FILE), what=f"dataset {config.output_dir}") as lease:
         plan = plan_version(config)
         version_dir = plan["version_dir"]

@@ -47,6 +47,7 @@ from beam_pipelines import (
     model_handler,
     options,
     predictions,
+    preflight,
     storage,
 )
 from trainer import provenance
@@ -279,6 +280,10 @@ def _resolve(argv) -> tuple[PipelineOptions, options.ScoreConfig, dict, str]:
     inputs = tuple(storage.absolute(p) for p in config.inputs)
     output_dir = storage.absolute(config.output_dir)
     skip = tuple(storage.absolute(p) for p in config.skip_scored)
+    try:  # before anything reads from GCS: broken credentials fail here, in seconds, not as a hang
+        preflight.check_reachable([*inputs, output_dir, *skip, config.model])
+    except preflight.Unreachable as error:
+        raise cli.UsageError(str(error)) from None
     try:
         model, info = model_handler.resolve_and_check_model(config.model, config.allowed_model_prefix)
     except model_handler.ModelError as error:
@@ -297,6 +302,12 @@ def run(argv=None, test_pipeline=None) -> dict:
     when --max_error_rate is exceeded (1)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     pipeline_options, config, info, runner = _resolve(argv)
+    if config.check_only:
+        report = preflight.run_checks(config.inputs, config.output_dir, info["input_size"], config.max_pixels,
+                                      config.max_file_bytes, {"model": config.model,
+                                                              "model_version": str(info["model_version"])})
+        print(json.dumps(report, ensure_ascii=False))
+        return report
     direct = pipeline_options.view_as(DirectOptions)
     workers = (direct.direct_num_workers or os.cpu_count() or 1) \
         if direct.direct_running_mode == "multi_processing" else 0
