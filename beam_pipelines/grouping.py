@@ -28,6 +28,7 @@ import numpy as np
 from trainer import features
 
 ACROSS_SPLITS = "near_copy_of_several_splits"  # a rejection reason
+_SMALL_BUCKET = 16
 
 
 class Fact(NamedTuple):
@@ -89,11 +90,14 @@ def link_bucket(band_and_members, bits: int):
     ids = [content_id for content_id, _ in unique]
     fixed = [fixed_split for _, (_, fixed_split) in unique]
     phashes = [phash for _, (phash, _) in unique]
-    hashes = np.array(phashes, dtype=np.uint64)
+    hashes = np.array(phashes, dtype=np.uint64) if len(unique) > _SMALL_BUCKET else None
     for i in range(len(unique) - 1):
-        distances = np.bitwise_count(hashes[i + 1:] ^ hashes[i])
-        for offset in np.flatnonzero(distances <= bits):
-            j = i + 1 + int(offset)
+        if hashes is None:  # most buckets hold two or three photos: plain ints beat numpy's per-call cost
+            near = [j for j in range(i + 1, len(unique)) if (phashes[i] ^ phashes[j]).bit_count() <= bits]
+        else:
+            distances = np.bitwise_count(hashes[i + 1:] ^ hashes[i])
+            near = [i + 1 + int(offset) for offset in np.flatnonzero(distances <= bits)]
+        for j in near:
             if any(a == b for (k, a), (_, b) in zip(hash_bands(phashes[i], bits), hash_bands(phashes[j], bits),
                                                      strict=True) if k < band):
                 continue
