@@ -148,7 +148,8 @@ class CommitBatchFn(beam.DoFn):
         self._count(len(batch))
         for name, value in counts.items():
             beam.metrics.Metrics.counter(NAMESPACE, name.replace(":", "_")).inc(value)
-        yield {"counts": dict(counts + Counter(batch.counts)), "recent": recent, "retry": retry, "files": files}
+        yield {"counts": dict(counts + Counter(batch.counts)), "recent": recent, "retry": retry, "files": files,
+               "times": [outcome.started, outcome.finished] if len(batch) else []}
 
     def _count(self, files: int) -> None:
         self._done += files

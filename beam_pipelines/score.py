@@ -162,7 +162,7 @@ def _drift(class_shares: dict, states, threshold: float) -> dict | None:
             "largest": worst, "threshold": threshold, "drifted": abs(changes[worst]) > threshold}
 
 
-def summarize(config, model_info, counts, plan, runner, started_at, seconds, outputs) -> dict:
+def summarize(config, model_info, counts, plan, runner, started_at, seconds, outputs, steady=None) -> dict:
     names = list(model_info["class_names"])
     failed = {key.split(":", 1)[1]: n for key, n in sorted(counts.items()) if key.startswith("failed:")}
     scored, failed_total = counts.get("scored", 0), sum(failed.values())
@@ -198,6 +198,7 @@ def summarize(config, model_info, counts, plan, runner, started_at, seconds, out
         "max_error_rate": config.max_error_rate,
         "seconds": round(seconds, 3),
         "images_per_second": round(scored / seconds, 2) if seconds > 0 else 0.0,
+        "steady_images_per_second": steady,
         "output_files": sorted(outputs),
         "incremental": {"watermark": plan["new_watermark"], "margin_minutes": config.incremental_margin_minutes,
                         "previous": [state.source for state in plan["states"]]},
@@ -248,7 +249,10 @@ def finish(config, model_info, plan, runner, started_at, seconds) -> dict:
         (outputs if name in files else orphans).append(name)
     for name in orphans:  # written by a batch that was killed before its commit marker: scored again since
         storage.delete(storage.join(staging, name))
-    summary = summarize(config, model_info, counts, plan, runner, started_at, seconds, outputs)
+    times = tally.get("times", [])  # this attempt's rate from its first batch to its last: after start-up
+    steady = round(this_attempt.get("scored", 0) / (max(times) - min(times)), 2) \
+        if len(times) > 1 and max(times) > min(times) else None
+    summary = summarize(config, model_info, counts, plan, runner, started_at, seconds, outputs, steady)
     too_many = summary["error_rate"] > config.max_error_rate
     if too_many:
         summary["status"] = "failed: error rate above --max_error_rate"
@@ -301,6 +305,7 @@ def run(argv=None, test_pipeline=None) -> dict:
     summary. Exits (SystemExit) with a message on a bad flag or model (2), when another run holds the run id (75), or
     when --max_error_rate is exceeded (1)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _import_tensorflow_meanwhile()
     pipeline_options, config, info, runner = _resolve(argv)
     if config.check_only:
         report = preflight.run_checks(config.inputs, config.output_dir, info["input_size"], config.max_pixels,
@@ -337,6 +342,17 @@ def run(argv=None, test_pipeline=None) -> dict:
             f"{summary['failed_by_reason']}; see {run_dir(config.output_dir, config.run_id)}/errors-*.jsonl. Check "
             f"--input points at image folders, or raise --max_error_rate")
     return summary
+
+
+def _import_tensorflow_meanwhile() -> None:
+    """Starts importing TensorFlow in a background thread: the in-process runner's model load needs it, and the ~4 s
+    it takes (much of it reading and initialising shared libraries, outside the GIL) then overlaps the checks at launch
+    and the pipeline's construction instead of following them. Harmless where workers are other processes."""
+    import importlib
+    import threading
+
+    threading.Thread(target=importlib.import_module, args=("tensorflow",), name="import-tensorflow",
+                     daemon=True).start()
 
 
 def _progress(staging: str) -> str:
