@@ -143,7 +143,8 @@ class CommitBatchFn(beam.DoFn):
             done = [incremental.path_hash(ref.path) for ref, _ in outcome.scored]
             done += [incremental.path_hash(ref.path) for ref, _, _ in outcome.rejected]
             storage.write_json(storage.join(self._staging, COMMITTED, f"{batch.batch_id}.{len(done)}.json"),
-                               {"counts": dict(counts), "files": files, "done": incremental.pack(done),
+                               {"batch": batch.batch_id, "counts": dict(counts), "files": files,
+                                "done": incremental.pack(done),
                                 "recent": incremental.pack(recent), "retry": retry})
         self._count(len(batch))
         for name, value in counts.items():

@@ -66,7 +66,8 @@ def build(pipeline, config: options.PreprocessConfig, plan: dict):
     what the current one holds. Returns the PCollection of the merged tally (also written to the version folder)."""
     version_dir, prefix = plan["version_dir"], plan["batch_prefix"]
     roots = [input_root(pattern) for pattern in config.inputs]
-    listed = pipeline | "ListImages" >> listing.ListImages(config.inputs, config.files_per_batch, prefix)
+    listed = pipeline | "ListImages" >> listing.ListImages(config.inputs, config.files_per_batch, prefix,
+                                                           report_dir=version_dir)
     tallies, kept, removed = [], [], []
     if plan["previous"] is not None:
         known = (pipeline
@@ -317,13 +318,15 @@ def run(argv=None, test_pipeline=None) -> dict:
         started_at, started = provenance.utc_now(), time.monotonic()
         pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=pipeline_options)
         build(pipeline, config, plan)
-        lifecycle.run_pipeline(pipeline, progress=lambda: _progress(version_dir))
+        lifecycle.run_pipeline(pipeline, progress=lambda: _progress(version_dir, config, plan))
         if lease.lost.is_set():
             raise cli.JobFailed(f"another run took over {config.output_dir} while this one ran; {version_dir} was "
                                 f"not published")
         counts_path = storage.join(version_dir, COUNTS_FILE)
         tally = storage.read_json(counts_path)
         storage.delete(counts_path)
+        for ref in storage.list_files(storage.join(version_dir, listing.LISTING_REPORT + "*.json")):
+            storage.delete(ref.path)
         metadata = assemble_metadata(config, plan, tally, runner, started_at, time.monotonic() - started)
         accounted = metadata["added"] + metadata["duplicates"] + sum(metadata["rejected"].values())
         if accounted != metadata["read"]:
@@ -349,9 +352,13 @@ def run(argv=None, test_pipeline=None) -> dict:
     return metadata
 
 
-def _progress(version_dir: str) -> str:
-    batches = sum(1 for _ in storage.list_files(storage.join(version_dir, "facts-*.jsonl")))
-    return f"{batches} batches written to {version_dir}"
+def _progress(version_dir: str, config: options.PreprocessConfig, plan: dict) -> lifecycle.Progress:
+    """Batches decoded and written so far (their facts files), out of the batches the listing will make (known for a
+    first version; a growing dataset's batches are made after the join with the current version)."""
+    done = sum(1 for _ in storage.list_files(storage.join(version_dir, "facts-*.jsonl")))
+    files = listing.files_to_process(version_dir, len(config.inputs)) if plan["previous"] is None else None
+    total = None if files is None else -(-files // config.files_per_batch)
+    return lifecycle.Progress(done, total, "batches")
 
 
 def main() -> None:

@@ -57,7 +57,7 @@ COUNTS_FILE = "_counts.json"
 RESUME_KEYS = "_resume.keys"
 SUMMARY_FILE = "summary.json"
 # staging files that are not published
-PRIVATE = (predictions.COMMITTED, COUNTS_FILE, RESUME_KEYS, lifecycle.ATTEMPT_FILE)
+PRIVATE = (predictions.COMMITTED, COUNTS_FILE, RESUME_KEYS, lifecycle.ATTEMPT_FILE, listing.LISTING_REPORT)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def build(pipeline, config: options.ScoreConfig, model_info: dict, plan: dict):
         large_model=config.share_model_across_processes)
     return (pipeline
             | "ListImages" >> listing.ListImages(config.inputs, config.files_per_batch, plan["batch_prefix"],
-                                                 plan["select"])
+                                                 plan["select"], report_dir=plan["staging"])
             | "Score" >> RunInference(handler.with_no_batching())
             | "CommitBatches" >> beam.ParDo(predictions.CommitBatchFn(
                 plan["staging"], config.format, model_info, config.run_id, plan["new_watermark"]))
@@ -327,7 +327,7 @@ def run(argv=None, test_pipeline=None) -> dict:
         started_at, start = provenance.utc_now(), time.monotonic()
         pipeline = test_pipeline or beam.Pipeline(options=pipeline_options)
         build(pipeline, config, info, plan)
-        lifecycle.run_pipeline(pipeline, progress=lambda: _progress(plan["staging"]))
+        lifecycle.run_pipeline(pipeline, progress=lambda: _progress(plan, len(config.inputs)))
         if lease.lost.is_set():
             raise cli.JobFailed(f"another run took over run id {config.run_id} while this one ran; nothing was "
                                 f"published by this one")
@@ -355,13 +355,16 @@ def _import_tensorflow_meanwhile() -> None:
                      daemon=True).start()
 
 
-def _progress(staging: str) -> str:
-    """Files committed so far, from the commit markers' names (one listing, whatever the runner)."""
-    batches = files = 0
-    for ref in storage.list_files(storage.join(staging, predictions.COMMITTED) + "/"):
-        batches += 1
-        files += int(ref.path.rsplit(".", 2)[-2])
-    return f"{files} files committed in {batches} batches"
+def _progress(plan: dict, patterns: int) -> lifecycle.Progress:
+    """Files this attempt committed (from the commit markers' names: one listing, whatever the runner) out of the
+    files its listing found to score."""
+    earlier = {f"{marker['batch']}" for marker in plan["markers"]}
+    done = 0
+    for ref in storage.list_files(storage.join(plan["staging"], predictions.COMMITTED) + "/"):
+        batch, count = ref.path.rsplit("/", 1)[-1].rsplit(".", 2)[:2]
+        if batch not in earlier:
+            done += int(count)
+    return lifecycle.Progress(done, listing.files_to_process(plan["staging"], patterns), "files")
 
 
 def main():
