@@ -7,33 +7,33 @@ duplicate line), by path:
     unchanged duplicate                                  decoded again: the copy it duplicated may be gone
     changed, or new                                      decoded; a changed record's old copy is dropped
     gone                                                 its record is dropped from the new version
-The files to decode are then batched again by the listing batch they came from, so a folder that grew by a few files
-gives a few small batches and a new folder the usual ones. Everything here is keyed by path: small facts in the
-runner's shuffle, never record bytes.
+The join runs on disk (spill.py): the listing's batches and the current version's files are spilled by a hash of the
+path, and each partition is joined in one step, holding about 1/PARTITIONS of the paths; the files to decode come out
+as new batches, the kept photos' facts go straight into the grouping's band spills. No path is a runner element.
 """
 
 import zlib
+from collections import Counter, defaultdict
 
 import apache_beam as beam
 
-from beam_pipelines import grouping, listing, records, storage
+from beam_pipelines import grouping, listing, records, spill, storage
 from trainer import dataset_contract
-
-CARRIED_FILES = 4  # rejected-carried-*.jsonl files: rejections of unchanged files, listed again in a new version
 
 
 def values(kind: str):
     return beam.FlatMap(lambda item: [item[1]] if item[0] == kind else [])
 
 
-def classify(path_and_joined):
-    """(path, {"ref": [(FileRef, listing batch)], "known": [("record", Fact) | ("rejected", (size, version, reason,
-    line))]}) -> ("decode", (ref, listing batch)) | ("kept", Fact) | ("carried", rejection line) | ("change", Change)
-    | ("count", key). A file is unchanged when its size and content version are what the current version recorded."""
-    _, joined = path_and_joined
-    refs, known = list(joined["ref"]), list(joined["known"])
-    ref, batch = refs[0] if refs else (None, None)
-    kind, value = known[0] if known else (None, None)
+def _path_key(entry) -> bytes:
+    return storage.path_key(entry[0])
+
+
+def classify(listed, known):
+    """One path's (FileRef, listing batch) or None and what the current version knows of it or None ->
+    ("decode", ref) | ("kept", Fact) | ("carried", rejection line) | ("change", Change) | ("count", key)."""
+    ref = listed[0] if listed else None
+    kind, value = known if known else (None, None)
     if kind == "record":
         if ref is not None and (ref.size, ref.version) == (value.size, value.version):
             yield "kept", value
@@ -44,7 +44,7 @@ def classify(path_and_joined):
         size, version, reason, line = value
         unchanged = ref is not None and (ref.size, ref.version) == (size, version)
         if unchanged and reason == "duplicate":  # decoded again: its kept copy may have gone since
-            yield "decode", (ref, batch)
+            yield "decode", ref
             yield "count", "rechecked_duplicates"
             return
         if unchanged:
@@ -54,65 +54,109 @@ def classify(path_and_joined):
         if ref is None:
             yield "count", "removed_rejected"
     if ref is not None:
-        yield "decode", (ref, batch)
+        yield "decode", ref
         yield "count", "new" if kind is None else "changed"
 
 
-def rebatch(batch_and_refs, files_per_batch: int):
-    """The files to decode of one listing batch (a few when a folder grew a little, all when it is new)."""
-    batch, refs = batch_and_refs
-    refs = sorted(refs, key=lambda ref: ref.path)
-    for sequence, start in enumerate(range(0, len(refs), files_per_batch)):
-        yield listing.FileBatch(f"{batch}-n{sequence:03d}", tuple(refs[start:start + files_per_batch]), {})
+def known_entries(path: str, batch: str | None) -> list:
+    """A facts file -> (path, ("record", Fact)) per record; a rejection or duplicates file -> (path, ("rejected",
+    (size, version, reason, line))) per line."""
+    if batch is None:
+        return [(file, ("rejected", (size, version, reason, line)))
+                for file, size, version, reason, line in records.read_rejections(path)]
+    return [(fact.path, ("record", fact)) for fact in records.read_facts(path, batch, True)]
 
 
-def write_carried(key_and_lines, version_dir: str):
-    key, lines = key_and_lines
-    storage.write_bytes(storage.join(version_dir, dataset_contract.rejected_name(f"carried-{key:03d}")),
-                        "".join(line + "\n" for line in sorted(lines)).encode("utf-8"))
-    return {"counts": {}, "batches": [], "replaced": []}
+class SpillListingFn(beam.DoFn):
+    """FileBatch -> ("tally", listing counts), then ("paths", (partition, spill file)) for the join."""
+
+    def __init__(self, version_dir: str):
+        self._work = records.work_dir(version_dir)
+
+    def process(self, batch):
+        yield "tally", {"counts": dict(batch.counts), "batches": [], "replaced": []}
+        entries = [(ref.path, ("ref", (ref, batch.batch_id))) for ref in batch.files]
+        path = storage.join(self._work, f"paths-{batch.batch_id}.spill")
+        for pair in spill.spill(path, entries, _path_key):
+            yield "paths", pair
+
+
+class SpillKnownFn(beam.DoFn):
+    """(a current version's facts or rejection file, its batch or None) -> ("paths", (partition, spill file))."""
+
+    def __init__(self, version_dir: str):
+        self._work = records.work_dir(version_dir)
+
+    def process(self, item):
+        file, batch = item
+        path = storage.join(self._work, f"known-{zlib.crc32(file.encode()):08x}.spill")
+        for pair in spill.spill(path, known_entries(file, batch), _path_key):
+            yield "paths", pair
+
+
+class JoinPartitionFn(beam.DoFn):
+    """(partition, spill files) -> ("batch", FileBatch to decode), ("bands", (partition, spill file)) of the kept
+    photos, ("change", Change) for photos gone or changed, ("tally", counts); carried rejections are written here."""
+
+    def __init__(self, version_dir: str, files_per_batch: int, bits: int, batch_prefix: str):
+        self._version_dir = version_dir
+        self._size, self._bits, self._prefix = files_per_batch, bits, batch_prefix
+
+    def process(self, partition_and_paths):
+        partition, paths = partition_and_paths
+        listed, known = {}, {}
+        for path, (kind, value) in spill.read_all(sorted(set(paths)), partition):
+            if kind == "ref":
+                listed[path] = value
+            else:
+                known[path] = (kind, value)
+        decode, kept, carried, counts = defaultdict(list), [], [], Counter()
+        for path in listed.keys() | known.keys():
+            for kind, value in classify(listed.get(path), known.get(path)):
+                if kind == "decode":
+                    decode[listed[path][1]].append(value)
+                elif kind == "kept":
+                    kept.append(value)
+                elif kind == "carried":
+                    carried.append(value)
+                elif kind == "count":
+                    counts[value] += 1
+                else:
+                    yield kind, value
+        if carried:
+            name = dataset_contract.rejected_name(f"carried-{self._prefix}-p{partition:03d}")
+            storage.write_bytes(storage.join(self._version_dir, name),
+                                "".join(line + "\n" for line in sorted(carried)).encode("utf-8"))
+        if kept:
+            path = storage.join(records.work_dir(self._version_dir), f"bands-kept-{partition:03d}.spill")
+            for pair in grouping.spill_bands(path, kept, self._bits):
+                yield "bands", pair
+        refs = sorted((ref for batch_refs in decode.values() for ref in batch_refs), key=lambda ref: ref.path)
+        for sequence, start in enumerate(range(0, len(refs), self._size)):
+            yield "batch", listing.FileBatch(f"{self._prefix}-j{partition:03d}-{sequence:05d}",
+                                             tuple(refs[start:start + self._size]), {})
+        yield "tally", {"counts": dict(counts), "batches": [], "replaced": []}
 
 
 class ClassifyChanges(beam.PTransform):
-    """(listed FileBatches, what the current version knows: ("record", Fact) and ("rejected", ...) by path) ->
-    {"batches": FileBatches to decode, "kept": Facts, "changes": drops of photos whose file is gone or changed,
-    "tallies": counts}. Rejections of files that did not change are carried into the new version's folder."""
+    """(listed FileBatches, the current version's facts and rejection files as (path, batch or None)) ->
+    {"batches": FileBatches to decode, "bands": the kept photos' band spills, "changes": drops of photos whose file is
+    gone or changed, "tallies": counts}."""
 
-    def __init__(self, files_per_batch: int, version_dir: str):
+    def __init__(self, version_dir: str, files_per_batch: int, bits: int, batch_prefix: str):
         super().__init__()
-        self._size, self._version_dir = files_per_batch, version_dir
+        self._version_dir, self._join = version_dir, JoinPartitionFn(version_dir, files_per_batch, bits, batch_prefix)
 
     def expand(self, inputs):
-        listed, known = inputs
-        size = self._size
-        classified = ({"ref": listed | "KeyRefsByPath" >> beam.FlatMap(
-                           lambda batch: [(ref.path, (ref, batch.batch_id)) for ref in batch.files]),
-                       "known": known}
-                      | "JoinOnPath" >> beam.CoGroupByKey()
-                      | "Classify" >> beam.FlatMap(classify))
-        batches = (classified
-                   | "ToDecode" >> values("decode")
-                   | "KeyByListingBatch" >> beam.Map(lambda ref_and_batch: (ref_and_batch[1], ref_and_batch[0]))
-                   | "GroupByListingBatch" >> beam.GroupByKey()
-                   | "Rebatch" >> beam.FlatMap(rebatch, size))
-        carried = (classified
-                   | "Carried" >> values("carried")
-                   | "KeyCarried" >> beam.Map(lambda line: (zlib.crc32(line.encode()) % CARRIED_FILES, line))
-                   | "GroupCarried" >> beam.GroupByKey()
-                   | "WriteCarried" >> beam.Map(write_carried, self._version_dir))
-        tallies = ((listed | "ListingCounts" >> beam.Map(lambda batch: batch.counts),
-                    classified | "ChangeCounts" >> values("count") | "CountKey" >> beam.Map(lambda key: {key: 1}))
-                   | "FlattenCounts" >> beam.Flatten()
-                   | "AsTallies" >> beam.Map(lambda counts: {"counts": counts, "batches": [], "replaced": []}))
-        return {"batches": batches, "kept": classified | "Kept" >> values("kept"),
-                "changes": classified | "Dropped" >> values("change"),
-                "tallies": (tallies, carried) | "AllTallies" >> beam.Flatten()}
-
-
-def read_known(item):
-    """A facts file -> (path, ("record", Fact)) per record; a rejection file -> (path, ("rejected", ...)) per line."""
-    path, batch = item
-    if batch is None:
-        return [(file, ("rejected", (size, version, reason, line))) for file, size, version, reason, line in
-                records.read_rejections(path)]
-    return [(fact.path, ("record", fact)) for fact in records.read_facts(path, batch, True)]
+        listed, known_files = inputs
+        listed_spills = listed | "SpillListing" >> beam.ParDo(SpillListingFn(self._version_dir))
+        known_spills = known_files | "SpillCurrentVersion" >> beam.ParDo(SpillKnownFn(self._version_dir))
+        joined = ((listed_spills | "ListingSpills" >> values("paths"),
+                   known_spills | "KnownSpills" >> values("paths"))
+                  | "AllPathSpills" >> beam.Flatten()
+                  | "GroupPathSpills" >> beam.GroupByKey()
+                  | "JoinOnPath" >> beam.ParDo(self._join))
+        tallies = ((listed_spills | "ListingTallies" >> values("tally"), joined | "JoinTallies" >> values("tally"))
+                   | "ChangeTallies" >> beam.Flatten())
+        return {"batches": joined | "ToDecode" >> values("batch"), "bands": joined | "KeptBands" >> values("bands"),
+                "changes": joined | "Dropped" >> values("change"), "tallies": tallies}

@@ -2,15 +2,16 @@
 
 Stages (one line each in `build`; trainer/dataset_contract.py describes the dataset folder):
   ListImages        folders/globs, local or gs://, listed as a stream into batches of --files_per_batch files
-  ClassifyChanges   (a dataset that grows) the listing joined by path with the current version's facts: unchanged
-                    files are kept as they are (never decoded again), new and changed files go on, photos whose file
-                    is gone are dropped; then the files to decode are batched again
+  ClassifyChanges   (a dataset that grows) the listing joined by path with the current version's facts, on disk a
+                    partition at a time (changes.py): unchanged files are kept as they are (never decoded again), new
+                    and changed files go on in new batches, photos whose file is gone are dropped
   DecodeAndWrite    per batch: label from the folder (or file-name prefix), read, decode + resize + JPEG-encode + hash
                     in a child process, each record written straight into the shard of its content's split
                     (records.py): record bytes never cross a shuffle or a side input
-  GroupExactCopies, LinkNearCopies, PropagateGroups, DecideSplits
-                    the grouping, on small facts only (grouping.py): exact copies kept once, near-copies kept in one
-                    split, photos of earlier versions never moved, a new near-copy follows them
+  GroupBands, PropagateGroups, DecideSplits
+                    the grouping, on small facts spilled to disk by the workers that made them and read a partition
+                    at a time (grouping.py, spill.py): exact copies kept once, near-copies kept in one split, photos
+                    of earlier versions never moved, a new near-copy follows them
   RewriteBatches    the few batches whose records the grouping changed are written again
   CountOutcomes     per-batch tallies summed; then the launcher writes metadata.json and moves `latest`
 
@@ -68,28 +69,26 @@ def build(pipeline, config: options.PreprocessConfig, plan: dict):
     roots = [input_root(pattern) for pattern in config.inputs]
     listed = pipeline | "ListImages" >> listing.ListImages(config.inputs, config.files_per_batch, prefix,
                                                            report_dir=version_dir)
-    tallies, kept, removed = [], [], []
+    tallies, kept_bands, removed = [], [], []
     if plan["previous"] is not None:
-        known = (pipeline
-                 | "CurrentVersionFiles" >> beam.Create(plan["facts_files"] + plan["rejection_files"])
-                 | "ReadCurrentVersion" >> beam.FlatMap(changes.read_known))
-        grown = (listed, known) | "ClassifyChanges" >> changes.ClassifyChanges(config.files_per_batch, version_dir)
-        to_decode, kept, removed = grown["batches"], [grown["kept"]], [grown["changes"]]
+        known = pipeline | "CurrentVersionFiles" >> beam.Create(plan["facts_files"] + plan["rejection_files"])
+        grown = (listed, known) | "ClassifyChanges" >> changes.ClassifyChanges(
+            version_dir, config.files_per_batch, config.near_duplicate_bits, prefix)
+        to_decode, kept_bands, removed = grown["batches"], [grown["bands"]], [grown["changes"]]
         tallies.append(grown["tallies"])
     else:
         to_decode = listed
     written = to_decode | "DecodeAndWrite" >> beam.ParDo(records.DecodeAndWriteFn(config, roots, version_dir))
     tallies.append(written | "DecodeTallies" >> changes.values("tally"))
-    facts = (written | "NewFacts" >> changes.values("fact"), *kept) | "AllFacts" >> beam.Flatten()
+    bands = (written | "NewBands" >> changes.values("bands"), *kept_bands) | "AllBands" >> beam.Flatten()
 
-    exact = facts | "GroupExactCopies" >> grouping.GroupExactCopies()
-    linked = exact["nodes"] | "LinkNearCopies" >> grouping.LinkNearCopies(config.near_duplicate_bits)
-    groups = linked | "PropagateGroups" >> grouping.PropagateGroups(config.link_rounds)
-    decided = (exact["nodes"], groups) | "DecideSplits" >> grouping.DecideSplits(config.split_ratios)
+    grouped = bands | "GroupBands" >> grouping.GroupBands(config.near_duplicate_bits)
+    groups = grouped["neighbours"] | "PropagateGroups" >> grouping.PropagateGroups(config.link_rounds)
+    decided = (grouped["neighbours"], groups) | "DecideSplits" >> grouping.DecideSplits(config.split_ratios)
     tallies.append(decided["counts"] | "GroupCounts" >> beam.Map(
         lambda key: {"counts": {f"near_duplicate/{key}": 1}, "batches": [], "replaced": []}))
 
-    rewritten = ((exact["changes"], decided["changes"], *removed)
+    rewritten = ((grouped["drops"], decided["changes"], *removed)
                  | "AllChanges" >> beam.Flatten()
                  | "KeyByBatch" >> beam.Map(lambda change: (change.batch, change))
                  | "GroupByBatch" >> beam.GroupByKey()
@@ -327,6 +326,7 @@ def run(argv=None, test_pipeline=None) -> dict:
         storage.delete(counts_path)
         for ref in storage.list_files(storage.join(version_dir, listing.LISTING_REPORT + "*.json")):
             storage.delete(ref.path)
+        storage.delete_tree(records.work_dir(version_dir))
         metadata = assemble_metadata(config, plan, tally, runner, started_at, time.monotonic() - started)
         accounted = metadata["added"] + metadata["duplicates"] + sum(metadata["rejected"].values())
         if accounted != metadata["read"]:
