@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 
-from beam_pipelines import imaging, reading, storage
+from beam_pipelines import cli, imaging, reading, storage
 
 REACH_SECONDS = 15.0
 SAMPLE_FILES = 5
@@ -58,6 +58,14 @@ def check_reachable(paths, seconds: float | None = None) -> None:
             raise Unreachable(_advice(bucket, f"no answer within {seconds:g} s"))
         if "error" in outcome:
             raise Unreachable(_advice(bucket, outcome["error"]))
+
+
+def require_reachable(paths) -> None:
+    """check_reachable, as a usage error (exit 2): what both launchers run before anything reads from GCS."""
+    try:
+        check_reachable(paths)
+    except Unreachable as error:
+        raise cli.UsageError(str(error)) from None
 
 
 def writable(path: str) -> str | None:
