@@ -23,6 +23,7 @@ DEFAULT_INPUT_SIZE = 128
 MODELS = (RESNET_LITE, SEED_CNN, *APPLICATIONS)
 MIXED_PRECISION = ("auto", "on", "off")
 CACHE = ("auto", "on", "off")
+TTA = ("none", "flip")  # test-time augmentation of the export: "flip" averages the photo and its mirror image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,9 +39,12 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     weight_decay: float = 0.01  # AdamW; seed_cnn keeps the original recipe's plain Adam
     label_smoothing: float = 0.0
+    ema_momentum: float = 0.0  # exponential moving average of the weights per step; 0: off
     width: int = 32  # resnet_lite: filters of the first stage, doubled at each later stage
     depth: int = 2  # resnet_lite: residual blocks per stage
     input_size: int | None = None  # side the network sees; None: 128 for resnet_lite (capped), else the dataset's
+    eval_input_size: int | None = None  # side at evaluation and in the export; None: the training side
+    tta: str = "none"  # test-time augmentation in evaluation and in the export (TTA)
     stages: int = 4  # resnet_lite: stages, each halving the resolution
     dropout: float = 0.2  # before the classifier (resnet_lite and backbones)
     augment: bool = True
@@ -89,6 +93,15 @@ class TrainConfig:
         need(self.input_size is None or (_is_int(self.input_size) and 16 <= self.input_size <= 1024),
              f"--input_size must be an integer in 16..1024 (got {self.input_size!r}); "
              f"leave it out for the model's default")
+        need(self.eval_input_size is None or (_is_int(self.eval_input_size) and 16 <= self.eval_input_size <= 1024),
+             f"--eval_input_size must be an integer in 16..1024 (got {self.eval_input_size!r}); "
+             f"leave it out to evaluate and serve at the training size")
+        need(self.eval_input_size is None or self.model != SEED_CNN,
+             f"--eval_input_size needs a network that ends in global pooling; {SEED_CNN} flattens a fixed size")
+        need(self.tta in TTA, f"--tta must be one of {', '.join(TTA)} (got {self.tta!r})")
+        need(_is_number(self.ema_momentum) and (self.ema_momentum == 0 or 0.5 <= self.ema_momentum < 1),
+             f"--ema_momentum must be 0 (off) or in [0.5, 1) (got {self.ema_momentum!r}); 0.999 averages about "
+             f"the last 1000 steps")
         need(_is_number(self.dropout) and 0 <= self.dropout < 1, f"--dropout must be in [0, 1) (got {self.dropout!r})")
         need(self.mixed_precision in MIXED_PRECISION,
              f"--mixed_precision must be one of {', '.join(MIXED_PRECISION)} (got {self.mixed_precision!r})")
@@ -131,6 +144,13 @@ class TrainConfig:
         if side is None and self.model == RESNET_LITE:
             side = min(DEFAULT_INPUT_SIZE, height, width)
         return [height, width] if side is None else [side, side]
+
+    def eval_size(self, image_size) -> list[int]:
+        """The (h, w) the network works at in evaluation and in the export: --eval_input_size, else the training
+        size (model_input_size)."""
+        if self.eval_input_size is None:
+            return self.model_input_size(image_size)
+        return [self.eval_input_size, self.eval_input_size]
 
     def head_only_epochs(self) -> int:
         """Epochs that train the new head alone, the backbone frozen: the fine-tuning schedule's first phase."""
@@ -181,7 +201,16 @@ HELP = {
     "fine_tune_factor": "backbones: after the head-only epochs, the whole network trains at --learning_rate x this, "
                         "cosine-decayed to 0",
     "mixed_precision": "float16 compute: auto (on with GPUs, off on CPU), on, off",
-    "time_budget_minutes": "stop training gracefully after this many minutes, then evaluate and export",
+    "time_budget_minutes": "minutes of training: the learning rate warms up, then decays to 0 exactly when they "
+                           "are used (or at the last epoch, if sooner); then evaluate and export. Early stopping is "
+                           "off with a budget",
+    "ema_momentum": "keep an exponential moving average of the weights (e.g. 0.999); at the end the average and "
+                    "the best checkpoint are compared on the validation split and the better one is kept; 0: off",
+    "label_smoothing": "binary cross-entropy label smoothing (0.1 trains towards 0.05/0.95)",
+    "eval_input_size": "side (pixels) the network works at in evaluation and in the export (default: the training "
+                       "side); a little above it can pay (train-test resolution discrepancy)",
+    "tta": "test-time augmentation in the evaluation and the export: none, or flip (the mean of the photo and its "
+           "mirror image: twice the inference cost)",
     "steps_per_epoch": "cap on training steps per epoch (default: one pass over the training split)",
     "input_size": "side (pixels) the network works at: images are resized to it inside the model, so serving at the "
                   "dataset's size stays consistent; default 128 for resnet_lite (capped at the dataset size), "

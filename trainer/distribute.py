@@ -126,6 +126,21 @@ def scaled_learning_rate(per_replica_rate: float, num_replicas: int) -> float:
     return per_replica_rate * num_replicas
 
 
+def agreement(placement: Placement):
+    """A function value -> the maximum of value across workers (multi-worker: one tiny all-reduce per call, made by
+    every worker at the same point), so decisions taken from local clocks agree; the identity otherwise."""
+    if not placement.multi_worker:
+        return float
+    import tensorflow as tf
+
+    strategy = placement.strategy
+
+    def maximum(value: float) -> float:
+        return float(strategy.reduce("MAX", strategy.run(lambda: tf.constant(float(value))), axis=None))
+
+    return maximum
+
+
 def fit_scope(model, placement: Placement):
     """The context model.fit runs in. Multi-worker only, two Keras 3.15 workarounds on `model` (a no-op scope for
     the other strategies):

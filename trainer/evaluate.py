@@ -14,13 +14,18 @@ import numpy as np
 EPSILON = 1e-7
 
 
-def predict(model, dataset):
-    """(labels, probabilities) as float numpy arrays, from a plain loop: no distribution strategy involved."""
+def predict(model, dataset, tta: str = "none"):
+    """(labels, probabilities) as float numpy arrays, from a plain loop: no distribution strategy involved.
+    tta "flip": the mean of the probabilities of each image and its mirror image, as the export computes it."""
     import tensorflow as tf
 
     @tf.function(reduce_retracing=True)
     def forward(images):
-        return tf.reshape(tf.cast(model(images, training=False), tf.float32), [-1])
+        probability = tf.reshape(tf.cast(model(images, training=False), tf.float32), [-1])
+        if tta == "flip":
+            mirrored = tf.reshape(tf.cast(model(tf.reverse(images, axis=[2]), training=False), tf.float32), [-1])
+            probability = (probability + mirrored) / 2
+        return probability
 
     labels, probabilities = [], []
     for images, batch_labels in dataset:

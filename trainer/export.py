@@ -56,8 +56,9 @@ def _model_input_dtype(model) -> str:
     return "float32"
 
 
-def build_archive(model, *, class_names, input_size):
-    """A keras.export.ExportArchive tracking model, with the two signatures of the contract."""
+def build_archive(model, *, class_names, input_size, tta: str = "none"):
+    """A keras.export.ExportArchive tracking model, with the two signatures of the contract. tta "flip": each
+    probability is the mean of the model's on the picture and on its mirror image (twice the inference cost)."""
     import keras
     import tensorflow as tf
 
@@ -66,8 +67,10 @@ def build_archive(model, *, class_names, input_size):
     input_dtype = tf.as_dtype(_model_input_dtype(model))
 
     def predict(pixels):  # float32 [None, h, w, 3] with integral values in [0, 255]
-        probability = model(tf.cast(pixels, input_dtype), training=False)
-        probability = tf.reshape(tf.cast(probability, tf.float32), [-1])
+        probability = tf.reshape(tf.cast(model(tf.cast(pixels, input_dtype), training=False), tf.float32), [-1])
+        if tta == "flip":
+            mirrored = model(tf.cast(tf.reverse(pixels, axis=[2]), input_dtype), training=False)
+            probability = (probability + tf.reshape(tf.cast(mirrored, tf.float32), [-1])) / 2
         class_name = tf.gather(names, tf.cast(probability >= THRESHOLD, tf.int32))
         return {"probability": probability, "class_name": class_name}
 
@@ -116,7 +119,7 @@ def _check_signatures(saved_model_dir: str, input_size) -> None:
 
 def export_model(model, export_root: str, *, class_names, input_size, model_name: str,
                  metrics: dict | None = None, training_data: dict | None = None,
-                 version: str | None = None) -> str:
+                 version: str | None = None, tta: str = "none") -> str:
     """Writes model as a SavedModel plus model_info.json, checks it loads, and publishes it to
     <export_root>/<version> (moving `latest` forward). Returns the published path or URI."""
     version = str(version) if version is not None else str(int(time.time()))
@@ -128,7 +131,8 @@ def export_model(model, export_root: str, *, class_names, input_size, model_name
     input_size = [int(v) for v in input_size]
     staging = tempfile.mkdtemp(prefix=f"catsdogs-export-{version}-")
     try:
-        build_archive(model, class_names=class_names, input_size=input_size).write_out(staging, verbose=False)
+        build_archive(model, class_names=class_names, input_size=input_size, tta=tta).write_out(staging,
+                                                                                                verbose=False)
         _check_signatures(staging, input_size)
         info = {
             "format_version": FORMAT_VERSION,
@@ -138,6 +142,7 @@ def export_model(model, export_root: str, *, class_names, input_size, model_name
             "input_size": input_size,
             "signatures": dict(SIGNATURES),
             "threshold": THRESHOLD,
+            "tta": tta,
             "metrics": metrics or {},
             "training_data": training_data or {},
             "code_version": provenance.code_version(),

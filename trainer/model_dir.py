@@ -12,6 +12,7 @@ HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.png"
 BEST_WEIGHTS = "checkpoints/best.weights.h5"
+EMA_WEIGHTS = "checkpoints/ema.weights.h5"  # the moving average at the end of training (with --ema_momentum)
 BACKUP_DIR = "backup"
 EXPORT_DIR = "export"
 

@@ -97,7 +97,7 @@ def main(argv=None) -> int:
 
 
 def run(cfg: config_lib.TrainConfig) -> int:
-    stop = backup.StopRequest(cfg.time_budget_minutes)
+    stop = backup.StopRequest()
     stop.install()
     metadata = data.read_metadata(cfg.data_dir)
     placement = distribute.choose(cfg.mixed_precision)
@@ -117,12 +117,15 @@ def run(cfg: config_lib.TrainConfig) -> int:
 
     keras.utils.set_random_seed(cfg.seed)
     train_data, validation_data = input_pipelines(cfg, plan, placement)
-    model, freeze = build_model(cfg, plan, placement)
+    model, freeze, progress = build_model(cfg, plan, placement)
     monitor = "val_loss" if validation_data is not None else "loss"
-    backups = backup.ResumableBackup(outputs.backup_dir, cfg.backup_every_steps, stop,
+    clock = schedules.BudgetClock(cfg.time_budget_minutes)
+    budget = (schedules.TimeBudget(clock, progress, plan.total_steps, agree=distribute.agreement(placement))
+              if cfg.time_budget_minutes else None)
+    backups = backup.ResumableBackup(outputs.backup_dir, cfg.backup_every_steps, stop, clock=clock,
                                      write_dir=None if placement.is_chief else join(outputs.out_dir, "backup"))
     with distribute.watch_workers(placement, cfg.worker_timeout_minutes) as watch_callbacks:
-        callbacks = watch_callbacks + make_callbacks(cfg, outputs, monitor, earlier_history, freeze, backups)
+        callbacks = watch_callbacks + make_callbacks(cfg, outputs, monitor, earlier_history, freeze, budget, backups)
         try:
             trained = fit_model(model, cfg, plan, placement, train_data, validation_data, callbacks, stop)
         except backup.Interrupted as interruption:
@@ -133,12 +136,15 @@ def run(cfg: config_lib.TrainConfig) -> int:
             distribute.barrier(placement)
             shutil.rmtree(outputs.out_dir, ignore_errors=True)
             return EXIT_OK
-        stopped_by = backups.stopped_by or ("early_stopping" if resume_epoch + trained.epochs < cfg.epochs
-                                            else "epochs")
-        metrics, labels, probabilities = evaluate_best(model, cfg, plan, metadata, outputs, monitor)
+        stopped_by = ("time_budget" if budget is not None and budget.stopped else
+                      "early_stopping" if resume_epoch + trained.epochs < cfg.epochs else "epochs")
+        chosen = choose_weights(model, cfg, plan, outputs, validation_data)
+        serving = float32_copy(model, cfg, plan.image_size)
+        metrics, labels, probabilities = evaluate_on_test(serving, cfg, plan, metadata, outputs, monitor)
+        metrics.update(chosen)
         metrics.update(training_facts(trained, plan, placement, stopped_by))
         write_reports(cfg, plan, outputs, metrics, labels, probabilities)
-        published = export_and_publish(model, cfg, plan, metadata, metrics)
+        published = export_and_publish(serving, cfg, plan, metadata, metrics)
         if tf.io.gfile.exists(outputs.backup_dir):
             tf.io.gfile.rmtree(outputs.backup_dir)  # the run is complete: a restart must not resume it
         distribute.barrier(placement)
@@ -224,31 +230,39 @@ def input_pipelines(cfg, plan: Plan, placement):
 
 
 def build_model(cfg, plan: Plan, placement):
-    """(compiled model, the fine-tuning callback or None), built inside the strategy's scope."""
+    """(compiled model, the fine-tuning callback or None, the time budget's progress variable), built inside the
+    strategy's scope. The learning rate follows the time budget when there is one (schedules.BudgetSchedule),
+    else the epochs; a backbone's fine-tuning schedule is in steps either way."""
     with placement.strategy.scope():
         model = models.build_model(cfg, plan.image_size)
+        progress = keras.Variable(0.0, dtype="float32", trainable=False, name="budget_progress")
         if plan.head_epochs:
             schedule = schedules.FineTuneSchedule(plan.peak_rate, plan.warmup_steps,
                                                   plan.head_epochs * plan.steps_per_epoch, plan.total_steps,
                                                   cfg.fine_tune_factor)
+        elif cfg.time_budget_minutes:
+            schedule = schedules.BudgetSchedule(plan.peak_rate, plan.warmup_steps, progress)
         else:
             schedule = schedules.learning_rate_schedule(plan.peak_rate, plan.warmup_steps, plan.total_steps)
         compile_model(model, cfg, schedule)
         freeze = fine_tune.prepare_fine_tuning(model, cfg, plan.head_epochs)
-    return model, freeze
+    return model, freeze, progress
 
 
 def compile_model(model, cfg: config_lib.TrainConfig, schedule) -> None:
+    # With use_ema, Keras keeps the average in the optimizer (saved with every backup) and writes it into the model's
+    # trainable weights when fit ends (finalize_variable_values).
+    ema = {"use_ema": bool(cfg.ema_momentum), "ema_momentum": cfg.ema_momentum or 0.99}
     if models.uses_plain_adam(cfg):
-        optimizer = keras.optimizers.Adam(schedule)
+        optimizer = keras.optimizers.Adam(schedule, **ema)
     else:
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay, **ema)
     model.compile(optimizer=optimizer,
                   loss=keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing),
                   metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")])
 
 
-def make_callbacks(cfg, outputs: Outputs, monitor: str, earlier_history: list, freeze, backups) -> list:
+def make_callbacks(cfg, outputs: Outputs, monitor: str, earlier_history: list, freeze, budget, backups) -> list:
     best_so_far = min((row[monitor] for row in earlier_history if monitor in row), default=None)
     callbacks = [
         keras.callbacks.CSVLogger(outputs.history, append=True),
@@ -262,7 +276,9 @@ def make_callbacks(cfg, outputs: Outputs, monitor: str, earlier_history: list, f
     else:
         print("catsdogs-train: the tensorboard package is not installed: no TensorBoard logs "
               "(pip install tensorboard to get them); history.csv and report.png still record the curves", flush=True)
-    if cfg.early_stopping_patience:
+    if budget is not None:
+        callbacks.insert(0, budget)
+    elif cfg.early_stopping_patience:  # with a budget the rate anneals to its end: noise must not cut that short
         callbacks.insert(0, keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.early_stopping_patience))
     if freeze is not None:
         callbacks.insert(0, freeze)
@@ -301,14 +317,44 @@ def training_facts(trained: Trained, plan: Plan, placement, stopped_by: str) -> 
     }
 
 
-def evaluate_best(model, cfg, plan: Plan, metadata: dict, outputs: Outputs, monitor: str):
-    """(metrics, labels, probabilities) of the best checkpoint on the test split (validation when there is none)."""
+def choose_weights(model, cfg, plan: Plan, outputs: Outputs, validation_data) -> dict:
+    """Leaves in model the weights to evaluate and export: the best checkpoint (lowest validation loss) or, with
+    --ema_momentum, the moving average of the weights when it is more accurate on the validation split (log loss
+    breaks ties); the average is kept in checkpoints/ema.weights.h5. Returns what metrics.json records about it."""
+    fine_tune.unfreeze_for_export(model)  # before get_weights: its order depends on the trainable flags
+    if not cfg.ema_momentum or validation_data is None:
+        if tf.io.gfile.exists(outputs.best_weights):
+            model.load_weights(outputs.best_weights)
+        return {"weights": "best_checkpoint"}
+    average = model.get_weights()  # fit has written the moving average into the model
+    # Saved from a float32 copy outside the strategy: saving under MultiWorkerMirroredStrategy is a collective.
+    float32_copy(model, cfg, plan.image_size).save_weights(join(outputs.out_dir, model_dir.EMA_WEIGHTS))
+    scores = {"ema": validation_score(model, validation_data, cfg.tta, plan.class_names)}
     if tf.io.gfile.exists(outputs.best_weights):
         model.load_weights(outputs.best_weights)
+        scores["best_checkpoint"] = validation_score(model, validation_data, cfg.tta, plan.class_names)
+    chosen = max(scores, key=lambda name: (scores[name]["accuracy"], -scores[name]["log_loss"]))
+    if chosen == "ema":
+        model.set_weights(average)
+    print("catsdogs-train: validation accuracy " + ", ".join(f"{name} {score['accuracy']:.4f}"
+                                                             for name, score in scores.items())
+          + f": keeping the {chosen} weights", flush=True)
+    return {"weights": chosen, "validation_by_weights": scores}
+
+
+def validation_score(model, validation_data, tta: str, class_names) -> dict:
+    labels, probabilities = evaluate.predict(model, validation_data, tta=tta)
+    metrics = evaluate.compute_metrics(labels, probabilities, class_names)
+    return {"accuracy": metrics["accuracy"], "log_loss": metrics["log_loss"]}
+
+
+def evaluate_on_test(model, cfg, plan: Plan, metadata: dict, outputs: Outputs, monitor: str):
+    """(metrics, labels, probabilities) of the model to export on the test split (validation when there is none),
+    at --eval_input_size and with --tta, as the export serves it."""
     split = "test" if data.split_size(metadata, "test") else "validation"
     batches = data.make_dataset(cfg.data_dir, split, training=False, image_size=plan.image_size,
                                 batch_size=plan.global_batch)
-    labels, probabilities = evaluate.predict(model, batches)
+    labels, probabilities = evaluate.predict(model, batches, tta=cfg.tta)
     metrics = evaluate.compute_metrics(labels, probabilities, plan.class_names)
     history = evaluate.read_history(outputs.history)
     metrics.update({
@@ -316,6 +362,8 @@ def evaluate_best(model, cfg, plan: Plan, metadata: dict, outputs: Outputs, moni
         "model": cfg.model,
         "epochs_completed": int(history[-1]["epoch"]) + 1 if history else 0,
         "best_" + monitor: min((row[monitor] for row in history if monitor in row), default=None),
+        "eval_input_size": cfg.eval_size(plan.image_size),
+        "tta": cfg.tta,
     })
     return metrics, labels, probabilities
 
@@ -328,22 +376,23 @@ def write_reports(cfg, plan: Plan, outputs: Outputs, metrics: dict, labels, prob
 
 
 def float32_copy(model, cfg: config_lib.TrainConfig, image_size):
-    """The trained model rebuilt in float32, outside any strategy: what gets exported and served."""
+    """The trained model rebuilt in float32, outside any strategy, working at --eval_input_size: what gets
+    evaluated on the test split, exported and served. Call fine_tune.unfreeze_for_export(model) first."""
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        copy = models.build_model(dataclasses.replace(cfg, weights=None), image_size)
+        side = cfg.eval_size(image_size)[0] if cfg.eval_input_size else cfg.input_size
+        copy = models.build_model(dataclasses.replace(cfg, weights=None, input_size=side), image_size)
     finally:
         keras.mixed_precision.set_global_policy(policy)
     copy.set_weights(model.get_weights())
     return copy
 
 
-def export_and_publish(model, cfg, plan: Plan, metadata: dict, metrics: dict) -> str:
-    fine_tune.unfreeze_for_export(model)
-    return export.export_model(float32_copy(model, cfg, plan.image_size), join(cfg.model_dir, model_dir.EXPORT_DIR),
-                               class_names=plan.class_names, input_size=plan.image_size, model_name=cfg.model,
-                               metrics=metrics, training_data=metadata)
+def export_and_publish(serving, cfg, plan: Plan, metadata: dict, metrics: dict) -> str:
+    return export.export_model(serving, join(cfg.model_dir, model_dir.EXPORT_DIR), class_names=plan.class_names,
+                               input_size=plan.image_size, model_name=cfg.model, metrics=metrics,
+                               training_data=metadata, tta=cfg.tta)
 
 
 def summarize(cfg, metrics: dict, train_seconds: float, outputs: Outputs, published: str) -> None:

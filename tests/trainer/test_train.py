@@ -226,3 +226,43 @@ def test_time_budget_stops_training_gracefully_then_evaluates_and_exports(datase
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["stopped_by"] == "time_budget" and 1 <= metrics["epochs_completed"] < 200
     assert publish.read_latest(str(model_dir / "export"))
+
+
+def test_recipe_options_ema_flip_tta_and_a_larger_evaluation_size(dataset, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    assert train.main(["--data_dir", str(dataset), "--model_dir", str(model_dir), *SMALL_NET, "--epochs", "3",
+                       "--batch_size", "16", "--ema_momentum", "0.9", "--tta", "flip", "--eval_input_size", "40",
+                       "--label_smoothing", "0.1", "--time_budget_minutes", "5"]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    # both candidates were scored on the validation split and the better one kept
+    assert set(metrics["validation_by_weights"]) == {"ema", "best_checkpoint"}
+    assert metrics["weights"] in ("ema", "best_checkpoint") and f"keeping the {metrics['weights']} weights" in out
+    assert (model_dir / "checkpoints" / "ema.weights.h5").exists()
+    assert metrics["tta"] == "flip" and metrics["eval_input_size"] == [40, 40]
+    assert metrics["stopped_by"] == "epochs"  # the epochs ran out before the 5-minute budget
+    version = publish.read_latest(str(model_dir / "export"))
+    info = json.loads((model_dir / "export" / version / "model_info.json").read_text())
+    assert info["tta"] == "flip" and info["input_size"] == [32, 32]  # served at the dataset's size
+
+
+def test_early_stopping_never_cuts_a_budget_run_short(tmp_path):
+    import keras
+
+    from trainer import config as config_lib
+    from trainer import schedules
+
+    cfg = config_lib.TrainConfig(data_dir="unused", model_dir=str(tmp_path), early_stopping_patience=2,
+                                 time_budget_minutes=30)
+    outputs = train.Outputs(out_dir=str(tmp_path), backup_dir=str(tmp_path / "backup"),
+                            history=str(tmp_path / "history.csv"), best_weights=str(tmp_path / "best.weights.h5"))
+    backups = backup.ResumableBackup(outputs.backup_dir, 100, backup.StopRequest())
+    budget = schedules.TimeBudget(schedules.BudgetClock(30), keras.Variable(0.0), total_steps=100)
+
+    def kinds(callbacks):
+        return {type(callback).__name__ for callback in callbacks}
+
+    with_budget = kinds(train.make_callbacks(cfg, outputs, "val_loss", [], None, budget, backups))
+    without = kinds(train.make_callbacks(cfg, outputs, "val_loss", [], None, None, backups))
+    assert "TimeBudget" in with_budget and "EarlyStopping" not in with_budget
+    assert "EarlyStopping" in without and "TimeBudget" not in without
