@@ -12,15 +12,15 @@ import hashlib
 import json
 import shutil
 import signal
-import sys
 import tempfile
 
 import keras
 import tensorflow as tf
 
-from trainer import evaluate
+from trainer import evaluate, logger
 from trainer.paths import join
 
+log = logger.get()
 BACKUP_WEIGHTS = "latest.weights.h5"  # in <model_dir>/backup, next to BACKUP_METADATA: Keras's names
 BACKUP_METADATA = "training_metadata.json"
 
@@ -44,8 +44,7 @@ class StopRequest:
 
     def _on_signal(self, signum, frame):
         self.signal_name = signal.Signals(signum).name
-        print(f"catsdogs-train: received {self.signal_name}: writing a backup at the end of this step, then exiting",
-              file=sys.stderr, flush=True)
+        log.warning(f"received {self.signal_name}: writing a backup at the end of this step, then exiting")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,8 +132,8 @@ def backup_epoch(backup_dir: str) -> int:
     if backup is None:
         return 0
     if backup.which == "previous":
-        print(f"catsdogs-train: the latest backup is unusable ({backup.skipped}); resuming from the previous backup, "
-              f"at epoch {backup.epoch}", file=sys.stderr, flush=True)
+        log.warning(f"the latest backup is unusable ({backup.skipped}); resuming from the previous backup, "
+                    f"at epoch {backup.epoch}")
     return backup.epoch
 
 
@@ -213,7 +212,8 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
 
 def keep_history_before(path: str, epoch: int) -> list[dict]:
-    """Drops history.csv rows of epochs that will be replayed (>= epoch), so each epoch appears once."""
+    """Keeps the history.csv rows of the `epoch` epochs completed before a resume (numbered from 1, as the log
+    counts them) and drops those that will be replayed, so each epoch appears once."""
     if not tf.io.gfile.exists(path):
         return []
     with tf.io.gfile.GFile(path) as handle:
@@ -224,7 +224,7 @@ def keep_history_before(path: str, epoch: int) -> list[dict]:
     column = header.split(",").index("epoch") if "epoch" in header.split(",") else 0
     for line in lines[1:]:
         try:
-            if int(float(line.split(",")[column])) < epoch:
+            if int(float(line.split(",")[column])) <= epoch:
                 kept.append(line)
         except (ValueError, IndexError):
             continue

@@ -87,8 +87,8 @@ class BudgetSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 class TimeBudget(keras.callbacks.Callback):
     """Before every step: progress = max(fraction of the budget used, fraction of --epochs' steps done), agreed by
-    every worker (`agree`: the maximum across workers, so their rates and their last step match); training stops
-    once it reaches 1. That last step runs at rate 0."""
+    every worker (`agree`: the mean across workers, so their rates and their last step match); training stops once
+    it reaches 1. That last step runs at rate 0."""
 
     def __init__(self, clock: BudgetClock, progress, total_steps: int, agree=float):
         super().__init__()

@@ -80,6 +80,10 @@ MUTATIONS = [
      "        if False:\n            mirrored",
      "tests/trainer/test_export.py::test_flip_tta_serves_the_mean_of_the_photo_and_its_mirror_image",
      "flip test-time augmentation in the export"),
+    ("trainer/config.py", 'parser = _Parser(prog="catsdogs-train", allow_abbrev=False,',
+     'parser = _Parser(prog="catsdogs-train", allow_abbrev=True,',
+     "tests/trainer/test_config.py::test_unknown_and_abbreviated_flags_exit_2_with_a_suggestion",
+     "refusing abbreviated flags (--epoch 1 taken for --epochs)"),
 ]
 
 

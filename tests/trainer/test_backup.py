@@ -69,7 +69,7 @@ def test_no_backup_means_epoch_zero(tmp_path):
 
 def test_history_keeps_the_epochs_before_the_resumed_one(tmp_path):
     path = tmp_path / "history.csv"
-    path.write_text("epoch,loss\n0,0.9\n1,0.8\n2,0.7\n")
-    assert [row["epoch"] for row in backup.keep_history_before(str(path), 2)] == [0, 1]
-    assert path.read_text() == "epoch,loss\n0,0.9\n1,0.8\n"
+    path.write_text("epoch,loss\n1,0.9\n2,0.8\n3,0.7\n")  # epochs numbered from 1, as the log counts them
+    assert [row["epoch"] for row in backup.keep_history_before(str(path), 2)] == [1, 2]
+    assert path.read_text() == "epoch,loss\n1,0.9\n2,0.8\n"
     assert backup.keep_history_before(str(path), 0) == [] and not path.exists()
