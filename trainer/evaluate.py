@@ -203,14 +203,14 @@ def write_mistakes(path: str, dataset, labels, probabilities, class_names, count
             index += 1
     columns = 6
     rows = max(1, math.ceil(len(chosen) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.5 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.9 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, chosen, strict=False):
         ax.imshow(images[i])
         actual = class_names[int(labels[i] >= 0.5)]
         wrong = (probabilities[i] >= 0.5) != (labels[i] >= 0.5)
-        ax.set_title(f"#{i} {actual}\nP({class_names[1]}) {probabilities[i]:.2f}", fontsize=9,
+        ax.set_title(f"#{i}: actually {actual}\nP({class_names[1]}) = {probabilities[i]:.2f}", fontsize=9,
                      color="firebrick" if wrong else "black")
     figure.suptitle(f"the {len(chosen)} photos the model gets most wrong (label, probability; red: misclassified)"
                     + (f"\n{title}" if title else ""), fontsize=10)
