@@ -48,7 +48,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from beam_pipelines import imaging, isolation, model_handler, storage
 from beam_pipelines.options import ScoreOptions
-from trainer import features, provenance, publish
+from trainer import features, provenance
 
 NAMESPACE = "catsdogs.score"
 PREDICTION_FIELDS = ("path", "predicted_class", "probability", "model_version", "run_id", "scored_at")
@@ -60,7 +60,6 @@ SUMMARY_FILE = "summary.json"
 PROGRESS_SECONDS = 30.0
 BATCH_GROUPS = 1024  # DaskRunner only: images are spread over this many keys, then cut into batches
 DASK_NUM_SHARDS = 4
-_KERAS_FILE_SUFFIXES = (".keras", ".h5", ".hdf5")  # refused as --model: never deserialised by the scorer
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -442,38 +441,6 @@ def _fail(message: str):
     raise SystemExit(f"error: {message}")
 
 
-def _under_prefix(path: str, prefix: str) -> bool:
-    """Whether path is prefix or below it. Local paths are compared after resolving symlinks and `..`, so a link
-    placed under the prefix does not let a model from elsewhere in."""
-    if not storage.is_gcs(prefix):
-        prefix = os.path.realpath(prefix)
-        path = path if storage.is_gcs(path) else os.path.realpath(path)
-    prefix = prefix.rstrip("/") + "/"
-    return (path.rstrip("/") + "/").startswith(prefix)
-
-
-def resolve_and_check_model(model: str, allowed_prefix: str | None) -> tuple[str, dict]:
-    """The version directory to load and its verified model_info; exits with a clear message otherwise."""
-    if allowed_prefix and not _under_prefix(model, allowed_prefix):
-        _fail(f"--model {model} is outside --allowed_model_prefix {allowed_prefix}; use a model published there")
-    if model.rstrip("/").lower().endswith(_KERAS_FILE_SUFFIXES):
-        # Never handed to keras.models.load_model: a Keras file's Lambda layers carry Python bytecode.
-        _fail(f"--model {model} is a Keras file; the scorer loads only a SavedModel export (a version directory "
-              f"with saved_model.pb and model_info.json, or an export root with `latest`) as catsdogs-train writes "
-              f"it; export a Keras model of your own with trainer.export.export_model")
-    try:
-        resolved = publish.resolve_model(model, exists=FileSystems.exists)
-    except publish.PublishError as error:
-        _fail(str(error))
-    if allowed_prefix and not _under_prefix(resolved, allowed_prefix):
-        _fail(f"{model}'s `latest` points outside --allowed_model_prefix {allowed_prefix} ({resolved})")
-    try:
-        info = model_handler.check_model(resolved)
-    except model_handler.ModelError as error:
-        _fail(f"model {resolved} refused: {error}")
-    return resolved, info
-
-
 def _resolve_options(argv) -> tuple[PipelineOptions, dict]:
     """Parses and checks every flag, the model and the inputs: everything that can fail before scoring."""
     if "-h" in argv or "--help" in argv:
@@ -506,7 +473,10 @@ def _resolve_options(argv) -> tuple[PipelineOptions, dict]:
         _fail(f"--decode_fn: {error}")
     if not storage.is_gcs(score.output_dir):  # listed paths are absolute: so must the run dir excluded from them be
         score.output_dir = os.path.abspath(score.output_dir)
-    score.model, info = resolve_and_check_model(score.model, score.allowed_model_prefix)
+    try:
+        score.model, info = model_handler.resolve_and_check_model(score.model, score.allowed_model_prefix)
+    except model_handler.ModelError as error:
+        _fail(str(error))
     storage.check_patterns_match(score.input)
     score.run_id = score.run_id or default_run_id()
     direct = options.view_as(DirectOptions)

@@ -64,6 +64,12 @@ class TrainConfig:
     cache: str = "auto"  # decoded training/validation images in memory: auto when they fit in cache_limit_mb
     cache_limit_mb: int = 2048
     seed: int = 42
+    # The promotion gate (trainer/promotion.py): the export becomes `latest`, which scoring follows, only when blessed.
+    export_dir: str | None = None  # export root, local or gs:// (default <model_dir>/export)
+    min_accuracy: float = 0.8  # on the test split; 0 turns the check off
+    min_roc_auc: float = 0.85
+    max_regression: float = 0.01  # how far below the current latest's accuracy and ROC AUC the new model may be
+    force_publish: bool = False
 
     def __post_init__(self):
         problems = []
@@ -135,6 +141,13 @@ class TrainConfig:
         need(_is_int(self.cache_limit_mb) and self.cache_limit_mb >= 0,
              f"--cache_limit_mb must be an integer >= 0 (got {self.cache_limit_mb!r})")
         need(_is_int(self.seed), f"--seed must be an integer (got {self.seed!r})")
+        need(self.export_dir is None or bool(self.export_dir),
+             "--export_dir must name a directory (local or gs://), or be left out for <model_dir>/export")
+        for name in ("min_accuracy", "min_roc_auc", "max_regression"):
+            value = getattr(self, name)
+            need(_is_number(value) and 0 <= value <= 1, f"--{name} must be between 0 and 1 (got {value!r})")
+        need(isinstance(self.force_publish, bool),
+             f"--force_publish must be true or false (got {self.force_publish!r})")
         if problems:
             raise ValueError("invalid training config:\n  " + "\n  ".join(problems))
 
@@ -237,6 +250,14 @@ HELP = {
     "cache": "keep decoded images in memory: auto (when they fit in --cache_limit_mb), on, off",
     "cache_limit_mb": "megabytes of decoded images --cache auto keeps in memory",
     "seed": "random seed (initialisation, shuffling, augmentation)",
+    "export_dir": "export root the model is published to, and whose `latest` it is gated against (local or gs://); "
+                  "none: <model_dir>/export",
+    "min_accuracy": "promotion gate: the lowest test accuracy, 0 to 1, that may become `latest` (0: no check)",
+    "min_roc_auc": "promotion gate: the lowest test ROC AUC, 0 to 1, that may become `latest` (0: no check)",
+    "max_regression": "promotion gate: how far below the current `latest` (scored on the same test split), as a "
+                      "fraction (0.01 = 1 point), the new model's accuracy and ROC AUC may be",
+    "force_publish": "publish as `latest` even when the promotion gate refuses (the first model when the thresholds "
+                     "cannot be met, emergencies); said loudly in the log. Alone it means true",
 }
 EXIT_USAGE = 2  # argparse's convention for a usage error, kept for bad values too
 
@@ -271,8 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
             kind = _optional(kind)
         shown = "required" if required else "default: " + ("none" if default is None else str(default).lower()
                                                            if isinstance(default, bool) else str(default))
+        # A boolean flag alone means true (--force_publish); it also takes a value (--augment false).
+        boolean = {"nargs": "?", "const": True} if kind is _boolean else {}
         parser.add_argument(f"--{field.name}", type=kind, default=default, required=required, metavar=metavar,
-                            help=f"{HELP[field.name]} ({shown})")
+                            **boolean, help=f"{HELP[field.name]} ({shown})")
     return parser
 
 

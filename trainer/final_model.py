@@ -1,7 +1,7 @@
 """The chief's last steps after training: choose the weights to keep (the best checkpoint, or the moving average
 of the weights when it is better on the validation split), rebuild them as the float32 model that is served (at
 --eval_input_size), evaluate it on the test split with --tta, write metrics.json, report.png and mistakes.png, and
-export and publish it."""
+export it and pass it through the promotion gate (trainer/promotion.py), which publishes it."""
 
 import dataclasses
 
@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from trainer import config as config_lib
-from trainer import data, evaluate, export, fine_tune, logger, model_dir, models
+from trainer import data, evaluate, fine_tune, logger, model_dir, models, promotion
 from trainer.paths import join
 from trainer.plan import Outputs, Plan
 
@@ -92,7 +92,13 @@ def float32_copy(model, cfg: config_lib.TrainConfig, image_size):
     return copy
 
 
-def export_and_publish(serving, cfg, plan: Plan, metadata: dict, metrics: dict) -> str:
-    return export.export_model(serving, join(cfg.model_dir, model_dir.EXPORT_DIR), class_names=plan.class_names,
-                               input_size=plan.image_size, model_name=cfg.model, metrics=metrics,
-                               training_data=metadata, tta=cfg.tta)
+def export_and_promote(serving, cfg, plan: Plan, metadata: dict, metrics: dict) -> promotion.Outcome:
+    """Exports the served model, then publishes it as `latest` only when the promotion gate blesses it; metrics.json
+    records the decision (and the exit code a re-run of this finished run returns)."""
+    outcome = promotion.promote(
+        serving, export_root=cfg.export_dir or join(cfg.model_dir, model_dir.EXPORT_DIR), data_dir=cfg.data_dir,
+        split=metrics["split"], image_size=plan.image_size, class_names=plan.class_names, model_name=cfg.model,
+        metrics=metrics, training_data=metadata, tta=cfg.tta,
+        gate=promotion.Gate(cfg.min_accuracy, cfg.min_roc_auc, cfg.max_regression, cfg.force_publish))
+    evaluate.write_metrics(join(cfg.model_dir, model_dir.METRICS_FILE), {**metrics, "promotion": outcome.record})
+    return outcome

@@ -37,9 +37,3 @@ def check_config(model_dir: str, config: dict) -> dict | None:
         raise ConfigMismatch(f"{model_dir} holds a run with a different config ({details}). Re-run with the same "
                              f"flags to resume it, or use a new --model_dir (or delete {model_dir}) to start over.")
     return previous
-
-
-def already_finished(model_dir: str) -> bool:
-    from trainer import publish
-
-    return bool(tf.io.gfile.exists(join(model_dir, METRICS_FILE)) and publish.read_latest(join(model_dir, EXPORT_DIR)))

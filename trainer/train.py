@@ -6,7 +6,8 @@ steps) -> find the backup to resume from (trainer/backup.py) -> write config.jso
 (trainer/data.py) -> build and compile the model (trainer/models.py, learning rate from trainer/schedules.py) -> fit
 with the time budget (or early stopping), best checkpoint, TensorBoard, history.csv and backups -> on the chief:
 choose the weights, evaluate them on the test split as served, write metrics.json, report.png and mistakes.png,
-export and publish to <model_dir>/export/<version> (trainer/final_model.py, trainer/export.py).
+export, gate it against the current `latest` and publish it to <export_dir>/<version>, moving `latest` only when
+blessed (trainer/final_model.py, trainer/promotion.py).
 
     python -m trainer.train --data_dir work/data --model_dir work/model            # or: catsdogs-train ...
     python -m trainer.train --data_dir work/data --model_dir work/seed --model seed_cnn --epochs 15
@@ -14,10 +15,12 @@ export and publish to <model_dir>/export/<version> (trainer/final_model.py, trai
 Fault tolerance (trainer/backup.py): a backup (weights, optimizer state, epoch) goes to <model_dir>/backup every
 --backup_every_steps steps, at every epoch end and on SIGTERM (then the process exits with status 143 so a
 Kubernetes Job retries it). Running the same command again resumes from the last backup; a different config in the
-same model_dir is refused. A run that already finished (metrics.json and an export) is not repeated.
+same model_dir is refused. A run that already finished (its metrics.json records the promotion decision) is not
+repeated: it exits as it did.
 
-Exit status: 0 success, 2 usage or config error, 3 damaged dataset, 5 lost a worker of a multi-worker run (restart
-every worker to resume from the backup), 143 interrupted by SIGTERM (re-run to resume).
+Exit status: 0 success, 2 usage or config error, 3 damaged dataset, 4 model not blessed by the promotion gate (kept
+under export/, `latest` unchanged), 5 lost a worker of a multi-worker run (restart every worker to resume from the
+backup), 143 interrupted by SIGTERM (re-run to resume).
 
 Cost, measured on the 2-core development CPU: the default resnet_lite (width 32, depth 2) at 128x128 trains ~200
 images/s with the real input pipeline, ~90 s per epoch of pets-180's 18,368 training images, so the default 40
@@ -35,7 +38,19 @@ import time
 import keras
 import tensorflow as tf
 
-from trainer import backup, data, distribute, final_model, fine_tune, logger, model_dir, models, provenance, schedules
+from trainer import (
+    backup,
+    data,
+    distribute,
+    final_model,
+    fine_tune,
+    logger,
+    model_dir,
+    models,
+    promotion,
+    provenance,
+    schedules,
+)
 from trainer import config as config_lib
 from trainer import plan as plans
 from trainer.paths import join, write_json
@@ -77,10 +92,11 @@ def run(cfg: config_lib.TrainConfig) -> int:
     metadata = data.read_metadata(cfg.data_dir)
     placement = distribute.choose(cfg.mixed_precision)
     previous = model_dir.check_config(cfg.model_dir, cfg.to_dict())
-    if previous is not None and model_dir.already_finished(cfg.model_dir):
-        log.info(f"{cfg.model_dir} already holds a finished run with this config (metrics.json and an export); "
-                 f"nothing to do")
-        return EXIT_OK
+    finished = promotion.recorded_exit_code(join(cfg.model_dir, model_dir.METRICS_FILE)) if previous else None
+    if finished is not None:
+        log.info(f"{cfg.model_dir} already holds a finished run with this config (its metrics.json records the "
+                 f"promotion decision); nothing to do, exiting {finished} as it did")
+        return finished
     plan = plans.plan_run(cfg, metadata, placement)
     outputs = plans.prepare_outputs(cfg, placement)
     resume_epoch = backup.backup_epoch(outputs.backup_dir)
@@ -118,12 +134,12 @@ def run(cfg: config_lib.TrainConfig) -> int:
         metrics.update(chosen)
         metrics.update(training_facts(trained, plan, placement, stopped_by))
         final_model.write_reports(cfg, plan, outputs, metrics, labels, probabilities)
-        published = final_model.export_and_publish(serving, cfg, plan, metadata, metrics)
+        outcome = final_model.export_and_promote(serving, cfg, plan, metadata, metrics)
         if tf.io.gfile.exists(outputs.backup_dir):
             tf.io.gfile.rmtree(outputs.backup_dir)  # the run is complete: a restart must not resume it
         distribute.barrier(placement)
-    summarize(cfg, metrics, trained.seconds, outputs, published)
-    return EXIT_OK
+    summarize(cfg, metrics, trained.seconds, outputs, outcome.uri)
+    return outcome.exit_code
 
 
 def resolved_config(cfg, plan: Plan, placement, metadata: dict, previous: dict | None, resume_epoch: int) -> dict:

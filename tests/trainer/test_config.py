@@ -75,7 +75,7 @@ def test_help_lists_every_flag_with_its_default(capsys):
     for field in dataclasses.fields(config.TrainConfig):
         assert f"--{field.name}" in text
     assert "--epochs INT maximum epochs" in text and "(default: 40)" in text
-    assert "--augment {true,false}" in text and "(default: true)" in text
+    assert "--augment [{true,false}]" in text and "(default: true)" in text
     budget_help = text.split("--time_budget_minutes FLOAT minutes of training")[1].split(" --steps_per_epoch")[0]
     assert budget_help.endswith("(default: none)")
     assert "--data_dir TEXT" in text and "(required)" in text
