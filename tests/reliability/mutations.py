@@ -115,6 +115,20 @@ MUTATIONS = [
     ("trainer/distribute.py", "            if idle < self.timeout_seconds:\n                continue\n",
      "            continue\n", R + "test_lost_worker.py::test_the_watchdog_ends_a_process_whose_steps_stopped",
      "the watchdog for a worker stuck without a step"),
+    ("trainer/schedules.py", "        self.progress.assign(min(fraction, 1.0))\n", "        pass\n",
+     "tests/trainer/test_schedules.py::test_time_budget_anneals_to_zero_and_stops_exactly_when_the_budget_is_used",
+     "the learning rate following the time budget"),
+    ("trainer/train.py", "    elif cfg.early_stopping_patience:", "    if cfg.early_stopping_patience:",
+     "tests/trainer/test_train.py::test_early_stopping_never_cuts_a_budget_run_short",
+     "early stopping off while the budget schedule anneals"),
+    ("trainer/export.py", "        if tta == \"flip\":\n            mirrored",
+     "        if False:\n            mirrored",
+     "tests/trainer/test_export.py::test_flip_tta_serves_the_mean_of_the_photo_and_its_mirror_image",
+     "flip test-time augmentation in the export"),
+    ("trainer/config.py", 'parser = _Parser(prog="catsdogs-train", allow_abbrev=False,',
+     'parser = _Parser(prog="catsdogs-train", allow_abbrev=True,',
+     "tests/trainer/test_config.py::test_unknown_and_abbreviated_flags_exit_2_with_a_suggestion",
+     "refusing abbreviated flags (--epoch 1 taken for --epochs)"),
 ]
 
 
