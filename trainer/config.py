@@ -194,7 +194,8 @@ def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _optional(kind):
+def optional(kind):
+    """An argparse type: `kind`, or None for an empty value or `none`."""
     def parse(text: str):
         return None if text.lower() in ("", "none") else kind(text)
 
@@ -202,7 +203,8 @@ def _optional(kind):
     return parse
 
 
-def _boolean(text: str) -> bool:
+def parse_boolean(text: str) -> bool:
+    """An argparse type for a boolean flag's value: true/false, yes/no, on/off, 1/0."""
     if text.lower() in ("1", "true", "yes", "on"):
         return True
     if text.lower() in ("0", "false", "no", "off"):
@@ -300,14 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
         required = field.default is dataclasses.MISSING
         default = None if required else field.default
         kinds = [kind for kind in typing.get_args(field.type) if kind is not type(None)] or [field.type]
-        kind = {int: int, float: float, str: str, bool: _boolean}[kinds[0]]
+        kind = {int: int, float: float, str: str, bool: parse_boolean}[kinds[0]]
         metavar = {int: "INT", float: "FLOAT", str: "TEXT", bool: "{true,false}"}[kinds[0]]
         if type(None) in typing.get_args(field.type):
-            kind = _optional(kind)
+            kind = optional(kind)
         shown = "required" if required else "default: " + ("none" if default is None else str(default).lower()
                                                            if isinstance(default, bool) else str(default))
         # A boolean flag alone means true (--force_publish); it also takes a value (--augment false).
-        boolean = {"nargs": "?", "const": True} if kind is _boolean else {}
+        boolean = {"nargs": "?", "const": True} if kind is parse_boolean else {}
         parser.add_argument(f"--{field.name}", type=kind, default=default, required=required, metavar=metavar,
                             **boolean, help=f"{HELP[field.name]} ({shown})")
     return parser
