@@ -225,7 +225,8 @@ def publish_directory(staging: str, final: str, marker: str | None = None, exclu
         for name in exclude:
             path = storage.join(staging, name)
             storage.delete_tree(path) if os.path.isdir(path) else storage.delete(path)
-        aside = f"{final}.old-{os.getpid()}"
+        aside = f"{final}.old"  # one name, not one per process: a publish killed before removing it leaves it to
+        storage.delete_tree(aside)  # the next publish, instead of a stale copy of the old set for ever
         if os.path.exists(final):
             os.rename(final, aside)
         os.makedirs(os.path.dirname(os.path.abspath(final)), exist_ok=True)

@@ -1,78 +1,149 @@
-"""Case 5: a preprocessing job killed while writing shards leaves no shards that look like a dataset; the re-run
-writes exactly one complete set; the killed run's staging directory is reported, and removed once stale."""
+"""A scoring run SIGKILLed part-way (an evicted pod, a preempted node) and started again with the same command finishes
+without scoring again what it had committed, and a run killed while it publishes leaves exactly one complete set
+after the re-run.
 
+Every job here is its own process (`python -m beam_pipelines.score`, the DirectRunner as `make score` runs it),
+killed with SIGKILL: no clean-up code runs, as in production.
+"""
+
+import json
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from beam_pipelines import preprocess
+from beam_pipelines import score
 from tests import corpus
+from tests.conftest import upload_tree
+from tests.reliability import faulty
+from tests.reliability.conftest import job_env, read_outcomes, run_job, score_command
 from tests.trainer.datasets import REPO
-from trainer import features
 
 pytestmark = pytest.mark.slow
 
-
-def _tree(root) -> dict:
-    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+FILES_PER_BATCH = 10
 
 
-def _appeared(staging_glob) -> bool:
-    """Whether the glob matches yet; a directory the job removes while the glob walks it (Beam's temporary
-    directories come and go) means not yet."""
+def _committed_files(staging) -> int:
+    """Files accounted for by the commit markers present (each marker's name ends in .<files>.json)."""
+    return sum(int(path.name.rsplit(".", 2)[-2]) for path in (staging / score.COMMITTED).glob("*.json"))
+
+
+def _rows_written(staging) -> set:
+    """Paths in the predictions and errors files of a staging directory, committed or not."""
+    paths = set()
+    for shard in [*staging.glob("predictions-*"), *staging.glob("errors-*")]:
+        paths.update(json.loads(line)["path"] for line in shard.read_text(encoding="utf-8").splitlines())
+    return paths
+
+
+def _assert_one_complete_set(output, run_id, files):
+    """The output directory holds the run and the incremental record, nothing else (no staging, lease or set moved
+    aside), and the run every file in exactly one of predictions and errors, summary.json last."""
+    assert sorted(path.name for path in output.iterdir()) == sorted([run_id, "_incremental"])
+    run_dir = output / run_id
+    summary = json.loads((run_dir / score.SUMMARY_FILE).read_text())
+    assert sorted(path.name for path in run_dir.iterdir()) == sorted([*summary["output_files"], score.SUMMARY_FILE])
+    predictions, errors = read_outcomes(run_dir)
+    assert set(predictions) | set(errors) == {str(path) for path in files}
+    assert summary["matched"] == len(files) == summary["scored"] + summary["failed"]
+    return summary
+
+
+def test_a_run_killed_half_way_resumes_without_scoring_again_what_it_had_committed(tiny_export, tmp_path):
+    images, output = tmp_path / "images", tmp_path / "scores"
+    files = corpus.write_easy_dataset(images, per_class=150, size=24)
+    command = score_command("--model", tiny_export, "--input", images, "--output_dir", output, "--run_id", "big",
+                            "--files_per_batch", FILES_PER_BATCH)
+    staging = output / ".staging-big"
+    batches = len(files) // FILES_PER_BATCH
+    # 10 ms per file: the run scores for about three seconds, so "half the batches committed" is a moment to catch.
+    process = subprocess.Popen(command, cwd=REPO, env=job_env(**{faulty.SLOW_ENV: 0.01}),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        return any(staging_glob())
-    except FileNotFoundError:
-        return False
+        deadline = time.monotonic() + 300
+        while process.poll() is None and time.monotonic() < deadline:
+            if len(list((staging / score.COMMITTED).glob("*.json"))) >= batches // 2:
+                process.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL, f"the run ended before half its batches committed: {stderr[-3000:]}"
+    finished = _rows_written(staging)  # what the killed attempt had scored, committed or not
+    committed = _committed_files(staging)
+    assert committed <= len(finished) < len(files)
+
+    run_job(score_command("--model", tiny_export, "--input", images, "--output_dir", output, "--run_id", "big",
+                          "--files_per_batch", FILES_PER_BATCH), env=job_env())
+
+    summary = _assert_one_complete_set(output, "big", files)
+    assert summary["resumed"] == committed  # the second attempt skipped every committed file ...
+    scored_again = len(finished) - summary["resumed"]
+    print(f"killed with {committed} of {len(files)} files committed, {len(finished)} written; re-scored "
+          f"{scored_again}")
+    assert scored_again <= 0.1 * len(finished)  # ... and re-scored at most 10% of what the first had finished
 
 
-def _kill_while_writing(args, staging_glob, attempts: int = 3):
-    """Starts the job and SIGKILLs it as soon as its first TFRecord file appears under the staging directory,
-    i.e. while the sinks write. Retries when the job was quicker than the watcher (it then finished normally)."""
-    for _ in range(attempts):
-        process = subprocess.Popen([sys.executable, "-m", "beam_pipelines.preprocess", *args], cwd=REPO,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            while process.poll() is None and not _appeared(staging_glob):
-                time.sleep(0.005)
-            process.send_signal(signal.SIGKILL)
-            _, stderr = process.communicate(timeout=60)
-        finally:
-            if process.poll() is None:
-                process.kill()
-        if process.returncode == -signal.SIGKILL:
-            return
-        assert process.returncode == 0, stderr[-3000:]
-    pytest.fail(f"the job finished {attempts} times before any shard appeared in its staging directory")
+# Where a publish can be cut short. The local publish moves the previous set aside, renames staging into place,
+# removes what it moved aside; then summary.json is written, then the incremental record.
+KILL_POINTS = {
+    "after_the_previous_set_moved_aside": {"kill_after": "os:rename:/scores/r1:1", "previous": True},
+    "after_the_new_set_moved_in": {"kill_before": "beam_pipelines.storage:write_json:summary.json"},
+    "after_summary_before_the_incremental_record": {"kill_before": "beam_pipelines.incremental:save"},
+}
 
 
-def test_a_job_killed_mid_write_leaves_the_old_dataset_and_the_rerun_writes_one_complete_set(tmp_path, caplog):
-    images, output = tmp_path / "images", tmp_path / "data"
-    corpus.write_easy_dataset(images, per_class=30, size=32)
-    args = [f"--input={images}", f"--output_dir={output}", "--image_size=16", "--decode_timeout_seconds=0"]
-    preprocess.run([*args, "--runner=DirectRunner", "--num_shards=2"])
-    old = _tree(output)
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_a_run_killed_while_it_publishes_gives_one_complete_set_when_run_again(point, tiny_export, tmp_path):
+    images, output = tmp_path / "images", tmp_path / "scores"
+    files = corpus.write_easy_dataset(images, per_class=12, size=24)
+    (images / "cat" / "broken.jpg").write_bytes(b"not a picture")  # a set has errors files too
+    files.append(images / "cat" / "broken.jpg")
+    flags = ["--model", tiny_export, "--input", images, "--output_dir", output, "--run_id", "r1",
+             "--files_per_batch", 5]
+    hook = dict(KILL_POINTS[point])
+    if hook.pop("previous", False):  # a finished run of the same id, which the killed one was replacing
+        run_job(score_command(*flags), env=job_env(decoder=None))
+        (images / "dog" / "late.jpg").write_bytes((images / "dog" / "0.jpg").read_bytes())
+        files.append(images / "dog" / "late.jpg")
 
-    _kill_while_writing([*args, "--overwrite", "--num_shards=3"],
-                        lambda: tmp_path.glob(f"data.staging-*/**/*{features.SHARD_SUFFIX}"))
-    assert _tree(output) == old  # nothing of the killed run reached the dataset: the old one is whole
-    [leftover] = tmp_path.glob("data.staging-*")
-    assert list(leftover.rglob(f"*{features.SHARD_SUFFIX}"))  # the killed run had written shards: there
+    killed = run_job(score_command(*flags, **hook), env=job_env(decoder=None), expect=None)
+    assert killed.returncode == -signal.SIGKILL, f"the kill point was never reached: {killed.stderr[-3000:]}"
 
-    caplog.set_level("WARNING", logger="beam_pipelines.preprocess")
-    metadata = preprocess.run([*args, "--runner=DirectRunner", "--overwrite", "--num_shards=3"])
-    names = sorted(path.name for path in output.iterdir())
-    shards = [f"{split}-{i:05d}-of-00003{features.SHARD_SUFFIX}" for split in features.SPLITS for i in range(3)]
-    assert names == sorted(["metadata.json", "rejected-00000-of-00001.jsonl", *shards])
-    assert sum(metadata["counts"][split]["total"] for split in features.SPLITS) == metadata["written"] == 60
+    run_job(score_command(*flags), env=job_env(decoder=None))
+    _assert_one_complete_set(output, "r1", files)
 
-    # The killed run's directory: reported (it may belong to a run still going), removed once it is stale.
-    assert any(str(leftover) in message and "did not finish" in message for message in caplog.messages)
-    assert leftover.exists()
-    dataset = _tree(output)
-    stale_later = time.time() + (preprocess._STALE_STAGING_HOURS + 1) * 3600
-    assert preprocess.clean_leftovers(str(output), now=stale_later) == {"removed": [str(leftover)], "kept": []}
-    assert not leftover.exists() and _tree(output) == dataset
+
+def test_a_gcs_run_killed_half_way_through_copying_its_set_into_place_gives_one_complete_set(
+        gcs_bucket, gcs_emulator_host, tiny_export, tmp_path):
+    """On GCS a publish copies objects one by one (there is no rename): a kill in the middle leaves part of a set
+    without summary.json, which readers must not take as complete, and the re-run completes it from staging."""
+    from beam_pipelines import storage
+
+    local = tmp_path / "images"
+    files = corpus.write_easy_dataset(local, per_class=10, size=24)
+    upload_tree(local, f"{gcs_bucket}/images")
+    output = f"{gcs_bucket}/scores"
+    flags = ["--model", tiny_export, "--input", f"{gcs_bucket}/images", "--output_dir", output, "--run_id", "r1",
+             "--files_per_batch", 3]
+    env = job_env(decoder=None, STORAGE_EMULATOR_HOST=gcs_emulator_host, GOOGLE_CLOUD_PROJECT="catsdogs-test")
+
+    killed = run_job(score_command(*flags, kill_after="beam_pipelines.storage:copy:/scores/r1/:3"), env=env,
+                     expect=None)
+    assert killed.returncode == -signal.SIGKILL, f"the kill point was never reached: {killed.stderr[-3000:]}"
+    published = [ref.path for ref in storage.list_files(f"{output}/r1/")]
+    assert published and f"{output}/r1/{score.SUMMARY_FILE}" not in published  # part of a set, not marked complete
+
+    run_job(score_command(*flags), env=env)
+    names = sorted(ref.path[len(output) + 1:] for ref in storage.list_files(f"{output}/")
+                   if "/_incremental/" not in ref.path)
+    summary = json.loads(storage.read_bytes(f"{output}/r1/{score.SUMMARY_FILE}"))
+    assert names == sorted(f"r1/{name}" for name in [*summary["output_files"], score.SUMMARY_FILE])
+    rows = [json.loads(line)["path"] for name in summary["output_files"]
+            for line in storage.read_bytes(f"{output}/r1/{name}").decode("utf-8").splitlines()]
+    assert sorted(rows) == sorted(f"{gcs_bucket}/images/{path.relative_to(local).as_posix()}" for path in files)
+    assert summary["resumed"] == len(files)  # the killed run had committed every batch: nothing scored again
