@@ -50,6 +50,14 @@ def run_job(command, env=None, timeout: float = 300, expect: int | None = 0) -> 
     return result
 
 
+def score_here(*flags) -> dict:
+    """score.run in this process (the same code as the command, without paying for another interpreter and
+    TensorFlow import): for the runs a test does not kill. Returns the summary."""
+    from beam_pipelines import score
+
+    return score.run(["--runner", "DirectRunner", *map(str, flags)])
+
+
 def read_outcomes(run_dir: Path) -> tuple[dict, dict]:
     """(path -> prediction row, path -> error row) of a published local run; fails on a file listed twice or on bytes
     that are not valid UTF-8."""

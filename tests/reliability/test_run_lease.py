@@ -1,0 +1,57 @@
+"""Two scoring runs with the same run id (a manual run during the CronJob's): the second refuses while the first runs,
+touching nothing of it, and takes over once the first is dead (SIGKILLed), finishing its work."""
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from beam_pipelines import lifecycle, score
+from tests import corpus
+from tests.reliability import faulty
+from tests.reliability.conftest import job_env, read_outcomes, run_job, score_command, score_here
+from tests.trainer.datasets import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_second_run_of_a_run_id_refuses_while_the_first_runs_and_takes_over_once_it_is_killed(tiny_export,
+                                                                                                  tmp_path, caplog):
+    images, output = tmp_path / "images", tmp_path / "scores"
+    files = corpus.write_easy_dataset(images, per_class=20, size=24)
+    command = score_command("--model", tiny_export, "--input", images, "--output_dir", output, "--run_id", "hourly",
+                            "--files_per_batch", 4)
+    staging = output / ".staging-hourly"
+    # Half a second per file: the first run would score for 20 s; it is killed long before.
+    first = subprocess.Popen(command, cwd=REPO, env=job_env(**{faulty.SLOW_ENV: 0.5}), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((staging / score.COMMITTED).glob("*.json")) and first.poll() is None:
+            assert time.monotonic() < deadline, "the first run committed nothing within 300 s"
+            time.sleep(0.05)
+        attempt = (staging / lifecycle.ATTEMPT_FILE).read_bytes()
+
+        second = run_job(command, env=job_env(), expect=lifecycle.EXIT_LEASE_HELD)
+        assert "another run holds run id hourly" in second.stderr and f"pid {first.pid}" in second.stderr
+        assert first.poll() is None, "the first run did not survive the second's attempt"
+        assert (staging / lifecycle.ATTEMPT_FILE).read_bytes() == attempt  # its staging was left alone
+        assert not (output / "hourly").exists()
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    committed = len(list((staging / score.COMMITTED).glob("*.json")))
+
+    with caplog.at_level("WARNING", logger="beam_pipelines.lifecycle"):
+        score_here(*command[command.index("--model"):])  # the same command, in this process
+    [takeover] = [message for message in caplog.messages if "took over the lease" in message]
+    assert f"pid {first.pid}" in takeover  # logged, naming the dead run
+    summary = json.loads((output / "hourly" / score.SUMMARY_FILE).read_text())
+    predictions, errors = read_outcomes(output / "hourly")
+    assert set(predictions) == {str(path) for path in files} and not errors
+    assert summary["resumed"] == committed * 4 > 0  # it finished the dead run's work instead of starting over
+    assert sorted(path.name for path in output.iterdir()) == ["_incremental", "hourly"]
