@@ -241,11 +241,18 @@ def build(pipeline, config: options.ScoreConfig, model_info: dict, plan: dict):
 
 # ---- the launcher -------------------------------------------------------------------------------------------------
 
+def _marker_paths(staging: str) -> list[str]:
+    """The commit markers in a staging dir; not the temporary file of a marker whose write was killed (locally,
+    storage.write_bytes writes `.tmp-*` first), which may be empty."""
+    return [ref.path for ref in storage.list_files(storage.join(staging, COMMITTED) + "/")
+            if not ref.path.rsplit("/", 1)[-1].startswith(".")]
+
+
 def _read_markers(staging: str) -> list[dict]:
     """The commit markers an earlier attempt of this run left (a resume), read in parallel."""
     import concurrent.futures
 
-    paths = [ref.path for ref in storage.list_files(storage.join(staging, COMMITTED) + "/")]
+    paths = _marker_paths(staging)
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         return list(pool.map(storage.read_json, paths))
 
@@ -515,9 +522,9 @@ def run(argv=None, test_pipeline=None) -> dict:
 def _progress(staging: str) -> str:
     """Files committed so far, from the commit markers' names (one listing, whatever the runner)."""
     batches = files = 0
-    for ref in storage.list_files(storage.join(staging, COMMITTED) + "/"):
+    for path in _marker_paths(staging):
         batches += 1
-        files += int(ref.path.rsplit(".", 2)[-2])
+        files += int(path.rsplit(".", 2)[-2])
     return f"{files} files committed in {batches} batches"
 
 

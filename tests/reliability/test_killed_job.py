@@ -1,6 +1,6 @@
 """A scoring run SIGKILLed part-way (an evicted pod, a preempted node) and started again with the same command finishes
-without scoring again what it had committed, and a run killed while it publishes leaves exactly one complete set
-after the re-run.
+without scoring again what it had committed, and a run killed while it commits a batch or publishes leaves exactly one
+complete set after the re-run.
 
 Every job that is killed is its own process (`python -m beam_pipelines.score`, the DirectRunner as `make score` runs
 it), killed with SIGKILL: no clean-up code runs, as in production. The runs that are not killed run in this process
@@ -89,9 +89,11 @@ def test_a_run_killed_half_way_resumes_without_scoring_again_what_it_had_committ
     assert scored_again <= 0.1 * len(finished)  # ... and re-scored at most 10% of what the first had finished
 
 
-# Where a publish can be cut short. The local publish moves the previous set aside, renames staging into place,
-# removes what it moved aside; then summary.json is written, then the incremental record.
+# Where a run can be cut short after scoring: while a batch commits (its marker's temporary file created, not yet
+# written), and in the publish, which locally moves the previous set aside, renames staging into place, removes what it
+# moved aside; then summary.json is written, then the incremental record.
 KILL_POINTS = {
+    "while_writing_a_commit_marker": {"kill_after": "os:open:/_committed/:2"},
     "after_the_previous_set_moved_aside": {"kill_after": "os:rename:/scores/r1:1", "previous": True},
     "after_the_new_set_moved_in": {"kill_before": "beam_pipelines.storage:write_json:summary.json"},
     "after_summary_before_the_incremental_record": {"kill_before": "beam_pipelines.incremental:save"},
@@ -99,7 +101,7 @@ KILL_POINTS = {
 
 
 @pytest.mark.parametrize("point", list(KILL_POINTS))
-def test_a_run_killed_while_it_publishes_gives_one_complete_set_when_run_again(point, tiny_export, tmp_path):
+def test_a_run_killed_while_it_commits_or_publishes_gives_one_complete_set_when_run_again(point, tiny_export, tmp_path):
     images, output = tmp_path / "images", tmp_path / "scores"
     files = corpus.write_easy_dataset(images, per_class=12, size=24)
     (images / "cat" / "broken.jpg").write_bytes(b"not a picture")  # a set has errors files too
