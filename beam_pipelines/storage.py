@@ -353,15 +353,18 @@ def list_files(pattern: str) -> Iterator[FileRef]:
     order. Local paths come out absolute."""
     pattern = absolute(pattern)
     prefix, regex = _split_pattern(pattern)
-    listing = _list_gcs(prefix) if is_remote(prefix) else _list_local(prefix, descend=True)
+    glob = regex is not None
+    listing = _list_gcs(prefix, glob) if is_remote(prefix) else _list_local(prefix, descend=True, glob=glob)
     for ref in listing:
         if regex is None or regex.match(ref.path):
             yield ref
 
 
-def _list_gcs(prefix: str) -> Iterator[FileRef]:
+def _list_gcs(prefix: str, glob: bool = False) -> Iterator[FileRef]:
+    """Objects under a folder, or the object named; for a glob, every name that starts with its text before the
+    first wildcard (`images/cat_` of `images/cat_*.jpg`: not a folder)."""
     bucket, name = _split_gcs(prefix)
-    if name and not name.endswith("/") and not _WILDCARD.search(name):
+    if name and not name.endswith("/") and not glob:
         blob = gcs_client().bucket(bucket).get_blob(name, retry=_retry())
         if blob is not None:  # a single object named exactly; else a folder given without its '/'
             yield FileRef(prefix, int(blob.size or 0), _timestamp(blob.updated), int(blob.generation or 0))
@@ -392,9 +395,10 @@ def _entry_ref(path: str, link: os.stat_result, target: os.stat_result | None) -
     return FileRef(path, target.st_size, changed, target.st_mtime_ns)
 
 
-def _list_local(prefix: str, descend: bool) -> Iterator[FileRef]:
-    """A local file, or a folder walked depth-first with os.scandir; for a prefix that is neither (a glob's text
-    before its first wildcard, e.g. /data/cat_ of /data/cat_*.jpg), the folder it starts in."""
+def _list_local(prefix: str, descend: bool, glob: bool = False) -> Iterator[FileRef]:
+    """A local file, or a folder walked depth-first with os.scandir; for a glob's text before its first wildcard that
+    is neither (e.g. /data/cat_ of /data/cat_*.jpg), the folder it starts in. A path that does not exist lists
+    nothing (not its parent folder)."""
     if not prefix.endswith("/") and os.path.lexists(prefix) and not os.path.isdir(prefix):
         link = os.lstat(prefix)
         try:
@@ -403,7 +407,7 @@ def _list_local(prefix: str, descend: bool) -> Iterator[FileRef]:
             target = None
         yield _entry_ref(prefix, link, target)
         return
-    folder = prefix if prefix.endswith("/") or os.path.isdir(prefix) else os.path.dirname(prefix) + "/"
+    folder = prefix if prefix.endswith("/") or os.path.isdir(prefix) or not glob else os.path.dirname(prefix) + "/"
     folder = folder.rstrip("/") or "/"
     try:
         root = os.stat(folder)
@@ -438,6 +442,9 @@ def _list_local(prefix: str, descend: bool) -> Iterator[FileRef]:
                     yield _entry_ref(path, link, target)
                 except FileNotFoundError:  # removed between the directory read and its stat: not there to process
                     continue
+                except OSError:  # e.g. a folder that can be read but not searched (mode 644): no entry can be looked
+                    yield FileRef(current, 0, 0.0, 0, UNREADABLE_FOLDER)  # up; reported as one, not a failed job
+                    break
 
 
 def check_patterns_match(patterns) -> None:
