@@ -105,7 +105,7 @@ score: setup ## score SCORE_IMAGES with MODEL into SCORES/<run_id>/
 	  --runner $(RUNNER) $(SCORE_ARGS)
 
 bench: setup ## run the benchmarks on ../shared/data and write benchmarks/RESULTS.md
-	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
 clean: ## remove .venv, caches and WORKDIR when it is local
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info build dist

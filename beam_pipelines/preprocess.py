@@ -1,605 +1,360 @@
-"""Image folders -> validated, deduplicated, split TFRecords: the dataset the trainer reads.
+"""Image folders -> a new version of a validated, deduplicated, split TFRecord dataset: what the trainer reads.
 
-Stages (one Beam step each, see `build`):
-  ListFiles          stream every file under the --input folders/globs (local or gs://) over the workers
-  DecodeImages       read bytes, label from the folder (or file-name prefix), decode and resize with
-                     imaging.decode_image, re-encode as JPEG, hash the pixels (exact) and the picture (dHash)
-  GroupExactCopies   exact copies (same decoded pixels) are written once: the copy with the smallest path
-  LinkNearCopies     perceptual hashes within --near_duplicate_bits are linked (5 hash bands, pigeonhole) and
-                     joined into groups by --link_rounds rounds of min-label propagation
-  AssignSplits       a group's split comes from a hash of its label: copies never straddle splits, and the
-                     same input gives the same split on every run and every runner
-  WriteExamples[*]   train/validation/test TFRecord shards, rejected-*.jsonl, then metadata.json (written last)
-Only small keys go through GroupByKey; the JPEG bytes cross one materialisation and the sink's shuffle.
+Stages (one line each in `build`; trainer/dataset_contract.py describes the dataset folder):
+  ListImages        folders/globs, local or gs://, listed as a stream into batches of --files_per_batch files
+  ClassifyChanges   (a dataset that grows) the listing joined by path with the current version's facts: unchanged
+                    files are kept as they are (never decoded again), new and changed files go on, photos whose file
+                    is gone are dropped; then the files to decode are batched again
+  DecodeAndWrite    per batch: label from the folder (or file-name prefix), read, decode + resize + JPEG-encode + hash
+                    in a child process, each record written straight into the shard of its content's split
+                    (records.py): record bytes never cross a shuffle or a side input
+  GroupExactCopies, LinkNearCopies, PropagateGroups, DecideSplits
+                    the grouping, on small facts only (grouping.py): exact copies kept once, near-copies kept in one
+                    split, photos of earlier versions never moved, a new near-copy follows them
+  RewriteBatches    the few batches whose records the grouping changed are written again
+  CountOutcomes     per-batch tallies summed; then the launcher writes metadata.json and moves `latest`
 
 Command (all 23k photos of ../shared/data/pets-180, as `make preprocess` and the benchmark run it):
   python -m beam_pipelines.preprocess --input ../shared/data/pets-180 --output_dir /tmp/pets180-data \\
-      --runner DirectRunner --direct_num_workers 2
-
-Cost: 20-26 s for the 22,991 photos (880-1,240 images/s, 2.2 GB RAM) on the shared 2-core machine, about 1.6 ms of
-CPU per 180x180 photo, of which 0.5 ms is decoding and encoding; --direct_running_mode multi_processing is slower
-here (31 s: its gRPC data plane). docs/PREPROCESS.md and benchmarks/RESULTS.md have the measurements, and the
-Dataflow and Dask commands.
+      --runner DirectRunner
+Re-run with --skip_if_current over a grown folder: a new version with what changed, or exit 0 when nothing did.
+Exit status: 0 done, 1 more than --max_rejected_fraction of the files rejected (no version published), 2 bad flags
+or an output folder that must not be replaced, 75 another run holds the dataset. Cost: docs/PREPROCESS.md and
+benchmarks/RESULTS.md.
 """
 
-import calendar
-import collections
 import dataclasses
-import hashlib
-import itertools
-import json
 import logging
-import math
 import posixpath
 import re
 import sys
 import time
 import uuid
+import zlib
+from collections import Counter
 
 import apache_beam as beam
-import numpy as np
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_pipelines import imaging, isolation, storage
-from beam_pipelines.options import PreprocessOptions
-from trainer import features, provenance
+from beam_pipelines import cli, dask_compat, grouping, lifecycle, listing, options, records, storage
+from trainer import dataset_contract, features, provenance
 
-NAMESPACE = "catsdogs.preprocess"
-NO_LABEL = "no_label"
-READ_ERROR = "read_error"
-TARGET_SHARD_BYTES = 150 * 1024 * 1024
-# Bytes per stored record, per pixel: a quality-95 JPEG of a photo is about 0.4 bytes per pixel (measured on
-# pets-180: ~13 KB at 180x180), plus the Example's other fields. Only used to choose the shard count.
-_BYTES_PER_PIXEL = 0.45
-_RECORD_OVERHEAD = 300
-_COUNTS_FILE = "_counts.json"  # written by the pipeline's last step into the staging directory, then removed
-_PROGRESS_SECONDS = 30.0
-_RECORD_PARTS_FN = "beam_pipelines.imaging:record_parts"
-_READ_ATTEMPTS = 3  # a transient I/O error is retried twice (0.2 s, then 0.4 s later) before the file is rejected
-_READ_BACKOFF_SECONDS = 0.2
-# Errors that will not go away on a retry: the file vanished, is a folder, or is not ours to read.
-_PERMANENT_READ_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
-# Leftovers of runs that died before cleaning up (SIGKILL, OOM, a lost VM) next to --output_dir: staging
-# directories (`<output_dir>.staging-<UTC launch time>-<id>`) older than this are removed, newer ones only reported:
-# they may belong to a run still going, and a run over millions of files on few workers can take most of a day.
-_STALE_STAGING_HOURS = 72.0
-_DATASET_FILE = re.compile(r"^((train|validation|test)-\d{5}-of-\d{5}\.tfrecord|rejected-\d{5}-of-\d{5}\.jsonl|"
-                           r"metadata\.json|_counts\.json)$")
+NAMESPACE = records.NAMESPACE
+COUNTS_FILE = "_counts.json"
+LEASE_FILE = ".lease.json"
+CHANGES = ("new", "changed", "removed", "removed_rejected", "added")  # any of these makes a new version
+CARRIED_FILES = 4  # rejected-carried-*.jsonl files: rejections of unchanged files, listed again in a new version
 
 _LOG = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class PreprocessConfig:
-    """The validated settings of one run. `recorded()` is what metadata.json keeps as `options`."""
-
-    inputs: tuple[str, ...]
-    output_dir: str
-    class_names: tuple[str, ...] = features.DEFAULT_CLASS_NAMES
-    label_from: str = "folder"
-    image_size: int = features.DEFAULT_IMAGE_SIZE
-    max_pixels: int = imaging.DEFAULT_MAX_PIXELS
-    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    near_duplicate_bits: int = 4
-    link_rounds: int = 4
-    num_shards: int = 0  # per split; 0 = from the estimated data size
-    # Protections (not recorded in metadata options: they change what happens to bad input, not the dataset).
-    max_rejected_fraction: float = 0.5  # more rejected files than this fails the job
-    decode_timeout_seconds: float = 30.0  # per file, in a child process; 0 = decode in the worker process
-    decode_fn: str = isolation.DEFAULT_DECODE_FN  # "module:function"; other values are for fault-injection tests
-    read_fn: str | None = None  # "module:function" replacing storage.read_bytes; for fault-injection tests
-
-    def __post_init__(self):
-        if not self.inputs:
-            raise ValueError("no --input given: pass a folder, glob or gs:// prefix of images, e.g. "
-                             "--input ../shared/data/pets-180 (repeat --input for several)")
-        if not self.output_dir:
-            raise ValueError("no --output_dir given: pass the dataset directory to write, e.g. --output_dir /tmp/data")
-        features.validate_class_names(self.class_names)
-        if self.label_from not in ("folder", "prefix"):
-            raise ValueError(f"--label_from must be folder or prefix (got {self.label_from!r})")
-        if not 8 <= self.image_size <= 4096:
-            raise ValueError(f"--image_size must be between 8 and 4096 pixels (got {self.image_size})")
-        if self.max_pixels < self.image_size ** 2:
-            raise ValueError(f"--max_pixels {self.max_pixels} is below one {self.image_size}x{self.image_size} image")
-        ratios = self.split_ratios
-        if len(ratios) != 3 or any(not math.isfinite(r) or r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
-            raise ValueError(f"--split_ratios must be three non-negative numbers (train,validation,test) summing "
-                             f"to 1, e.g. 0.8,0.1,0.1 (got {','.join(map(str, ratios))})")
-        if not 0 <= self.near_duplicate_bits <= 8:
-            raise ValueError(f"--near_duplicate_bits must be between 0 and 8 (got {self.near_duplicate_bits}); "
-                             f"unrelated photos are about 32 bits apart")
-        if not 2 <= self.link_rounds <= 20:
-            raise ValueError(f"--link_rounds must be between 2 and 20 (got {self.link_rounds})")
-        if self.num_shards < 0:
-            raise ValueError(f"--num_shards must be 0 (automatic) or positive (got {self.num_shards})")
-        if not 0.0 <= self.max_rejected_fraction <= 1.0:
-            raise ValueError(f"--max_rejected_fraction must be between 0 and 1 (0.5 means half the files; "
-                             f"got {self.max_rejected_fraction})")
-        if not 0.0 <= self.decode_timeout_seconds <= 3600:
-            raise ValueError(f"--decode_timeout_seconds must be between 0 (decode in the worker process) and 3600 "
-                             f"(got {self.decode_timeout_seconds})")
-        isolation.load_function(self.decode_fn)  # fail at launch, not on a worker
-        if self.read_fn:
-            isolation.load_function(self.read_fn)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.image_size, self.image_size
-
-    def recorded(self) -> dict:
-        return {
-            "class_names": list(self.class_names), "label_from": self.label_from, "image_size": self.image_size,
-            "max_pixels": self.max_pixels, "split_ratios": list(self.split_ratios),
-            "near_duplicate_bits": self.near_duplicate_bits, "link_rounds": self.link_rounds,
-            "num_shards": self.num_shards,
-        }
-
-
-# --- pure per-element functions ---------------------------------------------------------------
-
-
 def input_root(pattern: str) -> str:
     """The folder a pattern is read from: labels are looked for in folders from a file up to this one."""
-    if not storage.is_gcs(pattern):
-        pattern = _absolute(pattern)
+    pattern = storage.absolute(pattern)
     wildcard = re.search(r"[*?\[]", pattern)
     if wildcard:
         prefix = pattern[:wildcard.start()]
         return prefix.rstrip("/") if prefix.endswith("/") else posixpath.dirname(prefix)
-    if not pattern.endswith("/") and storage.exists(pattern) and not (
-            not storage.is_gcs(pattern) and _isdir(pattern)):
-        return posixpath.dirname(pattern)  # a single file
+    if not pattern.endswith("/") and not storage.is_remote(pattern):
+        import os
+
+        if os.path.isfile(pattern):
+            return posixpath.dirname(pattern)
     return pattern.rstrip("/")
 
 
-def _absolute(path: str) -> str:
-    import os
-    return os.path.abspath(path) + ("/" if path.endswith("/") else "")
+# ---- a dataset that grows -----------------------------------------------------------------------------------------
 
-
-def _isdir(path: str) -> bool:
-    import os
-    return os.path.isdir(path)
-
-
-def label_for_path(path: str, roots, class_names, label_from: str) -> int | None:
-    """The label index of a file, or None. folder: the nearest folder naming a class, from the file's parent up
-    to its input root (inclusive); prefix: the file name's first word (`cat.12.jpg`, `Dog_3.png`)."""
-    folder, name = posixpath.split(path)
-    if label_from == "prefix":
-        word = re.split(r"[._\-\s]", name, maxsplit=1)[0]
-        return features.label_for_name(word, class_names) if word else None
-    root = max((r for r in roots if path.startswith(r + "/")), key=len, default=None)
-    stop = posixpath.dirname(root) if root else ""
-    while folder and folder != stop and len(folder) > len(stop):
-        folder, part = posixpath.split(folder)
-        label = features.label_for_name(part, class_names) if part else None
-        if label is not None:
-            return label
-        if not part:
-            break
-    return None
-
-
-def split_for_group(group: str, ratios) -> str:
-    """Deterministic split of a near-duplicate group from a hash of its label (not Python's salted hash())."""
-    position = int.from_bytes(hashlib.sha256(group.encode("ascii")).digest()[:8], "big") / 2.0 ** 64
-    cumulative = 0.0
-    for split, ratio in zip(features.SPLITS, ratios, strict=True):
-        cumulative += ratio
-        if position < cumulative and ratio > 0:
-            return split
-    return next(s for s, r in zip(reversed(features.SPLITS), reversed(ratios), strict=True) if r > 0)
-
-
-def hash_bands(phash: int, bits: int) -> list[tuple[int, int]]:
-    """(band index, band value) for the bits+1 bands of a 64-bit hash. Two hashes at most `bits` apart
-    agree on at least one band (pigeonhole), so comparing within bands finds every such pair."""
-    count = bits + 1
-    edges = [round(i * 64 / count) for i in range(count + 1)]
-    return [(i, (phash >> lo) & ((1 << (hi - lo)) - 1)) for i, (lo, hi) in enumerate(itertools.pairwise(edges))]
-
-
-def link_bucket(band_and_members, bits: int):
-    """Yields (a, b) and (b, a) for every pair in one hash band within `bits` Hamming bits.
-
-    A pair agreeing on several bands is emitted only from the first of them, so no Distinct is needed.
-    """
-    (band, _), members = band_and_members
-    unique = sorted(dict(members).items())  # exact copies share a content id: one entry each
-    if len(unique) < 2:
-        return
-    ids = [content_id for content_id, _ in unique]
-    hashes = np.array([phash for _, phash in unique], dtype=np.uint64)
-    for i in range(len(unique) - 1):
-        distances = np.bitwise_count(hashes[i + 1:] ^ hashes[i])
-        for offset in np.flatnonzero(distances <= bits):
-            j = i + 1 + int(offset)
-            if any(a == b for (k, a), (_, b) in zip(hash_bands(unique[i][1], bits), hash_bands(unique[j][1], bits),
-                                                     strict=True) if k < band):
-                continue
-            yield ids[i], ids[j]
-            yield ids[j], ids[i]
-
-
-def propagate(node_and_joined):
-    """One round of min-label propagation: a node sends its label to itself and every neighbour."""
-    node, joined = node_and_joined
-    label = min(joined["label"])
-    yield node, label
-    for neighbours in joined["neighbours"]:
-        for neighbour in neighbours:
-            yield neighbour, label
-
-
-def settle(node_and_labels):
-    """(node, (smallest label heard, whether every label heard agreed))."""
-    node, labels = node_and_labels
-    labels = list(labels)
-    smallest = min(labels)
-    return node, (smallest, all(label == smallest for label in labels))
-
-
-# --- DoFns ---------------------------------------------------------------------------------------
-
-
-class DecodeImageFn(beam.DoFn):
-    """[(path, size)] -> per file ("ok", content_id, path, class_name, phash, example) or ("rejected", path,
-    reason, detail).
-
-    One output per file (DaskRunner mixes tagged outputs, so the kinds are told apart downstream). Logs
-    progress every 30 s from the worker, since runner metrics are not available on every runner.
-    """
-
-    def __init__(self, config: PreprocessConfig, roots, progress_seconds: float = _PROGRESS_SECONDS):
-        self._config = config
-        self._roots = tuple(roots)
-        self._progress_seconds = progress_seconds
-
-    def setup(self):
-        self._read = beam.metrics.Metrics.counter(NAMESPACE, "read")
-        self._decoded = beam.metrics.Metrics.counter(NAMESPACE, "decoded")
-        self._rejected = {}
-        self._started = self._last_log = time.monotonic()
-        self._done = self._done_at_last_log = 0
-        self._read_bytes = isolation.load_function(self._config.read_fn) if self._config.read_fn \
-            else storage.read_bytes
-        # The child also encodes and hashes (imaging.record_parts): only the record's bytes come back.
-        self._decoder = isolation.DecodeRunner(self._config.decode_timeout_seconds, self._config.decode_fn,
-                                               then_fn=_RECORD_PARTS_FN)
-
-    def teardown(self):
-        self._decoder.close()
-
-    def _read_with_retries(self, path: str) -> bytes:
-        for attempt in range(_READ_ATTEMPTS):
-            try:
-                return self._read_bytes(path)
-            except _PERMANENT_READ_ERRORS:
-                raise
-            except OSError as error:
-                if attempt + 1 == _READ_ATTEMPTS:
-                    raise
-                _LOG.info("preprocess: retrying %s after %s: %s", path, type(error).__name__, error)
-                time.sleep(_READ_BACKOFF_SECONDS * 2 ** attempt)
-        raise AssertionError("unreachable")
-
-    def _reject(self, path, reason, detail):
-        if reason not in self._rejected:
-            self._rejected[reason] = beam.metrics.Metrics.counter(NAMESPACE, f"rejected_{reason}")
-        self._rejected[reason].inc()
-        return "rejected", path, reason, detail
-
-    def _log_progress(self):
-        self._done += 1
-        now = time.monotonic()
-        if now - self._last_log >= self._progress_seconds:
-            rate = (self._done - self._done_at_last_log) / (now - self._last_log)
-            _LOG.info("preprocess: %d files done by this worker, %.1f files/s over the last %.0f s",
-                      self._done, rate, now - self._last_log)
-            self._last_log, self._done_at_last_log = now, self._done
-
-    def process(self, batch):
-        """A batch of (path, size) from ListFiles: the files stream through the decoder process, several in flight,
-        so that it decodes the next file while this worker reads files and builds records."""
-        config = self._config
-        early = []  # rejected before decoding; yielded as they come
-
-        def readable():
-            for path, _ in batch:
-                self._read.inc()
-                self._log_progress()
-                label = label_for_path(path, self._roots, config.class_names, config.label_from)
-                if label is None:
-                    where = "file-name prefix" if config.label_from == "prefix" else "folder names"
-                    early.append(self._reject(path, NO_LABEL, f"no class ({', '.join(config.class_names)}) in the "
-                                                              f"{where}"))
-                    continue
-                try:
-                    data = self._read_with_retries(path)
-                except OSError as error:
-                    early.append(self._reject(path, READ_ERROR, f"{type(error).__name__}: {error}"))
-                    continue
-                yield (path, label), data
-
-        for (path, label), outcome in self._decoder.decode_stream(readable(), config.size, config.max_pixels):
-            yield from early
-            early.clear()
-            yield self._output(path, label, outcome)
-        yield from early
-
-    def _output(self, path, label, outcome):
-        config = self._config
-        if outcome[0] == "rejected":
-            _, reason, detail = outcome
-            if reason in isolation.REASONS:
-                _LOG.warning("preprocess: %s: %s: %s", path, reason, detail)
-            return self._reject(path, reason, detail)
-        parts = outcome[1]
-        class_name = config.class_names[label]
-        example = features.make_example(
-            image_jpeg=parts.jpeg, height=config.image_size, width=config.image_size,
-            label=label, class_name=class_name, image_id=parts.content_id, source=path)
-        self._decoded.inc()
-        return "ok", parts.content_id, path, class_name, parts.perceptual_hash, example
-
-
-class AssignSplitFn(beam.DoFn):
-    """Decoded image -> (split, class_name, example), or ("duplicate", class_name, None) for a dropped copy."""
-
-    def __init__(self, ratios):
-        self._ratios = tuple(ratios)
-
-    def setup(self):
-        self._written = {split: beam.metrics.Metrics.counter(NAMESPACE, f"written_{split}")
-                         for split in features.SPLITS}
-        self._duplicates = beam.metrics.Metrics.counter(NAMESPACE, "duplicate")
-
-    def process(self, image, keepers, groups):
-        _, content_id, path, class_name, _, example = image
-        keeper = keepers.get(content_id)
-        if keeper is not None and keeper != path:
-            self._duplicates.inc()
-            yield "duplicate", class_name, None
+def classify(path_and_joined):
+    """(path, {"ref": [(FileRef, listing batch)], "known": [("record", Fact) | ("rejected", (size, version, reason,
+    line))]}) -> ("decode", (ref, listing batch)) | ("kept", Fact) | ("carried", rejection line) | ("change", Change)
+    | ("count", key). A file is unchanged when its size and content version are what the current version recorded."""
+    _, joined = path_and_joined
+    refs, known = list(joined["ref"]), list(joined["known"])
+    ref, batch = refs[0] if refs else (None, None)
+    kind, value = known[0] if known else (None, None)
+    if kind == "record":
+        if ref is not None and (ref.size, ref.version) == (value.size, value.version):
+            yield "kept", value
+            yield "count", "unchanged"
             return
-        split = split_for_group(groups.get(content_id, content_id), self._ratios)
-        self._written[split].inc()
-        yield split, class_name, example
+        yield "change", grouping.Change(value.batch, value, "drop", reason=records.REMOVED)
+    elif kind == "rejected":
+        size, version, reason, line = value
+        unchanged = ref is not None and (ref.size, ref.version) == (size, version)
+        if unchanged and reason == "duplicate":  # decoded again: its kept copy may have gone since
+            yield "decode", (ref, batch)
+            yield "count", "rechecked_duplicates"
+            return
+        if unchanged:
+            yield "carried", line  # still the file that was rejected: listed again, not read again
+            yield "count", "unchanged_rejected"
+            return
+        if ref is None:
+            yield "count", "removed_rejected"
+    if ref is not None:
+        yield "decode", (ref, batch)
+        yield "count", "new" if kind is None else "changed"
 
 
-class CountOutcomesFn(beam.CombineFn):
-    """Outcome keys ("read", "rejected/truncated", "written/train/cat", ...) -> {key: count}."""
+def rebatch(batch_and_refs, files_per_batch: int):
+    """The files to decode of one listing batch (a few when a folder grew a little, all when it is new)."""
+    batch, refs = batch_and_refs
+    refs = sorted(refs, key=lambda ref: ref.path)
+    for sequence, start in enumerate(range(0, len(refs), files_per_batch)):
+        yield listing.FileBatch(f"{batch}-n{sequence:03d}", tuple(refs[start:start + files_per_batch]), {})
+
+
+def write_carried(key_and_lines, version_dir: str):
+    key, lines = key_and_lines
+    storage.write_bytes(storage.join(version_dir, dataset_contract.rejected_name(f"carried-{key:03d}")),
+                        "".join(line + "\n" for line in sorted(lines)).encode("utf-8"))
+    return {"counts": {}, "batches": [], "replaced": []}
+
+
+class ClassifyChanges(beam.PTransform):
+    """(listed FileBatches, what the current version knows: ("record", Fact) and ("rejected", ...) by path) ->
+    {"batches": FileBatches to decode, "kept": Facts, "changes": drops of photos whose file is gone or changed,
+    "tallies": counts}. Rejections of files that did not change are carried into the new version's folder."""
+
+    def __init__(self, files_per_batch: int, version_dir: str):
+        super().__init__()
+        self._size, self._version_dir = files_per_batch, version_dir
+
+    def expand(self, inputs):
+        listed, known = inputs
+        size = self._size
+        classified = ({"ref": listed | "KeyRefsByPath" >> beam.FlatMap(
+                           lambda batch: [(ref.path, (ref, batch.batch_id)) for ref in batch.files]),
+                       "known": known}
+                      | "JoinOnPath" >> beam.CoGroupByKey()
+                      | "Classify" >> beam.FlatMap(classify))
+        batches = (classified
+                   | "ToDecode" >> _values("decode")
+                   | "KeyByListingBatch" >> beam.Map(lambda ref_and_batch: (ref_and_batch[1], ref_and_batch[0]))
+                   | "GroupByListingBatch" >> beam.GroupByKey()
+                   | "Rebatch" >> beam.FlatMap(rebatch, size))
+        carried = (classified
+                   | "Carried" >> _values("carried")
+                   | "KeyCarried" >> beam.Map(lambda line: (zlib.crc32(line.encode()) % CARRIED_FILES, line))
+                   | "GroupCarried" >> beam.GroupByKey()
+                   | "WriteCarried" >> beam.Map(write_carried, self._version_dir))
+        tallies = ((listed | "ListingCounts" >> beam.Map(lambda batch: batch.counts),
+                    classified | "ChangeCounts" >> _values("count") | "CountKey" >> beam.Map(lambda key: {key: 1}))
+                   | "FlattenCounts" >> beam.Flatten()
+                   | "AsTallies" >> beam.Map(lambda counts: {"counts": counts, "batches": [], "replaced": []}))
+        return {"batches": batches, "kept": classified | "Kept" >> _values("kept"),
+                "changes": classified | "Dropped" >> _values("change"),
+                "tallies": (tallies, carried) | "AllTallies" >> beam.Flatten()}
+
+
+def read_known(item):
+    """A facts file -> (path, ("record", Fact)) per record; a rejection file -> (path, ("rejected", ...)) per line."""
+    path, batch = item
+    if batch is None:
+        return [(file, ("rejected", (size, version, reason, line))) for file, size, version, reason, line in
+                records.read_rejections(path)]
+    return [(fact.path, ("record", fact)) for fact in records.read_facts(path, batch, True)]
+
+
+class MergeTalliesFn(beam.CombineFn):
+    """Tallies ({"counts", "batches", "replaced"}) -> one."""
 
     def create_accumulator(self):
-        return collections.Counter()
+        return {"counts": Counter(), "batches": [], "replaced": []}
 
-    def add_input(self, counts, key):
-        counts[key] += 1
-        return counts
+    def add_input(self, total, tally):
+        total["counts"].update(tally["counts"])
+        total["batches"].extend(tally["batches"])
+        total["replaced"].extend(tally["replaced"])
+        return total
 
     def merge_accumulators(self, accumulators):
-        merged = collections.Counter()
-        for counts in accumulators:
-            merged.update(counts)
+        merged = self.create_accumulator()
+        for total in accumulators:
+            self.add_input(merged, total)
         return merged
 
-    def extract_output(self, counts):
-        return dict(counts)
+    def extract_output(self, total):
+        return {**total, "counts": dict(total["counts"])}
 
 
-def _kept_copy(content_id_and_paths):
-    """Exact copies: the smallest path is the one written. Yields (content_id, that path) only for copies."""
-    content_id, paths_and_hashes = content_id_and_paths
-    paths = [path for path, _ in paths_and_hashes]
-    if len(paths) > 1:
-        yield content_id, min(paths)
+def _values(kind: str):
+    return beam.FlatMap(lambda item: [item[1]] if item[0] == kind else [])
 
 
-def _first_hash(content_id_and_paths) -> int:
-    return next(iter(content_id_and_paths[1]))[1]
-
-
-def _outcome_keys(decoded):
-    if decoded[0] == "ok":
-        return ["read"]
-    return ["read", f"rejected/{decoded[2]}"]
-
-
-def _rejection_line(decoded) -> str:
-    _, path, reason, detail = decoded
-    return json.dumps({"path": path, "reason": reason, "detail": detail}, ensure_ascii=False, sort_keys=True)
-
-
-# --- the pipeline --------------------------------------------------------------------------------
-
-
-def build(pipeline, config: PreprocessConfig, write_dir: str, num_shards: dict) -> dict:
-    """Adds the preprocessing steps to `pipeline`, writing into `write_dir` (the staging directory).
-
-    Returns the PCollections of written file names per output and the outcome counts; the last step writes
-    the counts to `write_dir/_counts.json`, and depends on every write, so runners that compute only the
-    final step's ancestors (DaskRunner) still run everything.
-    """
+def build(pipeline, config: options.PreprocessConfig, plan: dict):
+    """Adds the preprocessing stages to `pipeline`; `plan` (from `plan_version`) says where the new version goes and
+    what the current one holds. Returns the PCollection of the merged tally (also written to the version folder)."""
+    version_dir, prefix = plan["version_dir"], plan["batch_prefix"]
     roots = [input_root(pattern) for pattern in config.inputs]
-    decoded = (
-        pipeline
-        | "ListFiles" >> storage.ListFiles(config.inputs, counter_namespace=NAMESPACE, batched=True)
-        | "DecodeImages" >> beam.ParDo(DecodeImageFn(config, roots, _PROGRESS_SECONDS))
-    )
-    images = decoded | "KeepDecoded" >> beam.Filter(lambda d: d[0] == "ok")
-    rejected = decoded | "KeepRejected" >> beam.Filter(lambda d: d[0] == "rejected")
+    listed = pipeline | "ListImages" >> listing.ListImages(config.inputs, config.files_per_batch, prefix)
+    tallies, kept, removed = [], [], []
+    if plan["previous"] is not None:
+        known = (pipeline
+                 | "CurrentVersionFiles" >> beam.Create(plan["facts_files"] + plan["rejection_files"])
+                 | "ReadCurrentVersion" >> beam.FlatMap(read_known))
+        changes = (listed, known) | "ClassifyChanges" >> ClassifyChanges(config.files_per_batch, version_dir)
+        to_decode, kept, removed = changes["batches"], [changes["kept"]], [changes["changes"]]
+        tallies.append(changes["tallies"])
+    else:
+        to_decode = listed
+    written = to_decode | "DecodeAndWrite" >> beam.ParDo(records.DecodeAndWriteFn(config, roots, version_dir))
+    tallies.append(written | "DecodeTallies" >> _values("tally"))
+    facts = (written | "NewFacts" >> _values("fact"), *kept) | "AllFacts" >> beam.Flatten()
 
-    # Small keys only from here to AssignSplits: (content id, path, perceptual hash).
-    copies = (
-        images
-        | "KeyByContent" >> beam.Map(lambda d: (d[1], (d[2], d[4])))
-        | "GroupExactCopies" >> beam.GroupByKey()
-    )
-    keepers = copies | "PickKeptCopy" >> beam.FlatMap(_kept_copy)
-    bits = config.near_duplicate_bits
-    neighbours = (
-        copies
-        | "BandHashes" >> beam.FlatMap(
-            lambda c: [(band, (c[0], _first_hash(c))) for band in hash_bands(_first_hash(c), bits)])
-        | "GroupByHashBand" >> beam.GroupByKey()
-        | "LinkNearCopies" >> beam.FlatMap(link_bucket, bits)
-        | "CollectNeighbours" >> beam.GroupByKey()
-    )
-    labels = neighbours | "StartLabels" >> beam.Map(lambda n: (n[0], (min([n[0], *n[1]]), True)))
-    for round_index in range(1, config.link_rounds):
-        labels = (
-            {"label": labels | f"DropFlag[{round_index}]" >> beam.Map(lambda n: (n[0], n[1][0])),
-             "neighbours": neighbours}
-            | f"JoinLabels[{round_index}]" >> beam.CoGroupByKey()
-            | f"SendLabels[{round_index}]" >> beam.FlatMap(propagate)
-            | f"GatherLabels[{round_index}]" >> beam.GroupByKey()
-            | f"TakeSmallestLabel[{round_index}]" >> beam.Map(settle)
-        )
-    groups = labels | "GroupLabels" >> beam.Map(lambda n: (n[0], n[1][0]))
+    exact = facts | "GroupExactCopies" >> grouping.GroupExactCopies()
+    linked = exact["nodes"] | "LinkNearCopies" >> grouping.LinkNearCopies(config.near_duplicate_bits)
+    groups = linked | "PropagateGroups" >> grouping.PropagateGroups(config.link_rounds)
+    decided = (exact["nodes"], groups) | "DecideSplits" >> grouping.DecideSplits(config.split_ratios)
+    tallies.append(decided["counts"] | "GroupCounts" >> beam.Map(
+        lambda key: {"counts": {f"near_duplicate/{key}": 1}, "batches": [], "replaced": []}))
 
-    assigned = images | "AssignSplits" >> beam.ParDo(
-        AssignSplitFn(config.split_ratios), keepers=beam.pvalue.AsDict(keepers), groups=beam.pvalue.AsDict(groups))
-
-    written_files = []
-    for split in features.SPLITS:
-        examples = assigned | f"Select[{split}]" >> beam.FlatMap(
-            lambda a, split=split: [a[2]] if a[0] == split else [])
-        written_files.append(examples | f"WriteExamples[{split}]" >> beam.io.WriteToTFRecord(
-            storage.join(write_dir, features.shard_prefix(split)), file_name_suffix=features.SHARD_SUFFIX,
-            num_shards=num_shards[split], shard_name_template="-SSSSS-of-NNNNN"))
-    written_files.append(
-        rejected
-        | "FormatRejections" >> beam.Map(_rejection_line)
-        | "WriteRejections" >> beam.io.WriteToText(
-            storage.join(write_dir, "rejected"), file_name_suffix=".jsonl", num_shards=1,
-            shard_name_template="-SSSSS-of-NNNNN"))
-
-    outcomes = (
-        decoded | "ReadOutcomes" >> beam.FlatMap(_outcome_keys),
-        assigned | "WriteOutcomes" >> beam.Map(
-            lambda a: "duplicate" if a[0] == "duplicate" else f"written/{a[0]}/{a[1]}"),
-        neighbours | "LinkOutcomes" >> beam.Map(lambda n: "near_duplicate/linked"),
-        labels | "ConvergenceOutcomes" >> beam.FlatMap(lambda n: [] if n[1][1] else ["near_duplicate/unconverged"]),
-        *(files | f"FileOutcomes[{i}]" >> beam.Map(lambda f: "file/" + posixpath.basename(f))
-          for i, files in enumerate(written_files)),
-    )
-    counts = (
-        outcomes
-        | "MergeOutcomes" >> beam.Flatten()
-        | "CountOutcomes" >> beam.CombineGlobally(CountOutcomesFn())
-    )
-    counts | "WriteCounts" >> beam.Map(lambda c: storage.write_json(storage.join(write_dir, _COUNTS_FILE), c))
-    return {"files": written_files, "counts": counts}
+    rewritten = ((exact["changes"], decided["changes"], *removed)
+                 | "AllChanges" >> beam.Flatten()
+                 | "KeyByBatch" >> beam.Map(lambda change: (change.batch, change))
+                 | "GroupByBatch" >> beam.GroupByKey()
+                 | "RewriteBatches" >> beam.ParDo(records.RewriteBatchFn(version_dir, config.class_names,
+                                                                         plan["homes"])))
+    tallies.append(rewritten | "RewriteTallies" >> _values("tally"))
+    return (tallies
+            | "AllTallies" >> beam.Flatten()
+            | "CountOutcomes" >> beam.CombineGlobally(MergeTalliesFn()).without_defaults()
+            | "WriteCounts" >> beam.Map(lambda tally: storage.write_json(storage.join(version_dir, COUNTS_FILE),
+                                                                         tally)))
 
 
-# --- launcher --------------------------------------------------------------------------------
+# ---- the launcher -------------------------------------------------------------------------------------------------
 
-
-def config_from_options(options: PipelineOptions) -> PreprocessConfig:
-    opts = options.view_as(PreprocessOptions)
-    try:
-        ratios = tuple(float(r) for r in opts.split_ratios.split(","))
-    except ValueError:
-        raise ValueError(f"--split_ratios must be three numbers like 0.8,0.1,0.1 (got {opts.split_ratios!r})") from None
-    inputs = tuple(p if storage.is_gcs(p) else _absolute(p) for p in (opts.input or ()))
-    return PreprocessConfig(
-        inputs=inputs, output_dir=opts.output_dir or "",
-        class_names=tuple(n.strip() for n in opts.class_names.split(",") if n.strip()),
-        label_from=opts.label_from, image_size=opts.image_size, max_pixels=opts.max_pixels, split_ratios=ratios,
-        near_duplicate_bits=opts.near_duplicate_bits, link_rounds=opts.link_rounds, num_shards=opts.num_shards,
-        max_rejected_fraction=opts.max_rejected_fraction, decode_timeout_seconds=opts.decode_timeout_seconds,
-        decode_fn=opts.decode_fn, read_fn=opts.read_fn)
-
-
-def plan_shards(config: PreprocessConfig) -> dict:
-    """Shards per split: --num_shards, or the estimated output size over ~150 MB (a streaming count of the
-    inputs; nothing holds the list)."""
-    if config.num_shards:
-        return {split: config.num_shards for split in features.SPLITS}
-    files = sum(1 for pattern in config.inputs for _ in storage.iter_files(pattern))
-    total = files * (config.image_size ** 2 * _BYTES_PER_PIXEL + _RECORD_OVERHEAD)
-    return {split: max(1, math.ceil(total * ratio / TARGET_SHARD_BYTES))
-            for split, ratio in zip(features.SPLITS, config.split_ratios, strict=True)}
-
-
-def _existing_metadata(output_dir: str):
-    path = storage.join(output_dir, features.METADATA_FILE)
-    if not storage.exists(path):
+def _current(output_dir: str):
+    """(version name, version folder, metadata) of the dataset `latest` names, or None when there is none."""
+    root = output_dir.rstrip("/")
+    if not storage.exists(f"{root}/{dataset_contract.LATEST}"):
         return None
     try:
-        return storage.read_json(path)
-    except (OSError, ValueError):
-        return {}
+        version_dir, metadata = dataset_contract.locate(root, storage.read_bytes, storage.exists)
+    except dataset_contract.DatasetError as error:
+        raise cli.UsageError(f"{error}; choose another --output_dir") from None
+    return metadata["version"], version_dir, metadata
 
 
-def _check_output_dir(config: PreprocessConfig, overwrite: bool, skip_if_current: bool):
-    """Returns the existing metadata when the dataset is current and --skip_if_current; raises SystemExit when
-    the directory must not be replaced; returns None to go ahead."""
-    output_dir = config.output_dir
-    metadata = _existing_metadata(output_dir)
-    if metadata is not None and skip_if_current and metadata.get("inputs") == list(config.inputs) \
-            and metadata.get("options") == config.recorded():
-        return metadata
-    existing = [entry.path for entry in itertools.islice(storage.iter_files(output_dir.rstrip("/") + "/"), 1000)]
-    if not existing:
-        return None
-    if not overwrite:
-        what = "a dataset" if metadata is not None else f"{len(existing)} file(s)"
-        changed = " made from other inputs or options" if skip_if_current and metadata is not None else ""
-        raise SystemExit(f"error: {output_dir} already holds {what}{changed}; pass --overwrite to replace it, "
-                         f"or choose another --output_dir")
-    foreign = [p for p in existing if not _DATASET_FILE.match(posixpath.basename(p))]
-    if foreign:
-        raise SystemExit(f"error: refusing to replace {output_dir}: it holds files that are not part of a dataset "
-                         f"(e.g. {foreign[0]}); remove them or choose another --output_dir")
-    return None
+def _refuse_foreign(output_dir: str) -> None:
+    """An output folder without a dataset pointer must be empty (or hold only dead, unpublished versions)."""
+    prefix = output_dir.rstrip("/") + "/"
+    for ref in storage.list_files(prefix):
+        name = ref.path[len(prefix):]
+        if name == LEASE_FILE or re.match(r"^v\d{5,}/", name):
+            continue
+        old = name == dataset_contract.METADATA_FILE or name.endswith(dataset_contract.SHARD_SUFFIX)
+        raise cli.UsageError(
+            f"{output_dir} already holds " + ("a dataset in the old single-folder layout" if old else
+                                              f"files that are not a dataset (e.g. {ref.path})")
+            + "; choose another --output_dir, or remove them")
 
 
-def _staging_dir(output_dir: str) -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    return f"{output_dir.rstrip('/')}.staging-{stamp}-{uuid.uuid4().hex[:6]}"
+def plan_version(config: options.PreprocessConfig) -> dict:
+    """Decides what this run makes: the first version, a new one from scratch (--overwrite), or the current one plus
+    what changed (--skip_if_current). Removes versions of runs that died before publishing (this run holds the lease).
+    """
+    current = _current(config.output_dir)
+    previous, facts_files, rejection_files, homes, previous_batches = None, [], [], {}, []
+    if current is None:
+        _refuse_foreign(config.output_dir)
+        number = 1
+    else:
+        name, version_dir, metadata = current
+        number = dataset_contract.version_number(name) + 1
+        differs = {key: (metadata["options"].get(key), value) for key, value in config.recorded().items()
+                   if metadata["options"].get(key) != value}
+        if differs and not config.overwrite:
+            details = ", ".join(f"--{key} {old!r} -> {new!r}" for key, (old, new) in differs.items())
+            raise cli.UsageError(f"{config.output_dir} holds a dataset ({name}) made with other options ({details}); "
+                                 f"pass --overwrite to build a new version from scratch (splits may change), or "
+                                 f"choose another --output_dir")
+        if not config.overwrite and not config.skip_if_current:
+            raise cli.UsageError(f"{config.output_dir} already holds a dataset ({name}); pass --skip_if_current to add "
+                                 f"what changed in the inputs as a new version (photos keep their splits), or "
+                                 f"--overwrite to build a new version from scratch (splits may change)")
+        if not config.overwrite:
+            previous = metadata
+            for entry in metadata["batches"]:
+                home = dataset_contract.join(version_dir, posixpath.dirname(entry["facts"]))
+                homes[entry["batch"]] = home
+                facts_files.append((dataset_contract.join(version_dir, entry["facts"]), entry["batch"]))
+                previous_batches.append(records.entry_from(name, entry))
+            rejection_files = [(ref.path, None) for pattern in ("rejected-*.jsonl", "duplicates-*.jsonl")
+                               for ref in storage.list_files(storage.join(version_dir, pattern))]
+    for ref in storage.list_files(config.output_dir.rstrip("/") + "/"):  # unpublished versions of dead runs
+        match = re.match(r"^v(\d{5,})$", ref.path[len(config.output_dir.rstrip("/")) + 1:].split("/")[0])
+        if match and int(match.group(1)) >= number:
+            dead = storage.join(config.output_dir, match.group(0))
+            _LOG.warning("preprocess: removing %s, left by a run that did not publish it", dead)
+            storage.delete_tree(dead)
+    version = dataset_contract.version_name(number)
+    return {"version": version, "version_dir": storage.join(config.output_dir, version), "previous": previous,
+            "previous_version": current[0] if current else None, "facts_files": facts_files,
+            "rejection_files": rejection_files, "homes": homes,
+            "previous_batches": previous_batches, "batch_prefix": uuid.uuid4().hex[:8]}
 
 
-def _leftover_staging_dirs(output_dir: str) -> list[str]:
-    """Staging directories next to output_dir (`<output_dir>.staging-<time>-<id>`), from this run's siblings."""
-    base = output_dir.rstrip("/")
-    if storage.is_gcs(base):  # a prefix listing: only objects whose names start with "<output_dir>.staging-"
-        found = {base + ".staging-" + entry.path[len(base) + 9:].split("/", 1)[0]
-                 for entry in storage.iter_files(base + ".staging-*/**")}
-        return sorted(found)
-    import os
-    parent, name = os.path.split(base)
-    if not os.path.isdir(parent or "."):
-        return []
-    return sorted(os.path.join(parent, entry) for entry in os.listdir(parent or ".")
-                  if entry.startswith(name + ".staging-") and os.path.isdir(os.path.join(parent, entry)))
-
-
-def clean_leftovers(output_dir: str, now: float | None = None) -> dict:
-    """Removes staging directories left next to output_dir by runs that died (SIGKILL, OOM, lost VM) more than
-    _STALE_STAGING_HOURS ago; reports younger ones, which may belong to a run still going. Never touches the
-    dataset itself. Returns {"removed": [...], "kept": [...]}."""
-    now = time.time() if now is None else now
-    removed, kept = [], []
-    for path in _leftover_staging_dirs(output_dir):
-        match = re.search(r"\.staging-(\d{8}T\d{6})-", path)
-        try:
-            started = calendar.timegm(time.strptime(match.group(1), "%Y%m%dT%H%M%S")) if match else None
-        except ValueError:
-            started = None
-        if started is not None and now - started > _STALE_STAGING_HOURS * 3600:
-            storage.delete_tree(path)
-            _LOG.warning("preprocess: removed %s, left by a run that did not finish (started %s UTC)",
-                         path, match.group(1))
-            removed.append(path)
-        else:
-            _LOG.warning("preprocess: %s was left by a run that did not finish, or belongs to one still running; "
-                         "it is not part of the dataset. Remove it once no other run writes to %s "
-                         "(runs remove such directories after %g hours)", path, output_dir, _STALE_STAGING_HOURS)
-            kept.append(path)
-    return {"removed": removed, "kept": kept}
+def assemble_metadata(config, plan, tally, runner, started_at, seconds) -> dict:
+    counts = tally["counts"]
+    batches = records.metadata_batches(plan["previous_batches"], tally["batches"], tally["replaced"])
+    names = list(config.class_names)
+    split_counts = {split: {name: 0 for name in names} for split in features.SPLITS}
+    shards = {split: [] for split in features.SPLITS}
+    for entry in batches:
+        for split, shard in entry["shards"].items():
+            shards[split].append({"path": shard["path"], "records": shard["records"]})
+            for name, n in shard["classes"].items():
+                split_counts[split][name] += n
+    for per_class in split_counts.values():
+        per_class["total"] = sum(per_class.values())
+    rejected = {key.split("/", 1)[1]: n for key, n in sorted(counts.items()) if key.startswith("rejected/")}
+    prefix = plan["batch_prefix"]
+    added = sum(shard["records"] for entry in batches if entry["batch"].startswith(prefix)
+                for shard in entry["shards"].values())
+    previous = plan["previous"] or {}
+    entry = {"version": plan["version"], "added": added, "removed": counts.get(records.REMOVED, 0),
+             "changed": counts.get("changed", 0), "duplicates": counts.get("duplicate", 0),
+             "rejected": sum(rejected.values()), "finished_at": provenance.utc_now()}
+    return {
+        "format_version": dataset_contract.FORMAT_VERSION,
+        "schema_version": features.SCHEMA_VERSION,
+        "version": plan["version"],
+        "previous_version": plan["previous_version"] if plan["previous"] is not None else None,
+        "image_size": [config.image_size, config.image_size],
+        "class_names": names,
+        "counts": split_counts,
+        "shards": shards,
+        "num_shards": {split: len(files) for split, files in shards.items()},
+        "batches": batches,
+        "listed": counts.get(listing.LISTED, 0),
+        "read": counts.get("read", 0),
+        "written": sum(per_class["total"] for per_class in split_counts.values()),
+        "added": added,
+        "unchanged": counts.get("unchanged", 0),
+        "new": counts.get("new", 0),
+        "changed": counts.get("changed", 0),
+        "removed": counts.get(records.REMOVED, 0),
+        "unchanged_rejected": counts.get("unchanged_rejected", 0),
+        "rechecked_duplicates": counts.get("rechecked_duplicates", 0),
+        "removed_rejected": counts.get("removed_rejected", 0),
+        "duplicates": counts.get("duplicate", 0),
+        "moved_to_group_split": counts.get("moved", 0),
+        "rejected": rejected,
+        "near_duplicates": {"linked_images": counts.get("near_duplicate/linked", 0),
+                            "unconverged_images": counts.get("near_duplicate/unconverged", 0)},
+        "history": [*previous.get("history", []), entry],
+        "inputs": list(config.inputs),
+        "options": config.recorded(),
+        "runner": runner,
+        "seconds": round(seconds, 1),
+        "images_per_second": round(counts.get("read", 0) / seconds, 1) if seconds > 0 else None,
+        "code_version": provenance.code_version(),
+        "started_at": started_at,
+        "finished_at": provenance.utc_now(),
+    }
 
 
 def check_rejections(metadata: dict, max_rejected_fraction: float) -> str | None:
@@ -612,49 +367,12 @@ def check_rejections(metadata: dict, max_rejected_fraction: float) -> str | None
             f"{max_rejected_fraction:g} ({reasons})")
 
 
-def _metadata(config, counts, num_shards, started_at, finished_at, seconds, runner) -> dict:
-    splits = {split: {name: 0 for name in config.class_names} for split in features.SPLITS}
-    rejected, files = {}, []
-    for key, value in counts.items():
-        kind, _, rest = key.partition("/")
-        if kind == "written":
-            split, class_name = rest.split("/", 1)
-            splits[split][class_name] += value
-        elif kind == "rejected":
-            rejected[rest] = value
-        elif kind == "file":
-            files.append(rest)
-    for per_class in splits.values():
-        per_class["total"] = sum(per_class.values())
-    written = sum(per_class["total"] for per_class in splits.values())
-    read = counts.get("read", 0)
-    return {
-        "schema_version": features.SCHEMA_VERSION,
-        "image_size": [config.image_size, config.image_size],
-        "class_names": list(config.class_names),
-        "counts": splits,
-        "num_shards": num_shards,
-        "read": read,
-        "written": written,
-        "duplicates": counts.get("duplicate", 0),
-        "rejected": dict(sorted(rejected.items())),
-        "near_duplicates": {"linked_images": counts.get("near_duplicate/linked", 0),
-                            "unconverged_images": counts.get("near_duplicate/unconverged", 0)},
-        "files": sorted(files),
-        "inputs": list(config.inputs),
-        "options": config.recorded(),
-        "runner": runner,
-        "seconds": round(seconds, 1),
-        "images_per_second": round(read / seconds, 1) if seconds > 0 else None,
-        "code_version": provenance.code_version(),
-        "started_at": started_at,
-        "finished_at": finished_at,
-    }
-
-
-def format_summary(metadata: dict, output_dir: str) -> str:
+def format_summary(metadata: dict, where: str) -> str:
     lines = [f"preprocess: {metadata['read']} files read in {metadata['seconds']} s "
-             f"({metadata['images_per_second']} files/s); dataset in {output_dir}"]
+             f"({metadata['images_per_second']} files/s); dataset version {metadata['version']} in {where}"]
+    if metadata["previous_version"]:
+        lines.append(f"  since {metadata['previous_version']}: {metadata['added']} added, {metadata['unchanged']} "
+                     f"unchanged, {metadata['changed']} changed, {metadata['removed']} removed")
     for split, per_class in metadata["counts"].items():
         classes = ", ".join(f"{name} {n}" for name, n in per_class.items() if name != "total")
         lines.append(f"  {split:<10} {per_class['total']:>7}  ({classes}; {metadata['num_shards'][split]} shard(s))")
@@ -666,108 +384,91 @@ def format_summary(metadata: dict, output_dir: str) -> str:
     rejected = metadata["rejected"]
     lines.append(f"  rejected   {sum(rejected.values()):>7}  "
                  + (", ".join(f"{reason} {n}" for reason, n in rejected.items()) or "")
-                 + (f"  (see {output_dir}/rejected-*.jsonl)" if rejected else ""))
+                 + (f"  (see {where}/rejected-*.jsonl)" if rejected else ""))
     return "\n".join(lines)
 
 
-def run(argv=None, test_pipeline=None) -> dict:
-    """Parses flags, checks them, builds and runs the pipeline, waits, writes metadata.json; returns it.
+def publish(output_dir: str, version: str, metadata_bytes: bytes) -> None:
+    """Points `latest` at the new version, under the generation read now (this run holds the lease; the
+    precondition also stops a writer that lost it)."""
+    path = storage.join(output_dir, dataset_contract.LATEST)
+    _, generation = storage.read_versioned(path)
+    if not storage.write_if_generation(path, dataset_contract.pointer(version, metadata_bytes), generation):
+        raise cli.JobFailed(f"{path} was changed by another writer while this run published {version}; {version} is "
+                            f"complete but not current: re-run to publish")
 
-    Returns {"skipped": True, ...metadata} without running anything when --skip_if_current finds the
-    dataset up to date. Bad flags raise SystemExit with a message saying what to change.
-    """
-    options = PipelineOptions(argv)
-    opts = options.view_as(PreprocessOptions)
+
+def _resolve(argv) -> tuple[PipelineOptions, options.PreprocessConfig, str]:
+    cli.check_flags(argv, "catsdogs-preprocess", options.JobOptions, options.PreprocessOptions)
+    pipeline_options = PipelineOptions(argv)
+    standard = pipeline_options.view_as(StandardOptions)
+    standard.runner = dask_compat.resolve_runner(standard.runner or "DirectRunner")  # unset, Beam would try Prism
     try:
-        config = config_from_options(options)
+        config = options.preprocess_config(pipeline_options)
     except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+        raise cli.UsageError(str(error)) from None
+    config = dataclasses.replace(config, inputs=tuple(storage.absolute(p) for p in config.inputs),
+                                 output_dir=storage.absolute(config.output_dir).rstrip("/"))
     storage.check_patterns_match(config.inputs)
-    current = _check_output_dir(config, opts.overwrite, opts.skip_if_current)
-    if current is not None:
-        print(f"preprocess: dataset is up to date in {config.output_dir} (same inputs and options); nothing to do")
-        return {"skipped": True, **current}
+    return pipeline_options, config, str(standard.runner)
 
-    clean_leftovers(config.output_dir)
-    num_shards = plan_shards(config)
-    staging = _staging_dir(config.output_dir)
-    standard = options.view_as(StandardOptions)
-    if standard.runner == "DaskRunner":  # Beam only knows it by its full name
-        standard.runner = "apache_beam.runners.dask.dask_runner.DaskRunner"
-    runner = standard.runner or "DirectRunner"
-    started_at, started = provenance.utc_now(), time.monotonic()
-    _LOG.info("preprocess: %s -> %s (staging %s), shards %s, runner %s",
-              ", ".join(config.inputs), config.output_dir, staging, num_shards, runner)
-    pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
-    try:
-        build(pipeline, config, staging, num_shards)
-        result = pipeline.run()
-        result.wait_until_finish()
-        if hasattr(result, "client"):  # DaskRunner leaves its dask.distributed client open
-            result.client.close()
-        counts_path = storage.join(staging, _COUNTS_FILE)
-        counts = storage.read_json(counts_path)
-        FileSystems.delete([counts_path])
-        seconds = time.monotonic() - started
-        metadata = _metadata(config, counts, num_shards, started_at, provenance.utc_now(), seconds, runner)
+
+def run(argv=None, test_pipeline=None) -> dict:
+    """Parses flags, plans the version, runs the pipeline, writes metadata.json and moves `latest`; returns the
+    metadata. Returns {"skipped": True, ...current metadata} without a new version when --skip_if_current finds
+    nothing changed. Raises cli.JobExit (a SystemExit with an exit code and a message) otherwise."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pipeline_options, config, runner = _resolve(argv)
+    with lifecycle.Lease(storage.join(config.output_dir, LEASE_FILE), what=f"dataset {config.output_dir}") as lease:
+        plan = plan_version(config)
+        version_dir = plan["version_dir"]
+        _LOG.info("preprocess: %s -> %s (%s%s), runner %s", ", ".join(config.inputs), version_dir,
+                  "from scratch" if plan["previous"] is None else "adding to ",
+                  plan["previous_version"] if plan["previous"] is not None else "", runner)
+        started_at, started = provenance.utc_now(), time.monotonic()
+        pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=pipeline_options)
+        build(pipeline, config, plan)
+        lifecycle.run_pipeline(pipeline, progress=lambda: _progress(version_dir))
+        if lease.lost.is_set():
+            raise cli.JobFailed(f"another run took over {config.output_dir} while this one ran; {version_dir} was "
+                                f"not published")
+        counts_path = storage.join(version_dir, COUNTS_FILE)
+        tally = storage.read_json(counts_path)
+        storage.delete(counts_path)
+        metadata = assemble_metadata(config, plan, tally, runner, started_at, time.monotonic() - started)
+        accounted = metadata["added"] + metadata["duplicates"] + sum(metadata["rejected"].values())
+        if accounted != metadata["read"]:
+            raise cli.JobFailed(f"internal error: {metadata['read']} files read but {accounted} accounted for; "
+                                f"{version_dir} was not published")
+        if plan["previous"] is not None and not any(metadata[key] for key in CHANGES):
+            storage.delete_tree(version_dir)
+            print(f"preprocess: dataset is up to date in {config.output_dir} ({plan['previous_version']}: same "
+                  f"inputs, nothing new, changed or removed); nothing to do")
+            return {"skipped": True, **plan["previous"]}
         too_many_rejected = check_rejections(metadata, config.max_rejected_fraction)
         if too_many_rejected:
-            # No dataset is published (an existing one stays as it was); the run's output, rejection list included,
-            # is kept next to it for inspection, with failure.json instead of the metadata.json completion marker.
-            failed = staging.replace(".staging-", ".failed-", 1)
-            storage.replace_directory(staging, failed)
-            storage.write_json(storage.join(failed, "failure.json"), {"error": too_many_rejected, **metadata})
-            print(format_summary(metadata, failed), file=sys.stderr)
-            raise SystemExit(f"error: {too_many_rejected}. The dataset in {config.output_dir} was not written; the "
-                             f"rejected files and their reasons are in {failed}/rejected-*.jsonl. Fix the input "
-                             f"(wrong --input or --label_from?) or raise --max_rejected_fraction.")
-        storage.replace_directory(staging, config.output_dir, marker=features.METADATA_FILE)
-    except BaseException:
-        storage.delete_tree(staging)
-        raise
-    accounted = metadata["written"] + metadata["duplicates"] + sum(metadata["rejected"].values())
-    if accounted != metadata["read"]:
-        _LOG.error("preprocess: %d files read but %d accounted for", metadata["read"], accounted)
-    storage.write_json(storage.join(config.output_dir, features.METADATA_FILE), metadata)  # last: completion marker
-    print(format_summary(metadata, config.output_dir))
+            storage.write_json(storage.join(version_dir, "failure.json"), {"error": too_many_rejected, **metadata})
+            print(format_summary(metadata, version_dir), file=sys.stderr)
+            raise cli.JobFailed(f"{too_many_rejected}. No new version was published ({config.output_dir} is as it "
+                                f"was); the rejected files and their reasons are in {version_dir}/rejected-*.jsonl "
+                                f"(removed by the next run). Fix the input (wrong --input or --label_from?) or raise "
+                                f"--max_rejected_fraction.")
+        metadata_bytes = storage.to_json_bytes(metadata)
+        storage.write_bytes(storage.join(version_dir, dataset_contract.METADATA_FILE), metadata_bytes)
+        publish(config.output_dir, plan["version"], metadata_bytes)
+    print(format_summary(metadata, version_dir))
     return metadata
 
 
-def _print_help() -> None:
-    import argparse
-    parser = argparse.ArgumentParser(
-        prog="catsdogs-preprocess", description=__doc__.split("\n\n")[0],
-        epilog="Beam flags pass through: --runner (default DirectRunner), --direct_running_mode multi_processing "
-               "--direct_num_workers N, --dask_client_address HOST:PORT, --project --region --temp_location "
-               "--setup_file ./setup.py for DataflowRunner. See docs/PREPROCESS.md.")
-    PreprocessOptions._add_argparse_args(parser)
-    parser.print_help()
+def _progress(version_dir: str) -> str:
+    batches = sum(1 for _ in storage.list_files(storage.join(version_dir, "facts-*.jsonl")))
+    return f"{batches} batches written to {version_dir}"
 
 
-def _is_worth_forwarding(record: logging.LogRecord) -> bool:
-    message = record.getMessage()
-    if "Discarding unparseable args" in message or "No semi_persistent_directory" in message:
-        return False
-    return record.levelno >= logging.WARNING or "preprocess:" in message
-
-
-def main(argv=None) -> None:
+def main() -> None:
     """Console entry point `catsdogs-preprocess`."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        _print_help()
-        return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    # Worker processes (multi_processing mode) send their log records to this logger; let our progress lines
-    # through without Beam's own INFO chatter, nor two warnings every worker repeats that mean nothing here
-    # (workers don't know our flags, and the DirectRunner has no semi-persistent directory).
-    forwarded = logging.getLogger("apache_beam.runners.portability.local_job_service")
-    forwarded.setLevel(logging.INFO)
-    forwarded.addFilter(_is_worth_forwarding)
-    if not any(arg == "--runner" or arg.startswith("--runner=") for arg in argv):
-        argv.append("--runner=DirectRunner")
-    run(argv)
+    cli.main(run, prog="catsdogs-preprocess", doc=__doc__,
+             option_classes=(options.JobOptions, options.PreprocessOptions))
 
 
 if __name__ == "__main__":

@@ -353,18 +353,19 @@ def list_files(pattern: str) -> Iterator[FileRef]:
     order. Local paths come out absolute."""
     pattern = absolute(pattern)
     prefix, regex = _split_pattern(pattern)
-    glob = regex is not None
-    listing = _list_gcs(prefix, glob) if is_remote(prefix) else _list_local(prefix, descend=True, glob=glob)
+    raw_prefix = regex is not None
+    listing = (_list_gcs(prefix, raw_prefix) if is_remote(prefix)
+               else _list_local(prefix, descend=True, raw_prefix=raw_prefix))
     for ref in listing:
         if regex is None or regex.match(ref.path):
             yield ref
 
 
-def _list_gcs(prefix: str, glob: bool = False) -> Iterator[FileRef]:
-    """Objects under a folder, or the object named; for a glob, every name that starts with its text before the
-    first wildcard (`images/cat_` of `images/cat_*.jpg`: not a folder)."""
+def _list_gcs(prefix: str, raw_prefix: bool) -> Iterator[FileRef]:
+    """Objects under a folder (or the one object named), or, for a glob's text before its wildcard (`raw_prefix`),
+    every object whose name starts with it."""
     bucket, name = _split_gcs(prefix)
-    if name and not name.endswith("/") and not glob:
+    if name and not name.endswith("/") and not raw_prefix:
         blob = gcs_client().bucket(bucket).get_blob(name, retry=_retry())
         if blob is not None:  # a single object named exactly; else a folder given without its '/'
             yield FileRef(prefix, int(blob.size or 0), _timestamp(blob.updated), int(blob.generation or 0))
@@ -395,10 +396,10 @@ def _entry_ref(path: str, link: os.stat_result, target: os.stat_result | None) -
     return FileRef(path, target.st_size, changed, target.st_mtime_ns)
 
 
-def _list_local(prefix: str, descend: bool, glob: bool = False) -> Iterator[FileRef]:
-    """A local file, or a folder walked depth-first with os.scandir; for a glob's text before its first wildcard that
-    is neither (e.g. /data/cat_ of /data/cat_*.jpg), the folder it starts in. A path that does not exist lists
-    nothing (not its parent folder)."""
+def _list_local(prefix: str, descend: bool, raw_prefix: bool = False) -> Iterator[FileRef]:
+    """A local file, or a folder walked depth-first with os.scandir; for a glob's text before its first wildcard
+    (`raw_prefix`) that is neither (e.g. /data/cat_ of /data/cat_*.jpg), the folder it starts in. A path that does not
+    exist lists nothing (not its parent folder)."""
     if not prefix.endswith("/") and os.path.lexists(prefix) and not os.path.isdir(prefix):
         link = os.lstat(prefix)
         try:
@@ -407,7 +408,8 @@ def _list_local(prefix: str, descend: bool, glob: bool = False) -> Iterator[File
             target = None
         yield _entry_ref(prefix, link, target)
         return
-    folder = prefix if prefix.endswith("/") or os.path.isdir(prefix) or not glob else os.path.dirname(prefix) + "/"
+    folder = (prefix if prefix.endswith("/") or os.path.isdir(prefix) or not raw_prefix
+              else os.path.dirname(prefix) + "/")
     folder = folder.rstrip("/") or "/"
     try:
         root = os.stat(folder)

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from tests import corpus
-from trainer import features
+from trainer import dataset_contract, features
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -27,8 +27,8 @@ def make(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return result
 
 
-def count_records(pattern: str) -> int:
-    return sum(1 for _ in tf.data.TFRecordDataset(tf.io.gfile.glob(pattern)))
+def count_records(paths) -> int:
+    return sum(1 for _ in tf.data.TFRecordDataset(paths))
 
 
 def test_make_train_then_make_score(tmp_path):
@@ -42,12 +42,13 @@ def test_make_train_then_make_score(tmp_path):
          "TRAIN_ARGS=--batch_size 16 --learning_rate 0.002 --warmup_epochs 0")
 
     dataset = workdir / "data"
-    metadata = json.loads((dataset / features.METADATA_FILE).read_text())
-    written = {split: count_records(str(dataset / features.shard_glob(split))) for split in features.SPLITS}
+    version_dir, metadata = dataset_contract.locate(str(dataset), lambda p: Path(p).read_bytes(), os.path.exists)
+    written = {split: count_records([path for path, _ in dataset_contract.split_shards(metadata, version_dir, split)])
+               for split in features.SPLITS}
     assert sum(written.values()) == len(paths)  # every good image once, the broken file rejected
     assert written == {split: metadata["counts"][split]["total"] for split in features.SPLITS}
     assert metadata["read"] == len(paths) + 1
-    rejected = [json.loads(line) for path in dataset.glob("rejected-*.jsonl") for line in path.open()]
+    rejected = [json.loads(line) for path in Path(version_dir).glob("rejected-*.jsonl") for line in path.open()]
     assert [row["path"].endswith("broken.jpg") for row in rejected] == [True]
 
     model_dir = workdir / "model"

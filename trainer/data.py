@@ -9,9 +9,7 @@ damaged dataset stops the run instead of silently shrinking it. Multi-worker sha
 can get at least one shard, else by DATA (every worker reads everything and keeps its share).
 """
 
-import json
-
-from trainer import features
+from trainer import dataset_contract, features
 
 CACHE_AUTO_LIMIT_MB = 2048
 
@@ -20,31 +18,52 @@ class DatasetMissing(FileNotFoundError):
     pass
 
 
-def read_metadata(data_dir: str) -> dict:
-    """The dataset's metadata.json (written last by preprocessing, so it marks a complete dataset)."""
+def _locate(data_dir: str) -> tuple[str, dict]:
     import tensorflow as tf
 
-    path = data_dir.rstrip("/") + "/" + features.METADATA_FILE
-    if not tf.io.gfile.exists(path):
-        raise DatasetMissing(f"{path} not found: {data_dir} is not a complete preprocessed dataset. "
-                             f"Run preprocessing first (make preprocess DATASET={data_dir}).")
-    with tf.io.gfile.GFile(path) as handle:
-        metadata = json.load(handle)
-    for key in ("image_size", "class_names", "counts"):
-        if key not in metadata:
-            raise ValueError(f"{path} has no {key!r}: re-run preprocessing with this version of the code")
+    def read(path: str) -> bytes:
+        with tf.io.gfile.GFile(path, "rb") as handle:
+            return handle.read()
+
+    try:
+        return dataset_contract.locate(data_dir, read, tf.io.gfile.exists)
+    except dataset_contract.DatasetError as error:
+        raise DatasetMissing(str(error)) from None
+
+
+def read_metadata(data_dir: str) -> dict:
+    """The metadata.json of the version `latest` names (or of a version folder given directly), checked, with the
+    version folder under `version_dir`."""
+    version_dir, metadata = _locate(data_dir)
     features.validate_class_names(metadata["class_names"])
-    return metadata
+    return {**metadata, "version_dir": version_dir}
 
 
 def shard_files(data_dir: str, split: str) -> list[str]:
+    version_dir, metadata = _locate(data_dir)
+    files = [path for path, _ in dataset_contract.split_shards(metadata, version_dir, split)]
+    if not files:
+        raise DatasetMissing(f"{data_dir} ({metadata['version']}) has no {split} shards. Run preprocessing first.")
+    return files
+
+
+def check_record_counts(data_dir: str, splits=features.SPLITS) -> None:
+    """Counts every split's records and compares them with metadata.json, before any training: a shard that is
+    missing, truncated or from another version stops the run here, naming the split and both counts."""
     import tensorflow as tf
 
-    pattern = data_dir.rstrip("/") + "/" + features.shard_glob(split)
-    files = sorted(tf.io.gfile.glob(pattern))
-    if not files:
-        raise DatasetMissing(f"no {split} shards match {pattern}. Run preprocessing first.")
-    return files
+    version_dir, metadata = _locate(data_dir)
+    for split in splits:
+        shards = dataset_contract.split_shards(metadata, version_dir, split)
+        if not shards:
+            continue
+        files = [path for path, _ in shards]
+        expected = sum(records for _, records in shards)
+        counted = int(tf.data.TFRecordDataset(files, num_parallel_reads=min(8, len(files)))
+                      .reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+        if counted != expected:
+            raise DatasetMissing(f"{version_dir}: the {split} split holds {counted} records but metadata.json lists "
+                                 f"{expected}; the dataset is damaged or incomplete: preprocess again")
 
 
 def corrupt_shards(data_dir: str, splits=features.SPLITS) -> dict:
@@ -54,13 +73,18 @@ def corrupt_shards(data_dir: str, splits=features.SPLITS) -> dict:
 
     damaged = {}
     for split in splits:
-        for path in tf.io.gfile.glob(data_dir.rstrip("/") + "/" + features.shard_glob(split)):
+        for path in shard_files(data_dir, split) if _has_split(data_dir, split) else []:
             try:
                 for _ in tf.data.TFRecordDataset(path, buffer_size=1 << 20):
                     pass
             except (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.PermissionDeniedError) as error:
                 damaged[path] = error.message
     return damaged
+
+
+def _has_split(data_dir: str, split: str) -> bool:
+    version_dir, metadata = _locate(data_dir)
+    return bool(dataset_contract.split_shards(metadata, version_dir, split))
 
 
 def split_size(metadata: dict, split: str) -> int:

@@ -1,7 +1,8 @@
 """The TFRecord schema: the single source of feature keys and label names.
 
 Imported by the preprocessing pipeline (which must not import TensorFlow), the trainer and the
-scoring job alike, so it uses the standard library only. `encode_example` writes the
+scoring job alike, so it uses the standard library only. The dataset folder's layout (shards, metadata.json,
+versions) is trainer/dataset_contract.py's. `encode_example` writes the
 `tf.train.Example` wire format by hand; `tests/trainer/test_features.py` proves that
 TensorFlow parses it back.
 """
@@ -23,20 +24,6 @@ SPLITS = ("train", "validation", "test")
 DEFAULT_CLASS_NAMES = ("cat", "dog")
 DEFAULT_IMAGE_SIZE = 180
 
-METADATA_FILE = "metadata.json"
-SHARD_SUFFIX = ".tfrecord"
-
-
-def shard_prefix(split: str) -> str:
-    """File name prefix of a split's shards: `train` gives `train-00000-of-00008.tfrecord`."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    return split
-
-
-def shard_glob(split: str) -> str:
-    """Glob, relative to the dataset directory, matching every shard of a split."""
-    return f"{shard_prefix(split)}-*-of-*{SHARD_SUFFIX}"
 
 
 def label_for_name(name: str, class_names=DEFAULT_CLASS_NAMES) -> int | None:

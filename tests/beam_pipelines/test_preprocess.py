@@ -1,47 +1,64 @@
-"""The preprocessing job end to end on real runners (DirectRunner in both modes, DaskRunner, GCS emulator)."""
+"""The preprocessing job end to end on real runners (DirectRunner in both modes, DaskRunner, GCS emulator, the
+Dataflow job graph), and datasets that grow: versions, photos that keep their split, `latest` never half-moved."""
 
 import io
 import json
+import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from beam_pipelines import imaging, preprocess
+from beam_pipelines import grouping, imaging, preprocess, records, storage, tfrecords
 from tests import corpus
 from tests.conftest import upload_tree
-from trainer import features
+from trainer import dataset_contract, features
 
 
 def _args(inputs, output_dir, *extra):
     return [*(f"--input={path}" for path in inputs), f"--output_dir={output_dir}", "--runner=DirectRunner", *extra]
 
 
+def _version(output_dir) -> tuple[str, dict]:
+    return dataset_contract.locate(str(output_dir), storage.read_bytes, storage.exists)
+
+
 def _records(output_dir):
-    """{split: {image id: (label, class name, source, decoded shape)}} parsed back with TensorFlow."""
+    """{split: {image id: (label, class name, source, decoded shape)}} of the current version, read with TensorFlow
+    from exactly the shards its metadata lists."""
     import tensorflow as tf
 
     spec = {key: tf.io.FixedLenFeature([], dtype) for key, dtype in (
         (features.IMAGE_KEY, tf.string), (features.LABEL_KEY, tf.int64), (features.CLASS_KEY, tf.string),
         (features.ID_KEY, tf.string), (features.SOURCE_KEY, tf.string))}
+    version_dir, metadata = _version(output_dir)
     out = {}
     for split in features.SPLITS:
-        files = tf.io.gfile.glob(f"{output_dir}/{features.shard_glob(split)}")
-        assert files, f"no {split} shards in {output_dir}"
+        shards = dataset_contract.split_shards(metadata, version_dir, split)
         out[split] = {}
-        for raw in tf.data.TFRecordDataset(sorted(files)):
-            parsed = tf.io.parse_single_example(raw, spec)
-            shape = tuple(tf.io.decode_jpeg(parsed[features.IMAGE_KEY]).shape)
-            out[split][parsed[features.ID_KEY].numpy().decode()] = (
-                int(parsed[features.LABEL_KEY]), parsed[features.CLASS_KEY].numpy().decode(),
-                parsed[features.SOURCE_KEY].numpy().decode(), shape)
+        for path, count in shards:
+            # TensorFlow's own gs:// does not go through the emulator: read those bytes with our own reader
+            parsed_records = (list(tf.data.TFRecordDataset(path)) if not storage.is_remote(path)
+                              else tfrecords.decode(storage.read_bytes(path)))
+            assert len(parsed_records) == count, path
+            for raw in parsed_records:
+                parsed = tf.io.parse_single_example(raw, spec)
+                shape = tuple(tf.io.decode_jpeg(parsed[features.IMAGE_KEY]).shape)
+                out[split][parsed[features.ID_KEY].numpy().decode()] = (
+                    int(parsed[features.LABEL_KEY]), parsed[features.CLASS_KEY].numpy().decode(),
+                    parsed[features.SOURCE_KEY].numpy().decode(), shape)
     return out
 
 
+def _split_of_source(output_dir) -> dict:
+    return {record[2]: split for split, ids in _records(output_dir).items() for record in ids.values()}
+
+
 def _rejections(output_dir):
+    version_dir, _ = _version(output_dir)
     lines = []
-    for path in sorted(output_dir.glob("rejected-*.jsonl")):
-        lines += [json.loads(line) for line in path.read_text().splitlines() if line]
+    for ref in storage.list_files(storage.join(version_dir, "rejected-*.jsonl")):
+        lines += [json.loads(line) for line in storage.read_bytes(ref.path).decode().splitlines() if line]
     return {line["path"]: line for line in lines}
 
 
@@ -61,27 +78,32 @@ def corpus_dir(tmp_path_factory):
     return root, expected
 
 
+def _photo_copies(seed: int) -> dict:
+    """A photo-like picture and its copies: byte-identical, re-encoded at other qualities, slightly resized."""
+    pixels = corpus.photo_pixels(seed, size=96)
+    label = ("cat", "dog")[seed % 2]
+    original = _jpeg(pixels, 92)
+    resized = np.asarray(Image.fromarray(pixels).resize((90, 90), Image.Resampling.BILINEAR))
+    return {
+        f"{label}/{seed}.jpg": original,
+        f"{label}s/other/copy-{seed}.jpg": original,  # exact copy elsewhere
+        f"{label.upper()}/q70-{seed}.jpg": _jpeg(pixels, 70),
+        f"{label}/more/q50-{seed}.jpg": _jpeg(pixels, 50),
+        f"{label}/small-{seed}.png": corpus.encode(resized, "PNG"),
+    }
+
+
+def _write(root, files: dict) -> list[str]:
+    for relative, data in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(data)
+    return [str(root / relative) for relative in files]
+
+
 @pytest.fixture(scope="module")
 def duplicates_dir(tmp_path_factory):
-    """Photo-like pictures, each with copies: byte-identical, re-encoded at other qualities, slightly resized."""
     root = tmp_path_factory.mktemp("dups")
-    groups = {}
-    for seed in range(8):
-        pixels = corpus.photo_pixels(seed, size=96)
-        label = ("cat", "dog")[seed % 2]
-        original = _jpeg(pixels, 92)
-        resized = np.asarray(Image.fromarray(pixels).resize((90, 90), Image.Resampling.BILINEAR))
-        copies = {
-            f"{label}/{seed}.jpg": original,
-            f"{label}s/other/copy-{seed}.jpg": original,  # exact copy elsewhere
-            f"{label.upper()}/q70-{seed}.jpg": _jpeg(pixels, 70),
-            f"{label}/more/q50-{seed}.jpg": _jpeg(pixels, 50),
-            f"{label}/small-{seed}.png": corpus.encode(resized, "PNG"),
-        }
-        for relative, data in copies.items():
-            (root / relative).parent.mkdir(parents=True, exist_ok=True)
-            (root / relative).write_bytes(data)
-        groups[seed] = [str(root / relative) for relative in copies]
+    groups = {seed: _write(root, _photo_copies(seed)) for seed in range(8)}
     return root, groups
 
 
@@ -89,7 +111,7 @@ def duplicates_dir(tmp_path_factory):
 def corpus_run(corpus_dir, tmp_path_factory):
     root, _ = corpus_dir
     output_dir = tmp_path_factory.mktemp("out") / "dataset"
-    metadata = preprocess.run(_args([root], output_dir, "--image_size=32"))
+    metadata = preprocess.run(_args([root], output_dir, "--image_size=32", "--files_per_batch=9"))
     return output_dir, metadata
 
 
@@ -97,7 +119,7 @@ def test_every_file_is_accounted_for_and_records_parse(corpus_dir, corpus_run):
     root, expected = corpus_dir
     output_dir, metadata = corpus_run
     listed = [p for p in root.rglob("*") if p.is_file()]
-    assert metadata["read"] == len(listed)
+    assert metadata["read"] == metadata["listed"] == len(listed)
     assert metadata["read"] == metadata["written"] + metadata["duplicates"] + sum(metadata["rejected"].values())
 
     rejections = _rejections(output_dir)
@@ -107,14 +129,14 @@ def test_every_file_is_accounted_for_and_records_parse(corpus_dir, corpus_run):
             assert rejections[str(path)]["detail"]
         else:
             assert str(path) not in rejections, rejections.get(str(path))
-    assert rejections[str(root / "unlabelled" / "bird.jpg")]["reason"] == preprocess.NO_LABEL
+    assert rejections[str(root / "unlabelled" / "bird.jpg")]["reason"] == records.NO_LABEL
     assert sum(metadata["rejected"].values()) == len(rejections)
 
-    records = _records(output_dir)
-    written = {image_id: record for split in records.values() for image_id, record in split.items()}
+    by_split = _records(output_dir)
+    written = {image_id: record for split in by_split.values() for image_id, record in split.items()}
     assert len(written) == metadata["written"]
     for split in features.SPLITS:
-        assert metadata["counts"][split]["total"] == len(records[split])
+        assert metadata["counts"][split]["total"] == len(by_split[split])
     sources = {record[2]: record for record in written.values()}
     for path in listed:
         if str(path) in sources:
@@ -122,16 +144,17 @@ def test_every_file_is_accounted_for_and_records_parse(corpus_dir, corpus_run):
             assert shape == (32, 32, 3)
             assert class_name == features.DEFAULT_CLASS_NAMES[label]
             assert class_name == ("dog" if "dog" in str(path.relative_to(root)) else "cat"), path
-    assert (output_dir / "metadata.json").exists()
-    assert not list(output_dir.parent.glob("*.staging-*"))
-    assert sorted(p.name for p in output_dir.iterdir() if not p.name.endswith(".tfrecord")) == [
-        "metadata.json", "rejected-00000-of-00001.jsonl"]
+    assert sorted(p.name for p in output_dir.iterdir()) == ["latest", "v00001"]
     assert metadata["options"]["image_size"] == 32 and metadata["code_version"]
+    assert metadata["history"] == [{**metadata["history"][0], "version": "v00001", "added": metadata["written"]}]
+    listed_files = {p.name for p in (output_dir / "v00001").iterdir()}
+    referenced = {shard["path"] for shards in metadata["shards"].values() for shard in shards}
+    assert {name for name in listed_files if name.endswith(".tfrecord")} == referenced  # no stray shard
 
 
 def test_split_is_deterministic_and_copies_stay_together(duplicates_dir, tmp_path):
     root, groups = duplicates_dir
-    first = preprocess.run(_args([root], tmp_path / "a"))
+    first = preprocess.run(_args([root], tmp_path / "a", "--files_per_batch=7"))
     second = preprocess.run(_args([root], tmp_path / "b", "--direct_running_mode=multi_processing",
                                   "--direct_num_workers=2"))
     split_a = {i: s for s, ids in _records(tmp_path / "a").items() for i in ids}
@@ -139,8 +162,7 @@ def test_split_is_deterministic_and_copies_stay_together(duplicates_dir, tmp_pat
     assert split_a == split_b and split_a
     assert first["counts"] == second["counts"]
 
-    records = _records(tmp_path / "a")
-    split_of_source = {rec[2]: split for split, ids in records.items() for rec in ids.values()}
+    split_of_source = _split_of_source(tmp_path / "a")
     # the exact copy is written once; the re-encoded and resized copies are distinct records ...
     assert first["duplicates"] == len(groups)
     assert first["written"] == 4 * len(groups)
@@ -155,19 +177,80 @@ def test_split_is_deterministic_and_copies_stay_together(duplicates_dir, tmp_pat
     assert len(used_splits) > 1  # the assertion above would be vacuous if everything went to train
 
 
-def test_labels_from_file_name_prefix_and_custom_class_names(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(preprocess, "_PROGRESS_SECONDS", 0.0)  # a progress line per file
-    caplog.set_level("INFO", logger="beam_pipelines.preprocess")
+def test_a_grown_folder_keeps_every_old_photo_in_its_split_and_accounts_for_every_file(tmp_path):
+    """New photos, a new near-copy of a test photo, a photo removed, a file changed: a new version, old splits kept."""
+    root, output_dir = tmp_path / "in", tmp_path / "out"
+    old = {seed: _write(root, _photo_copies(seed)) for seed in range(10)}
+    first = preprocess.run(_args([root], output_dir, "--files_per_batch=6"))
+    before = _split_of_source(output_dir)
+    test_seed = next(seed for seed, paths in old.items() if before[paths[0]] == "test")
+    train_seed = next(seed for seed, paths in old.items() if before[paths[0]] == "train")
+
+    new = _write(root, {f"{('cat', 'dog')[seed % 2]}/new/{seed}.jpg": _jpeg(corpus.photo_pixels(seed, 96), 90)
+                        for seed in range(100, 106)})
+    near_copy = root / ("cat", "dog")[test_seed % 2] / "near-copy-of-test.jpg"
+    near_copy.write_bytes(_jpeg(corpus.photo_pixels(test_seed, size=96), 60))
+    gone = old[train_seed][2]
+    os.unlink(gone)
+    changed = old[train_seed][3]
+    with open(changed, "wb") as handle:
+        handle.write(_jpeg(corpus.photo_pixels(500, 96), 90))  # other content under an old name
+    second = preprocess.run(_args([root], output_dir, "--skip_if_current", "--files_per_batch=6"))
+    after = _split_of_source(output_dir)
+
+    assert second["version"] == "v00002" and second["previous_version"] == "v00001"
+    for source, split in before.items():
+        if source not in (gone, changed):
+            assert after[source] == split, source  # no old photo moved
+    assert gone not in after
+    assert after[str(near_copy)] == "test"  # a new near-copy of a test photo goes to test
+    assert all(path in after for path in new)
+    assert second["unchanged"] == first["written"] - 2 and second["removed"] == 2  # the gone and the changed one
+    assert second["read"] == second["added"] + second["duplicates"] + sum(second["rejected"].values())
+    listed = sum(1 for p in root.rglob("*") if p.is_file())
+    assert second["listed"] == listed == second["unchanged"] + second["read"] + second["unchanged_rejected"]
+    assert second["read"] == len(new) + 2 + second["rechecked_duplicates"]  # new files, the two changed, duplicates
+    assert second["written"] == first["written"] - 2 + second["added"]
+    assert [entry["version"] for entry in second["history"]] == ["v00001", "v00002"]
+    assert second["history"][1]["added"] == second["added"]
+    # the earlier version is intact and still readable on its own
+    _, v1 = dataset_contract.locate(str(output_dir / "v00001"), storage.read_bytes, storage.exists)
+    assert v1["written"] == first["written"]
+
+    third = preprocess.run(_args([root], output_dir, "--skip_if_current"))
+    assert third["skipped"] and third["version"] == "v00002"  # nothing changed: no new version
+
+
+def test_a_new_near_copy_of_photos_in_two_splits_is_left_out_with_its_reason():
+    """DecideSplits alone, in a TestPipeline: a new photo linked to a train photo and a test photo."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    def fact(content_id, phash, split, fixed, batch="b1"):
+        return grouping.Fact(content_id, phash, f"/{content_id}.jpg", 0, batch, split, 0, fixed)
+
+    nodes = [fact("a" * 64, 0b0000, "train", True), fact("b" * 64, 0b1111 << 40, "test", True),
+             fact("c" * 64, 0b11 | 0b11 << 40, "validation", False, batch="b2")]
+    with TestPipeline() as pipeline:
+        created = pipeline | beam.Create(nodes)
+        linked = created | grouping.LinkNearCopies(4)
+        groups = linked | grouping.PropagateGroups(4)
+        decided = (created, groups) | grouping.DecideSplits((0.8, 0.1, 0.1))
+        assert_that(decided["changes"] | beam.Map(lambda c: (c.batch, c.action, c.reason, c.fact.content_id[0])),
+                    equal_to([("b2", "reject", grouping.ACROSS_SPLITS, "c")]), label="CheckChanges")
+
+
+def test_labels_from_file_name_prefix_and_custom_class_names(tmp_path):
     for name, seed in (("box.1.jpg", 1), ("Box_2.jpg", 2), ("ball-3.png", 3), ("tree.4.jpg", 4)):
         (tmp_path / "in").mkdir(exist_ok=True)
         (tmp_path / "in" / name).write_bytes(corpus.encode(corpus.photo_pixels(seed, 40), "PNG"))
     metadata = preprocess.run(_args([tmp_path / "in"], tmp_path / "out", "--label_from=prefix",
                                     "--class_names=box,ball", "--image_size=16", "--split_ratios=1,0,0"))
-    records = _records(tmp_path / "out")
-    assert sorted(rec[1] for rec in records["train"].values()) == ["ball", "box", "box"]
-    assert metadata["rejected"] == {preprocess.NO_LABEL: 1}
-    assert not records["validation"] and not records["test"]
-    assert any("files done by this worker" in message for message in caplog.messages)
+    by_split = _records(tmp_path / "out")
+    assert sorted(rec[1] for rec in by_split["train"].values()) == ["ball", "box", "box"]
+    assert metadata["rejected"] == {records.NO_LABEL: 1}
+    assert not by_split["validation"] and not by_split["test"]
 
 
 def test_gcs_input_and_output_through_the_emulator(gcs_bucket, tmp_path):
@@ -175,21 +258,22 @@ def test_gcs_input_and_output_through_the_emulator(gcs_bucket, tmp_path):
     corpus.write_easy_dataset(local, per_class=4, size=32)
     (local / "dog" / "notes.jpg").write_bytes(b"not an image\n")
     upload_tree(local, f"{gcs_bucket}/raw")
-    output_dir = f"{gcs_bucket}/datasets/v1"
-    metadata = preprocess.run(_args([f"{gcs_bucket}/raw/"], output_dir, "--image_size=24"))
+    output_dir = f"{gcs_bucket}/datasets/pets"
+    metadata = preprocess.run(_args([f"{gcs_bucket}/raw/"], output_dir, "--image_size=24", "--files_per_batch=3"))
     assert metadata["written"] == 8 and metadata["rejected"] == {imaging.NOT_AN_IMAGE: 1}
 
-    from google.cloud import storage
+    names = sorted(ref.path for ref in storage.list_files(f"{output_dir}/"))
+    assert f"{output_dir}/latest" in names and f"{output_dir}/v00001/metadata.json" in names
+    assert not [n for n in names if "lease" in n or "_counts" in n or "beam-temp" in n], names
+    version_dir, stored = _version(output_dir)
+    assert stored["counts"] == metadata["counts"] and version_dir == f"{output_dir}/v00001"
+    assert _rejections(output_dir)[f"{gcs_bucket}/raw/dog/notes.jpg"]["reason"] == imaging.NOT_AN_IMAGE
+    assert sum(len(ids) for ids in _records(output_dir).values()) == 8
 
-    bucket = storage.Client().bucket(gcs_bucket[len("gs://"):])
-    names = sorted(blob.name for blob in bucket.list_blobs(prefix="datasets/"))
-    assert "datasets/v1/metadata.json" in names
-    assert not [n for n in names if "staging" in n or "beam-temp" in n], names
-    assert sum(n.endswith(".tfrecord") for n in names) == 3
-    stored = json.loads(bucket.blob("datasets/v1/metadata.json").download_as_bytes())
-    assert stored["counts"] == metadata["counts"]
-    rejected = bucket.blob("datasets/v1/rejected-00000-of-00001.jsonl").download_as_text()
-    assert json.loads(rejected)["path"] == f"{gcs_bucket}/raw/dog/notes.jpg"
+    upload_tree(local / "cat", f"{gcs_bucket}/raw/more/cats")  # exact copies under new names
+    second = preprocess.run(_args([f"{gcs_bucket}/raw/"], output_dir, "--image_size=24", "--skip_if_current"))
+    assert (second["version"], second["duplicates"], second["added"]) == ("v00002", 4, 0)
+    assert _version(output_dir)[0] == f"{output_dir}/v00002"
 
 
 def test_dask_runner_writes_the_same_records(duplicates_dir, tmp_path):
@@ -199,7 +283,7 @@ def test_dask_runner_writes_the_same_records(duplicates_dir, tmp_path):
     with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None,
                                   host="127.0.0.1") as cluster:
         args = [f"--input={root}", f"--output_dir={tmp_path / 'dask'}", "--runner=DaskRunner",
-                f"--dask_client_address={cluster.scheduler_address}"]
+                f"--dask_client_address={cluster.scheduler_address}", "--files_per_batch=7"]
         metadata = preprocess.run(args)
     direct = {s: sorted(ids) for s, ids in _records(tmp_path / "direct").items()}
     dask = {s: sorted(ids) for s, ids in _records(tmp_path / "dask").items()}
@@ -207,44 +291,76 @@ def test_dask_runner_writes_the_same_records(duplicates_dir, tmp_path):
     assert metadata["written"] == sum(len(ids) for ids in direct.values())
 
 
-def test_refuses_overwrites_and_skips_current_dataset(tmp_path, capsys):
+def test_the_dataflow_job_graph_carries_no_record_bytes_through_a_shuffle(duplicates_dir, tmp_path):
+    """DataflowRunner with --dry_run=True builds the real Dataflow job without submitting it."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_pipelines import options
+
+    root, _ = duplicates_dir
+    argv = ["--runner", "DataflowRunner", "--dry_run=True", "--no_auth", "--project", "catsdogs-test", "--region",
+            "us-central1", "--temp_location", "gs://catsdogs-test-beam/tmp", "--sdk_location=container",
+            "--input", str(root), "--output_dir", str(tmp_path / "out")]
+    pipeline_options = PipelineOptions(argv)
+    config = options.preprocess_config(pipeline_options)
+    plan = preprocess.plan_version(config)
+    pipeline = beam.Pipeline(options=pipeline_options)
+    preprocess.build(pipeline, config, plan)
+    result = pipeline.run()
+    transforms = result.job.proto_pipeline.components.transforms
+    top = {t.unique_name for t in transforms.values() if "/" not in t.unique_name}
+    assert {"ListImages", "DecodeAndWrite", "GroupExactCopies", "LinkNearCopies", "PropagateGroups", "DecideSplits",
+            "RewriteBatches", "CountOutcomes"} <= top
+    shuffles = [t.unique_name for t in transforms.values() if t.spec.urn == "beam:transform:group_by_key:v1"]
+    # Record bytes are written by DecodeAndWrite and read back only by RewriteBatches: no shuffle is downstream of
+    # DecodeAndWrite's output except on facts (GroupExactCopies onwards) and changes (GroupByBatch).
+    assert not any(name.startswith("DecodeAndWrite") for name in shuffles)
+    assert not (tmp_path / "out" / "latest").exists()  # nothing ran
+
+
+def test_refuses_overwrites_and_skips_a_current_dataset(tmp_path, capsys):
     corpus.write_easy_dataset(tmp_path / "in", per_class=3, size=32)
     output_dir = tmp_path / "out"
     first = preprocess.run(_args([tmp_path / "in"], output_dir, "--image_size=16"))
 
-    with pytest.raises(SystemExit, match="already holds a dataset.*--overwrite"):
+    with pytest.raises(SystemExit, match="already holds a dataset.*--skip_if_current.*--overwrite") as failure:
         preprocess.run(_args([tmp_path / "in"], output_dir, "--image_size=16"))
+    assert failure.value.code == 2
     skipped = preprocess.run(_args([tmp_path / "in"], output_dir, "--image_size=16", "--skip_if_current"))
     assert skipped["skipped"] and skipped["finished_at"] == first["finished_at"]
     assert "dataset is up to date" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="other inputs or options.*--overwrite"):
+    with pytest.raises(SystemExit, match="made with other options.*--image_size 16 -> 20.*--overwrite"):
         preprocess.run(_args([tmp_path / "in"], output_dir, "--image_size=20", "--skip_if_current"))
 
-    (output_dir / "train-00099-of-00100.tfrecord").write_bytes(b"stale shard from an older run")
-    again = preprocess.run(_args([tmp_path / "in"], output_dir, "--image_size=20", "--skip_if_current",
-                                 "--overwrite", "--num_shards=2"))
-    assert again["options"]["image_size"] == 20 and again["num_shards"]["train"] == 2
-    assert sorted(p.name for p in output_dir.glob("train-*")) == [
-        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
+    (output_dir / "v00002").mkdir()
+    (output_dir / "v00002" / "train-dead.tfrecord").write_bytes(b"left by a run that died before publishing")
+    again = preprocess.run(_args([tmp_path / "in"], output_dir, "--image_size=20", "--overwrite"))
+    assert again["options"]["image_size"] == 20 and again["version"] == "v00002"
+    assert again["previous_version"] is None and not (output_dir / "v00002" / "train-dead.tfrecord").exists()
+    assert (output_dir / "v00001" / "metadata.json").exists()  # earlier versions stay
 
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "thesis.txt").write_text("precious")
-    with pytest.raises(SystemExit, match="not part of a dataset"):
+    with pytest.raises(SystemExit, match="not a dataset"):
         preprocess.run(_args([tmp_path / "in"], tmp_path / "home", "--overwrite"))
-    assert (tmp_path / "home" / "thesis.txt").read_text() == "precious"
+    assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["thesis.txt"]
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--split_ratios=0.8,0.3,0.1"], "split_ratios.*summing to 1"),
     (["--split_ratios=0.8,0.2"], "split_ratios"),
-    (["--split_ratios=a,b,c"], "split_ratios"),
+    (["--split_ratios=a,b,c"], "see the message above"),
     (["--class_names=cat"], "exactly two class names"),
     (["--near_duplicate_bits=20"], "near_duplicate_bits"),
+    (["--image_sise=224"], "did you mean --image_size"),
+    (["--image=224"], "did you mean --image_size"),  # no abbreviations
 ])
-def test_bad_flags_fail_at_launch(tmp_path, extra, message):
+def test_bad_flags_fail_at_launch_with_exit_code_2(tmp_path, extra, message):
     corpus.write_easy_dataset(tmp_path / "in", per_class=1, size=16)
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(SystemExit, match=message) as failure:
         preprocess.run(_args([tmp_path / "in"], tmp_path / "out", *extra))
+    assert failure.value.code == 2
     assert not (tmp_path / "out").exists()
 
 
@@ -261,13 +377,14 @@ def test_hash_bands_find_every_pair_within_the_threshold():
         a = int(rng.integers(0, 2**63)) * 2 + int(rng.integers(0, 2))
         flips = rng.choice(64, size=int(rng.integers(0, 5)), replace=False)
         b = a ^ sum(1 << int(bit) for bit in flips)
-        assert any(x == y for x, y in zip(preprocess.hash_bands(a, 4), preprocess.hash_bands(b, 4), strict=True))
-    links = list(preprocess.link_bucket(((0, 0), [("x", 0b1111), ("y", 0b0000), ("z", 0b11111)]), 4))
-    assert sorted(links) == [("x", "y"), ("x", "z"), ("y", "x"), ("z", "x")]
+        assert any(x == y for x, y in zip(grouping.hash_bands(a, 4), grouping.hash_bands(b, 4), strict=True))
+    members = [("x", (0b1111, "")), ("y", (0b0000, "test")), ("z", (0b11111, ""))]
+    links = list(grouping.link_bucket(((0, 0), members), 4))
+    assert sorted(links) == [("x", ("y", "")), ("x", ("z", "")), ("y", ("x", "test")), ("z", ("x", ""))]
 
 
 def test_split_for_group_follows_ratios():
     groups = [f"{i:064x}" for i in range(3000)]
-    splits = [preprocess.split_for_group(g, (0.8, 0.1, 0.1)) for g in groups]
+    splits = [grouping.split_for_group(g, (0.8, 0.1, 0.1)) for g in groups]
     assert 0.75 < splits.count("train") / len(splits) < 0.85
-    assert {preprocess.split_for_group(g, (0.0, 0.0, 1.0)) for g in groups[:50]} == {"test"}
+    assert {grouping.split_for_group(g, (0.0, 0.0, 1.0)) for g in groups[:50]} == {"test"}

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def test_a_flipped_byte_in_a_training_shard_stops_training_and_names_the_shard(tmp_path, capsys):
     dataset = write_dataset(tmp_path / "data", size=32, per_class={"train": 24, "validation": 8, "test": 8},
                             num_shards=2)
-    shard = dataset / "train-00001-of-00002.tfrecord"
+    shard = dataset / "v00001" / "train-s001.tfrecord"
     content = bytearray(shard.read_bytes())
     content[len(content) // 2] ^= 0x01  # one bit, in the middle of some record's JPEG bytes
     shard.write_bytes(bytes(content))
@@ -28,5 +28,5 @@ def test_a_flipped_byte_in_a_training_shard_stops_training_and_names_the_shard(t
     assert status == train.EXIT_DAMAGED_DATA
     err = capsys.readouterr().err
     assert "is damaged (TFRecord CRC mismatch" in err and "re-run preprocessing" in err
-    assert str(shard) in err and "train-00000-of-00002" not in err  # the damaged shard, and only it
+    assert str(shard) in err and "train-s000" not in err  # the damaged shard, and only it
     assert not (model_dir / "metrics.json").exists() and not (model_dir / "export").exists()

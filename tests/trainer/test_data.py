@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tests.trainer.datasets import write_dataset
-from trainer import data, features
+from trainer import data, dataset_contract
 
 tf = pytest.importorskip("tensorflow")
 
@@ -54,7 +54,7 @@ def test_training_batches_are_full_augmented_and_in_pixel_range(dataset_dir):
 def test_corrupt_tfrecord_fails_loudly(tmp_path):
     root = write_dataset(tmp_path / "data", size=32, per_class={"train": 6, "validation": 2, "test": 2},
                          num_shards=1)
-    shard = root / f"test-00000-of-00001{features.SHARD_SUFFIX}"
+    shard = root / "v00001" / dataset_contract.shard_name("test", "s000")
     content = bytearray(shard.read_bytes())
     content[len(content) // 2] ^= 0xFF  # flip bits inside a record: its CRC no longer matches
     shard.write_bytes(bytes(content))

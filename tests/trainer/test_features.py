@@ -38,9 +38,3 @@ def test_negative_and_large_integers_round_trip():
     assert feature["a"].int64_list.value == [-5]
     assert feature["b"].int64_list.value == [2**40]
     assert feature["c"].float_list.value == [0.5]
-
-
-def test_shard_names_reject_unknown_splits():
-    assert features.shard_glob("train") == "train-*-of-*.tfrecord"
-    with pytest.raises(ValueError):
-        features.shard_glob("training")
