@@ -66,7 +66,7 @@ def input_root(pattern: str) -> str:
 # ---- a dataset that grows -----------------------------------------------------------------------------------------
 
 def classify(path_and_joined):
-    """(path, {"ref": [(FileRef, listing batch)], "known": [("record", Fact) | ("rejected", (size, version, reason,
+    """(path key, {"ref": [(FileRef, listing batch)], "known": [("record", Fact) | ("rejected", (size, version, reason,
     line))]}) -> ("decode", (ref, listing batch)) | ("kept", Fact) | ("carried", rejection line) | ("change", Change)
     | ("count", key). A file is unchanged when its size and content version are what the current version recorded."""
     _, joined = path_and_joined
@@ -124,8 +124,9 @@ class ClassifyChanges(beam.PTransform):
     def expand(self, inputs):
         listed, known = inputs
         size = self._size
+        # Keyed by the path's bytes: Beam's coder for a str key is UTF-8, which a local name that is not cannot be.
         classified = ({"ref": listed | "KeyRefsByPath" >> beam.FlatMap(
-                           lambda batch: [(ref.path, (ref, batch.batch_id)) for ref in batch.files]),
+                           lambda batch: [(storage.path_key(ref.path), (ref, batch.batch_id)) for ref in batch.files]),
                        "known": known}
                       | "JoinOnPath" >> beam.CoGroupByKey()
                       | "Classify" >> beam.FlatMap(classify))
@@ -149,12 +150,13 @@ class ClassifyChanges(beam.PTransform):
 
 
 def read_known(item):
-    """A facts file -> (path, ("record", Fact)) per record; a rejection file -> (path, ("rejected", ...)) per line."""
+    """A facts file -> (path key, ("record", Fact)) per record; a rejection file -> (path key, ("rejected", ...)) per
+    line. The key is storage.path_key(path), as ClassifyChanges keys the listing."""
     path, batch = item
     if batch is None:
-        return [(file, ("rejected", (size, version, reason, line))) for file, size, version, reason, line in
-                records.read_rejections(path)]
-    return [(fact.path, ("record", fact)) for fact in records.read_facts(path, batch, True)]
+        return [(storage.path_key(file), ("rejected", (size, version, reason, line)))
+                for file, size, version, reason, line in records.read_rejections(path)]
+    return [(storage.path_key(fact.path), ("record", fact)) for fact in records.read_facts(path, batch, True)]
 
 
 class MergeTalliesFn(beam.CombineFn):

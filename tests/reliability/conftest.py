@@ -58,6 +58,41 @@ def score_here(*flags) -> dict:
     return score.run(["--runner", "DirectRunner", *map(str, flags)])
 
 
+def preprocess_here(*flags) -> dict:
+    """preprocess.run in this process on the DirectRunner; returns the new version's metadata."""
+    from beam_pipelines import preprocess
+
+    return preprocess.run(["--runner", "DirectRunner", *map(str, flags)])
+
+
+def read_dataset(output_dir) -> tuple[dict, dict]:
+    """(source -> split of every record, shown path -> rejection row) of the dataset's current version, local or gs://;
+    fails on a source written twice and on bytes that are not valid UTF-8 in the records' sources or the lists."""
+    from tensorflow.core.example import example_pb2
+
+    from beam_pipelines import storage, tfrecords
+    from trainer import dataset_contract, features
+
+    version_dir, metadata = dataset_contract.locate(str(output_dir), storage.read_bytes, storage.exists)
+    sources = {}
+    for split in features.SPLITS:
+        for path, count in dataset_contract.split_shards(metadata, version_dir, split):
+            records = tfrecords.decode(storage.read_bytes(path))
+            assert len(records) == count, path
+            for record in records:
+                example = example_pb2.Example.FromString(record)
+                source = example.features.feature[features.SOURCE_KEY].bytes_list.value[0].decode("utf-8")
+                assert source not in sources, f"{source} written twice"
+                sources[source] = split
+    rejections = {}
+    for pattern in ("rejected-*.jsonl", "duplicates-*.jsonl"):
+        for ref in storage.list_files(storage.join(version_dir, pattern)):
+            for line in storage.read_bytes(ref.path).decode("utf-8").splitlines():
+                row = json.loads(line)
+                rejections[row["path"]] = row
+    return sources, rejections
+
+
 def read_outcomes(run_dir: Path) -> tuple[dict, dict]:
     """(path -> prediction row, path -> error row) of a published local run; fails on a file listed twice or on bytes
     that are not valid UTF-8."""

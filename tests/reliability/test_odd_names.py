@@ -1,7 +1,8 @@
 """File names that are not valid UTF-8 (a Latin-1 name copied from an old camera card, bytes from a broken unzip) are
-carried through scoring: listed, read, scored or dead-lettered like any other file, never failing the job, and every
-output (prediction rows, error rows, commit markers, the summary, the incremental record) stays valid UTF-8, with the
-undecodable bytes shown as backslash escapes (storage.display_path).
+carried through both jobs: listed, read, scored / written or dead-lettered like any other file, never failing the job,
+and every output (prediction rows, error rows, commit markers, the summary, the incremental record; the TFRecords'
+source paths, the rejection lists, metadata.json) stays valid UTF-8, with the undecodable bytes shown as backslash
+escapes (storage.display_path).
 """
 
 import json
@@ -12,7 +13,7 @@ import pytest
 from beam_pipelines import imaging, incremental, isolation, score, storage
 from tests import corpus
 from tests.reliability import faulty
-from tests.reliability.conftest import FAULTY_DECODER, read_outcomes, score_here
+from tests.reliability.conftest import FAULTY_DECODER, preprocess_here, read_dataset, read_outcomes, score_here
 
 pytestmark = pytest.mark.slow
 
@@ -27,10 +28,13 @@ def _write(folder, raw_name: bytes, content: bytes) -> str:
 
 
 def _all_valid_utf8(root) -> int:
-    """Checks every byte every output file holds decodes as UTF-8 (parquet aside); returns how many files."""
+    """Checks that every text file under root (JSON, JSON lines, the `latest` pointer) is valid UTF-8; returns how
+    many there are. (The TFRecords' source paths are checked by read_dataset.)"""
     checked = 0
     for folder, _, names in os.walk(root):
         for name in names:
+            if not name.endswith((".json", ".jsonl", "latest")):
+                continue
             with open(os.path.join(folder, name), "rb") as handle:
                 handle.read().decode("utf-8")  # raises on invalid bytes
             checked += 1
@@ -73,3 +77,31 @@ def test_names_that_are_not_utf8_are_scored_or_dead_lettered_and_every_output_is
     assert len(state["retry"]) == 1
     assert json.loads((output / "r2" / score.SUMMARY_FILE).read_text(encoding="utf-8"))["run_id"] == "r2"
     assert _all_valid_utf8(output) >= 8
+
+
+def test_preprocessing_carries_names_that_are_not_utf8_into_valid_records_and_grows_the_dataset_over_them(tmp_path):
+    images, output = tmp_path / "images", tmp_path / "data"
+    good = [str(path) for path in corpus.write_easy_dataset(images, per_class=3, size=32)]
+    odd_good = [_write(images, b"cat/caf\xe9.jpg", corpus.encode(corpus.easy_pixels(0, 71, 32))),
+                _write(images, b"dog/\xff\xfe-\x80.png", corpus.encode(corpus.easy_pixels(1, 72, 32), "PNG"))]
+    not_an_image = _write(images, b"dog/notes-\xe9.jpg", b"just text")
+    flags = ["--input", images, "--output_dir", output, "--image_size", 16, "--skip_if_current"]
+
+    first = preprocess_here(*flags)
+
+    sources, rejections = read_dataset(output)  # fails on bytes that are not UTF-8
+    shown = {path: storage.display_path(path) for path in [*odd_good, not_an_image]}
+    assert set(sources) == set(good) | {shown[path] for path in odd_good}  # the records' source: valid UTF-8
+    assert {path: row["reason"] for path, row in rejections.items()} == {shown[not_an_image]: imaging.NOT_AN_IMAGE}
+    assert first["read"] == len(good) + 3 and first["added"] == len(good) + 2
+    texts = _all_valid_utf8(output)
+    assert texts >= 4
+
+    # `make preprocess` always passes --skip_if_current: the next version joins the listing with this one by path.
+    (images / "cat" / "new.jpg").write_bytes(corpus.encode(corpus.easy_pixels(0, 73, 32)))
+    second = preprocess_here(*flags)
+    assert (second["new"], second["unchanged"], second["unchanged_rejected"]) == (1, len(good) + 2, 1)
+    sources, rejections = read_dataset(output)
+    assert set(sources) == set(good) | {shown[path] for path in odd_good} | {str(images / "cat" / "new.jpg")}
+    assert set(rejections) == {shown[not_an_image]}
+    assert _all_valid_utf8(output) > texts
