@@ -1,11 +1,12 @@
-"""One huge or hostile file costs that file: a file over the byte cap is rejected without being read (a 3 GiB "video"
-under a .jpg name), and a decoder that allocates past the child's address-space limit (RLIMIT_AS) fails on that file
-only, while a real photo at the pixel limit still decodes under that limit.
+"""One huge or hostile file costs that file, in both jobs: a file over the byte cap is rejected without being read (a
+3 GiB "video" under a .jpg name), and a decoder that allocates past the child's address-space limit (RLIMIT_AS) fails
+on that file only, while a real photo at the pixel limit still decodes under that limit.
 
 The allocating decoder is a stand-in (tests/reliability/faulty.py): it asks for 8 GiB with np.empty and never touches
 it, so the test costs no real memory; only the limit stands between it and success. The 3 GiB file is sparse.
 """
 
+import contextlib
 import io
 import threading
 
@@ -18,11 +19,19 @@ from tests import corpus
 from tests.conftest import upload_tree
 from tests.gcs_servers import FaultyProxy
 from tests.reliability import faulty
-from tests.reliability.conftest import FAULTY_DECODER, read_outcomes, score_here
+from tests.reliability.conftest import FAULTY_DECODER, preprocess_here, read_dataset, read_outcomes, score_here
 
 pytestmark = pytest.mark.slow
 
 GIB = 2**30
+
+
+@contextlib.contextmanager
+def monkeypatch_env(name: str, value: str):
+    """os.environ[name] = value for the duration (the decoder child inherits the environment when it starts)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(name, value)
+        yield
 
 
 def test_a_file_over_the_byte_cap_and_a_decoder_over_its_memory_limit_each_cost_one_file(tiny_export, tmp_path,
@@ -47,6 +56,27 @@ def test_a_file_over_the_byte_cap_and_a_decoder_over_its_memory_limit_each_cost_
     assert summary["failed_by_reason"] == {reading.FILE_TOO_LARGE: 1, isolation.DECODER_CRASH: 1}
 
 
+def test_preprocessing_rejects_a_file_over_the_byte_cap_and_a_decoder_over_its_memory_limit_and_goes_on(tmp_path,
+                                                                                                       monkeypatch):
+    images, output = tmp_path / "images", tmp_path / "data"
+    good = corpus.write_easy_dataset(images, per_class=3, size=32)
+    video = images / "dog" / "holiday.jpg"
+    with open(video, "wb") as handle:
+        handle.truncate(3 * GIB)
+    allocates = images / "cat" / "allocates.jpg"
+    allocates.write_bytes(faulty.ALLOCATE + corpus.encode(corpus.easy_pixels(0, 99, 32)))
+    monkeypatch.setenv(isolation.FAULT_INJECTION_ENV, FAULTY_DECODER)
+
+    metadata = preprocess_here("--input", images, "--output_dir", output, "--image_size", 32)
+
+    sources, rejections = read_dataset(output)
+    assert set(sources) == {str(path) for path in good}
+    assert {path: row["reason"] for path, row in rejections.items()} == {
+        str(video): reading.FILE_TOO_LARGE, str(allocates): isolation.DECODER_CRASH}
+    assert "3,221,225,472 bytes is over the cap" in rejections[str(video)]["detail"]
+    assert metadata["rejected"] == {reading.FILE_TOO_LARGE: 1, isolation.DECODER_CRASH: 1}
+
+
 def test_an_object_over_the_byte_cap_on_gcs_is_never_downloaded(gcs_bucket, gcs_emulator_host, tiny_export, tmp_path,
                                                                  monkeypatch):
     local = tmp_path / "images"
@@ -65,6 +95,24 @@ def test_an_object_over_the_byte_cap_on_gcs_is_never_downloaded(gcs_bucket, gcs_
     assert len(predictions) == summary["scored"] == len(good)
     assert proxy.requests("download", "images/cat/huge.jpg") == []  # refused from its listed size: not one byte read
     assert len(proxy.requests("download")) == len(good)  # the proxy did see the other reads
+
+
+def test_files_in_flight_behind_a_decoder_out_of_memory_get_their_own_pixels(tmp_path):
+    """The child survives a MemoryError (Python recovers from a failed allocation) and answers for the files sent
+    behind that one: each answer must go to its own file, not shift by one onto the next."""
+    pictures = [corpus.encode(corpus.easy_pixels(i % 2, 300 + i, 24)) for i in range(6)]
+    stream = [("good-0", pictures[0]), ("allocates", faulty.ALLOCATE + pictures[1]), *[
+        (f"good-{i}", pictures[i]) for i in range(2, 6)]]
+    limit = isolation.memory_limit(10**6, 2**20)
+    with monkeypatch_env(isolation.FAULT_INJECTION_ENV, FAULTY_DECODER), \
+            isolation.DecodeRunner(30, memory_limit_bytes=limit) as decoder:
+        outcomes = list(decoder.decode_stream(stream, (24, 24), 10**6, in_flight=4))
+    assert [tag for tag, _ in outcomes] == [tag for tag, _ in stream]
+    assert outcomes[1][1][:2] == ("rejected", isolation.DECODER_CRASH)
+    for (tag, outcome), (_, data) in zip(outcomes, stream, strict=True):
+        if tag != "allocates":
+            expected = imaging.decode_image(data, (24, 24)).pixels
+            assert outcome[0] == "ok" and np.array_equal(outcome[1].pixels, expected), tag
 
 
 def test_a_photo_at_the_pixel_limit_still_decodes_under_the_address_space_limit():
