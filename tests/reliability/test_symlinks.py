@@ -1,10 +1,11 @@
-"""Symlinks and other entries that are not plain files never vanish from scoring: a symlinked folder is followed once
-(a link back up the tree, or a second link to a folder already walked, is dead-lettered as folder_listed_twice
-instead of walked again), a broken link is dead-lettered as broken_symlink, a FIFO as not_a_regular_file without
-ever being opened (a read would block the worker for ever), and the accounting closes:
+"""Symlinks and other entries that are not plain files never vanish from scoring or preprocessing: a symlinked folder
+is followed once (a link back up the tree, or a second link to a folder already walked, is dead-lettered as
+folder_listed_twice instead of walked again), a broken link is dead-lettered as broken_symlink, a FIFO as
+not_a_regular_file without ever being opened (a read would block the worker for ever), and the accounting closes:
 matched = scored + failed + skipped.
 
-The job runs as its own process with a deadline, so a FIFO that were opened fails the test instead of hanging it.
+The scoring job runs as its own process with a deadline, so a FIFO that were opened fails the test instead of
+hanging it.
 """
 
 import json
@@ -14,7 +15,7 @@ import pytest
 
 from beam_pipelines import score, storage
 from tests import corpus
-from tests.reliability.conftest import job_env, read_outcomes, run_job, score_command
+from tests.reliability.conftest import job_env, preprocess_here, read_dataset, read_outcomes, run_job, score_command
 
 pytestmark = pytest.mark.slow
 
@@ -52,3 +53,23 @@ def test_symlinks_are_followed_once_and_broken_links_and_fifos_are_dead_lettered
     assert all(row["detail"] for row in errors.values())
     summary = json.loads((output / "r" / score.SUMMARY_FILE).read_text())
     assert summary["matched"] == summary["scored"] + summary["failed"] + summary["skipped"] == len(predictions) + 4
+
+
+def test_preprocessing_follows_symlinked_folders_once_and_lists_broken_links_with_their_reason(tmp_path):
+    """The same listing as scoring's, in preprocessing: every file in the dataset or in rejected-*.jsonl, and the job's
+    own check that files read = written + duplicates + rejected holds. (The FIFO case is the scoring test's: it needs
+    a job in its own process, with a deadline.)"""
+    root, elsewhere, output = tmp_path / "images", tmp_path / "elsewhere", tmp_path / "data"
+    cats = corpus.write_easy_dataset(root, per_class=2, size=32, class_dirs=("cat",))
+    outside = corpus.write_easy_dataset(elsewhere, per_class=2, size=32, class_dirs=("dog",), seed=2)
+    (root / "dog").symlink_to(elsewhere / "dog", target_is_directory=True)  # a class folder kept elsewhere
+    (root / "cat" / "up").symlink_to(root, target_is_directory=True)
+    (root / "cat" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+
+    metadata = preprocess_here("--input", root, "--output_dir", output, "--image_size", 32)
+
+    sources, rejections = read_dataset(output)
+    assert set(sources) == {str(path) for path in cats} | {str(root / "dog" / path.name) for path in outside}
+    assert {path: row["reason"] for path, row in rejections.items()} == {
+        str(root / "cat" / "up"): storage.SYMLINK_LOOP, str(root / "cat" / "gone.jpg"): storage.BROKEN_SYMLINK}
+    assert metadata["read"] == metadata["listed"] == len(sources) + 2

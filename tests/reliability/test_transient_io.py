@@ -1,11 +1,11 @@
-"""Transient GCS errors are retried and nothing is lost or scored twice; an object deleted between listing and reading
-is dead-lettered with its reason and the job succeeds.
+"""Transient GCS errors are retried and nothing is lost, scored or written twice; an object deleted between listing
+and reading is dead-lettered with its reason and the job succeeds. Both jobs.
 
 A fault-injecting proxy (tests/gcs_servers.py FaultyProxy) sits in front of the GCS emulator and answers the first
 request of every kind for every object with what GCS and the network really produce: HTTP 503, HTTP 429, a
 connection closed without an answer, a reply cut off half-way (reads), an ambiguous success (a write the server made
-whose reply was lost). The job is the scoring launcher on the DirectRunner, as `make score` runs it, reading from and
-writing to GCS through google-cloud-storage's own retry policy.
+whose reply was lost). The jobs are the launchers on the DirectRunner, as `make score` and `make preprocess` run them,
+reading from and writing to GCS through google-cloud-storage's own retry policy.
 """
 
 import json
@@ -17,7 +17,7 @@ from beam_pipelines import reading, score, storage
 from tests import corpus
 from tests.conftest import upload_tree
 from tests.gcs_servers import FaultyProxy
-from tests.reliability.conftest import score_here
+from tests.reliability.conftest import preprocess_here, read_dataset, score_here
 
 pytestmark = pytest.mark.slow
 
@@ -78,3 +78,28 @@ def test_transient_gcs_errors_are_retried_and_a_deleted_object_is_dead_lettered(
     assert all("reason" not in row for row in rows.values())  # every other file scored, none dead-lettered
     assert (summary["scored"], summary["failed_by_reason"]) == (len(files) - 1, {reading.READ_ERROR: 1})
     assert storage.exists(f"{output}/r/{score.SUMMARY_FILE}")
+
+
+def test_preprocessing_retries_transient_gcs_errors_and_dead_letters_a_deleted_object(gcs_bucket, gcs_emulator_host,
+                                                                                     tmp_path, monkeypatch):
+    local = tmp_path / "images"
+    files = corpus.write_easy_dataset(local, per_class=8, size=32)
+    upload_tree(local, f"{gcs_bucket}/images")
+    output = f"{gcs_bucket}/data"
+    with FaultyProxy(gcs_emulator_host, _faults) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        monkeypatch.setattr(storage, "_local", threading.local())
+        metadata = preprocess_here("--input", f"{gcs_bucket}/images", "--output_dir", output, "--image_size", 32,
+                                   "--files_per_batch", 4)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator_host)
+        monkeypatch.setattr(storage, "_local", threading.local())
+
+    injected = {(request.kind, fault) for request, fault, _, _ in proxy.log if fault}
+    assert {fault for kind, fault in injected if kind == "download"} == {*READ_FAULTS, "delete"}
+    assert {kind for kind, _ in injected} >= {"list", "upload", "metadata"}
+    sources, rejections = read_dataset(output)
+    every = {f"{gcs_bucket}/images/{path.relative_to(local).as_posix()}" for path in files}
+    assert set(sources) == every - {f"{gcs_bucket}/{VANISHES}"}  # each written once (read_dataset checks)
+    assert {path: row["reason"] for path, row in rejections.items()} == {f"{gcs_bucket}/{VANISHES}": reading.READ_ERROR}
+    assert "404" in rejections[f"{gcs_bucket}/{VANISHES}"]["detail"]
+    assert metadata["rejected"] == {reading.READ_ERROR: 1} and metadata["added"] == len(files) - 1
