@@ -31,15 +31,21 @@ def job_env(decoder: str | None = FAULTY_DECODER, **extra) -> dict:
     return {**env, **{key: str(value) for key, value in extra.items()}}
 
 
-def score_command(*flags, kill_before: str | None = None, kill_after: str | None = None) -> list[str]:
+def score_command(*flags, kill_before: str | None = None, kill_after: str | None = None,
+                  job: str = "beam_pipelines.score") -> list[str]:
     """`python -m beam_pipelines.score --runner DirectRunner ...` (the DirectRunner, as `make score` runs it), or the
-    same through tests.reliability.faulty's launcher when a kill point is given."""
-    job = ["beam_pipelines.score", "--runner", "DirectRunner", *map(str, flags)]
+    same through tests.reliability.faulty's launcher when a kill point is given. `job`: the entry module."""
+    job = [job, "--runner", "DirectRunner", *map(str, flags)]
     if not (kill_before or kill_after):
         return [sys.executable, "-m", *job]
     hooks = [*(["--kill_before", kill_before] if kill_before else []),
              *(["--kill_after", kill_after] if kill_after else [])]
     return [sys.executable, "-m", "tests.reliability.faulty", *hooks, "--", *job]
+
+
+def preprocess_command(*flags, **kill) -> list[str]:
+    """score_command for `python -m beam_pipelines.preprocess`."""
+    return score_command(*flags, job="beam_pipelines.preprocess", **kill)
 
 
 def run_job(command, env=None, timeout: float = 300, expect: int | None = 0) -> subprocess.CompletedProcess:

@@ -1,10 +1,12 @@
-"""A scoring run SIGKILLed part-way (an evicted pod, a preempted node) and started again with the same command finishes
-without scoring again what it had committed, and a run killed while it commits a batch or publishes leaves exactly one
-complete set after the re-run.
+"""Jobs SIGKILLed part-way (an evicted pod, a preempted node) and started again with the same command.
 
-Every job that is killed is its own process (`python -m beam_pipelines.score`, the DirectRunner as `make score` runs
-it), killed with SIGKILL: no clean-up code runs, as in production. The runs that are not killed run in this process
-(score.run with the same flags), which saves an interpreter and a TensorFlow import each.
+Scoring finishes without scoring again what it had committed, and a run killed while it commits a batch or publishes
+leaves exactly one complete set after the re-run. Preprocessing killed before it publishes leaves the current dataset
+version as it was, and the re-run makes one whole new version.
+
+Every job that is killed is its own process (`python -m beam_pipelines.score` / `.preprocess`, the DirectRunner as
+`make` runs them), killed with SIGKILL: no clean-up code runs, as in production. The runs that are not killed run in
+this process (the same flags), which saves an interpreter and a TensorFlow import each.
 """
 
 import json
@@ -14,11 +16,20 @@ import time
 
 import pytest
 
-from beam_pipelines import score
+from beam_pipelines import score, storage
 from tests import corpus
 from tests.conftest import upload_tree
 from tests.reliability import faulty
-from tests.reliability.conftest import job_env, read_outcomes, run_job, score_command, score_here
+from tests.reliability.conftest import (
+    job_env,
+    preprocess_command,
+    preprocess_here,
+    read_dataset,
+    read_outcomes,
+    run_job,
+    score_command,
+    score_here,
+)
 from tests.trainer.datasets import REPO
 
 pytestmark = pytest.mark.slow
@@ -125,8 +136,6 @@ def test_a_gcs_run_killed_half_way_through_copying_its_set_into_place_gives_one_
         gcs_bucket, gcs_emulator_host, tiny_export, tmp_path):
     """On GCS a publish copies objects one by one (there is no rename): a kill in the middle leaves part of a set
     without summary.json, which readers must not take as complete, and the re-run completes it from staging."""
-    from beam_pipelines import storage
-
     local = tmp_path / "images"
     files = corpus.write_easy_dataset(local, per_class=10, size=24)
     upload_tree(local, f"{gcs_bucket}/images")
@@ -150,3 +159,58 @@ def test_a_gcs_run_killed_half_way_through_copying_its_set_into_place_gives_one_
             for line in storage.read_bytes(f"{output}/r1/{name}").decode("utf-8").splitlines()]
     assert sorted(rows) == sorted(f"{gcs_bucket}/images/{path.relative_to(local).as_posix()}" for path in files)
     assert summary["resumed"] == len(files)  # the killed run had committed every batch: nothing scored again
+
+
+def _tree(root) -> dict:
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("point", ["while_writing_shards", "before_moving_latest"])
+def test_a_preprocessing_run_killed_before_it_publishes_leaves_the_current_version_and_the_rerun_makes_one(
+        point, tmp_path, caplog):
+    """A version is complete once its metadata.json exists and current once `latest` names it: a run killed while it
+    writes shards, or after metadata.json but before moving `latest`, leaves the current version as it was (the
+    trainer reads that one), and the same command again removes the dead run's version and publishes a whole one."""
+    from trainer import dataset_contract
+
+    images, output = tmp_path / "images", tmp_path / "data"
+    old = corpus.write_easy_dataset(images, per_class=10, size=32)
+    flags = ["--input", images, "--output_dir", output, "--image_size", 32, "--files_per_batch", 4,
+             "--skip_if_current"]
+    preprocess_here(*flags)
+    before = _tree(output)
+    new = corpus.write_easy_dataset(images, per_class=10, size=32, class_dirs=("cat/more", "dog/more"), seed=5)
+    version_dir = output / "v00002"
+    if point == "while_writing_shards":
+        process = subprocess.Popen(preprocess_command(*flags), cwd=REPO, env=job_env(**{faulty.SLOW_ENV: 0.05}),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 300
+            while process.poll() is None and time.monotonic() < deadline:
+                if len(list(version_dir.glob("facts-*.jsonl"))) >= 2:
+                    process.send_signal(signal.SIGKILL)
+                    break
+                time.sleep(0.005)
+            _, stderr = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        returncode = process.returncode
+    else:
+        killed = run_job(preprocess_command(*flags, kill_before="beam_pipelines.preprocess:publish"),
+                         env=job_env(decoder=None), expect=None)
+        returncode, stderr = killed.returncode, killed.stderr
+        assert (version_dir / dataset_contract.METADATA_FILE).exists()  # complete, but not current
+    assert returncode == -signal.SIGKILL, f"the kill point was never reached: {stderr[-3000:]}"
+    assert list(version_dir.glob("*.tfrecord"))  # the killed run had written shards ...
+    assert {name: data for name, data in _tree(output).items() if not name.startswith(("v00002/", ".lease"))} \
+        == before  # ... and nothing else changed: latest still names v00001, whose files are as they were
+    assert dataset_contract.locate(str(output), storage.read_bytes, storage.exists)[0] == str(output / "v00001")
+
+    with caplog.at_level("WARNING", logger="beam_pipelines.preprocess"):
+        metadata = preprocess_here(*flags)
+    assert any("v00002" in message and "did not publish" in message for message in caplog.messages)
+    assert metadata["version"] == "v00002" and (metadata["new"], metadata["unchanged"]) == (len(new), len(old))
+    assert sorted(path.name for path in output.iterdir()) == ["latest", "v00001", "v00002"]  # no lease left behind
+    sources, rejections = read_dataset(output)
+    assert set(sources) == {str(path) for path in old + new} and not rejections
