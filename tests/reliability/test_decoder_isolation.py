@@ -1,7 +1,7 @@
-"""A decoder that hangs or kills its process on one file costs that file, not the job.
+"""A decoder that hangs or kills its process on one file costs that file, not the job, in both pipelines.
 
 The stand-in decoder (tests/reliability/faulty.py, named by CATSDOGS_TEST_DECODE_FN) hangs on one file and aborts on
-another. The job runs as its own process with a deadline, so if the isolation were gone the test fails (a timeout,
+another. Each job runs as its own process with a deadline, so if the isolation were gone the test fails (a timeout,
 or the job dying of SIGABRT) instead of hanging or killing pytest.
 """
 
@@ -13,7 +13,15 @@ import pytest
 from beam_pipelines import isolation, score
 from tests import corpus
 from tests.reliability import faulty
-from tests.reliability.conftest import FAULTY_DECODER, job_env, read_outcomes, run_job, score_command
+from tests.reliability.conftest import (
+    FAULTY_DECODER,
+    job_env,
+    preprocess_command,
+    read_dataset,
+    read_outcomes,
+    run_job,
+    score_command,
+)
 from tests.trainer.datasets import run_python
 
 pytestmark = pytest.mark.slow
@@ -40,6 +48,24 @@ def test_a_hanging_or_crashing_decoder_costs_one_file_and_the_scoring_job_finish
     assert f"{TIMEOUT_SECONDS:g} s" in errors[str(hangs)]["detail"]
     summary = json.loads((output / "r" / score.SUMMARY_FILE).read_text())
     assert summary["failed_by_reason"] == {isolation.DECODER_TIMEOUT: 1, isolation.DECODER_CRASH: 1}
+
+
+def test_a_hanging_or_crashing_decoder_costs_one_file_and_preprocessing_finishes(tmp_path):
+    images, output = tmp_path / "images", tmp_path / "data"
+    good = corpus.write_easy_dataset(images, per_class=4, size=32)
+    hangs, crashes = images / "cat" / "hangs.jpg", images / "dog" / "crashes.png"
+    hangs.write_bytes(faulty.HANG + b" then anything")
+    crashes.write_bytes(faulty.CRASH)
+
+    run_job(preprocess_command("--input", images, "--output_dir", output, "--image_size", 32,
+                               "--decode_timeout_seconds", TIMEOUT_SECONDS, "--files_per_batch", 5),
+            env=job_env(), timeout=240)
+
+    sources, rejections = read_dataset(output)
+    assert set(sources) == {str(path) for path in good}
+    assert {path: row["reason"] for path, row in rejections.items()} == {
+        str(hangs): isolation.DECODER_TIMEOUT, str(crashes): isolation.DECODER_CRASH}
+    assert "exit code -6" in rejections[str(crashes)]["detail"]
 
 
 # decode_stream keeps several files in flight to one child: a hang or a crash in the middle of a stream must cost only
