@@ -1,13 +1,18 @@
 # syntax=docker/dockerfile:1
-# Two images from one file, both tagged by git commit (never :latest) by `make image`:
-#   --target cpu  python:3.11-slim + `.[cpu]` (tensorflow-cpu): preprocessing, scoring, small CPU training
-#   --target gpu  the official TensorFlow GPU image (CUDA and cuDNN matched to TF) + our package and the
-#                 non-TensorFlow pins; TensorFlow is not re-installed, so CUDA is not shipped twice.
-# Every version comes from setup.py's PINS. Both run as the numeric non-root user 10001 and write only to
+# Three images from one file, all tagged by git commit (never :latest) by `make image`:
+#   --target cpu       python:3.11-slim + `.[cpu]` (tensorflow-cpu): preprocessing, scoring, small CPU training
+#   --target gpu       the official TensorFlow GPU image (CUDA and cuDNN matched to TF) + our package and the
+#                      non-TensorFlow pins; TensorFlow is not re-installed, so CUDA is not shipped twice.
+#   --target dataflow  the cpu image plus Beam's SDK harness entrypoint: the --sdk_container_image of Dataflow
+#                      workers (k8s/components/dataflow-scoring), with the same packages as the launcher.
+# Every version comes from setup.py's PINS. cpu and gpu run as the numeric non-root user 10001 and write only to
 # /tmp and /scratch (the Kubernetes manifests mount emptyDirs there under a read-only root filesystem).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG TF_GPU_IMAGE=tensorflow/tensorflow:2.21.0-gpu
+# Beam's Python SDK image for the same Beam version (PINS["apache-beam"]) and Python minor version as PYTHON_IMAGE:
+# only its /opt/apache/beam (the boot binary that starts a Dataflow worker's SDK harness) is used.
+ARG BEAM_SDK_IMAGE=apache/beam_python3.11_sdk:2.77.0
 
 # Reads PINS and OVERRIDES out of setup.py without running setuptools, one requirement per line:
 # non-tf-pins.txt without TensorFlow (the cpu image gets it through the `cpu` extra, the gpu image from its base)
@@ -86,3 +91,18 @@ RUN python3 -m pip install --no-cache-dir -r /tmp/non-tf-pins.txt \
  && mkdir -p /scratch && chown 10001:10001 /scratch
 USER 10001:10001
 CMD ["catsdogs-train", "--help"]
+
+FROM ${BEAM_SDK_IMAGE} AS beam-sdk
+
+# A Dataflow custom container must start /opt/apache/beam/boot (Dataflow's "Build custom container images"); Beam's
+# documented way to give another image one is to copy /opt/apache/beam from its SDK image. No --setup_file is
+# staged: the package and the Pillow override (setup.py's OVERRIDES) are already installed here, whereas workers
+# installing from setup.py would get Beam's capped Pillow.
+FROM cpu AS dataflow
+COPY --from=beam-sdk /opt/apache/beam /opt/apache/beam
+# Dataflow mounts its worker directories (/var/opt/google) owned by root and the SDK harness writes there, so the
+# harness runs as root (pangeo-data/pangeo-docker-images#360 hit this with a non-root image). This image never runs
+# in the Kubernetes pods, which use the cpu image as UID 10001; hence DL3002 (last USER is root) is ignored here.
+# hadolint ignore=DL3002
+USER 0:0
+ENTRYPOINT ["/opt/apache/beam/boot"]

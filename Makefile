@@ -24,24 +24,37 @@ OVERWRITE ?=## set to 1 to let `make preprocess` replace an existing dataset
 PREPROCESS_ARGS ?=## extra flags for catsdogs-preprocess (see: .venv/bin/catsdogs-preprocess --help)
 TRAIN_ARGS ?=## extra flags for catsdogs-train
 SCORE_ARGS ?=## extra flags for catsdogs-score
-IMAGE_REPO ?= us-docker.pkg.dev/catsdogs-demo/catsdogs## registry path for `make image` (images catsdogs-cpu and catsdogs-gpu)
+IMAGE_REPO ?= us-docker.pkg.dev/catsdogs-demo/catsdogs## registry path for `make image` (images catsdogs-cpu, catsdogs-gpu, catsdogs-dataflow)
 IMAGE_PUSH ?=## set to 1 to let `make image` also push the images
 K8S_OUT ?= build/k8s## where `make k8s-render` writes one rendered manifest per overlay
 BENCH_ARGS ?=## flags for benchmarks/bench.py, e.g. --quick or --sections preprocess
+ACCEL ?=## TensorFlow build `make setup` installs: cpu or gpu (empty: gpu when `nvidia-smi -L` lists a GPU)
+TENSORBOARD_PORT ?= 6006## port `make tensorboard` serves on
 
 # Prints the pins of setup.py's OVERRIDES, read without running setuptools (the Dockerfile's `pins` stage does the same).
 export OVERRIDE_PINS := import ast; t = ast.parse(open("setup.py").read()); v = {n.targets[0].id: ast.literal_eval(n.value) \
   for n in t.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") in ("PINS", "OVERRIDES")}; \
   print(" ".join(v["PINS"][name] for name in sorted(v["OVERRIDES"])))
 
+ifeq ($(strip $(ACCEL)),)
+override ACCEL := $(shell timeout 10 nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && echo gpu || echo cpu)
+endif
+ifneq ($(ACCEL),$(filter cpu gpu,$(firstword $(ACCEL))))
+$(error ACCEL must be cpu or gpu (got '$(ACCEL)'); leave it empty to choose by `nvidia-smi -L`)
+endif
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# The stamp's name records the TensorFlow build in .venv, so changing ACCEL re-runs the installation.
+STAMP := $(VENV)/.installed-$(ACCEL)
+OTHER_ACCEL := $(filter-out $(ACCEL),cpu gpu)
+TF_PACKAGE_cpu := tensorflow-cpu# the distribution each extra of setup.py installs
+TF_PACKAGE_gpu := tensorflow
 DATA_URL := https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-8368-6DEBA77B919F/kagglecatsanddogs_5340.zip
 DEFAULT_IMAGES := $(WORKDIR)/raw/PetImages
 HELP_VARS := $(shell grep -hE '^[A-Z0-9_]+ \?=.*## ' $(MAKEFILE_LIST) | cut -d' ' -f1)
 
-.PHONY: help setup test lint data preprocess train train-only baseline score bench clean image k8s-render k8s-validate hadolint
+.PHONY: help setup test lint data preprocess train train-only baseline score tensorboard bench clean image \
+  k8s-render k8s-validate hadolint
 
 help: ## show this help
 	@echo "Usage: make <target> [VARIABLE=value ...]"
@@ -56,13 +69,21 @@ help: ## show this help
 
 $(STAMP): setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing the $(ACCEL) build of TensorFlow (ACCEL=$(ACCEL))"
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[cpu,test,bench]'
+	@# Both builds install the same `tensorflow` package directory: the other one must go first, or removing it
+	@# later would delete this one's files. Leaving the GPU build also drops the CUDA wheels it brought.
+	if [ -e $(VENV)/.installed-$(OTHER_ACCEL) ] || $(BIN)/python -m pip show $(TF_PACKAGE_$(OTHER_ACCEL)) >/dev/null 2>&1; then \
+	  $(BIN)/python -m pip uninstall --quiet --yes $(TF_PACKAGE_$(OTHER_ACCEL)) \
+	    $(if $(filter cpu,$(ACCEL)),$$($(BIN)/python -m pip list --format=freeze | grep -E '^nvidia-' | cut -d= -f1)); \
+	fi
+	$(BIN)/python -m pip install --quiet -e '.[$(ACCEL),test,bench]'
 	@# setup.py's OVERRIDES: pins another package's cap refuses (setup.py says why), installed over it
 	$(BIN)/python -m pip install --quiet --no-deps $$($(BIN)/python -c "$$OVERRIDE_PINS")
+	@rm -f $(VENV)/.installed $(VENV)/.installed-$(OTHER_ACCEL)
 	@touch $@
 
-setup: $(STAMP) ## create .venv and install the project (fast when nothing changed)
+setup: $(STAMP) ## create .venv and install the project, TensorFlow's ACCEL build (fast when nothing changed)
 
 test: setup ## run the test suite (unit, pipeline, training and end-to-end tests)
 	$(BIN)/python -m pytest
@@ -104,6 +125,9 @@ score: setup ## score SCORE_IMAGES with MODEL into SCORES/<run_id>/
 	$(BIN)/catsdogs-score --model '$(MODEL)' --input '$(SCORE_IMAGES)' --output_dir '$(SCORES)' \
 	  --runner $(RUNNER) $(SCORE_ARGS)
 
+tensorboard: setup ## serve MODEL_DIR/logs (training curves, local or gs://) on http://localhost:TENSORBOARD_PORT
+	$(BIN)/tensorboard --logdir '$(MODEL_DIR)/logs' --port $(TENSORBOARD_PORT)
+
 bench: setup ## run the benchmarks on ../shared/data and write benchmarks/RESULTS.md
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
@@ -119,12 +143,12 @@ K8S_VERSION := 1.32.0
 K8S_OVERLAYS := $(notdir $(wildcard k8s/overlays/*))
 CHECKOV := .venv-checkov/bin/checkov
 
-image: ## build the cpu and gpu images as IMAGE_REPO/catsdogs-{cpu,gpu}:<git commit> (IMAGE_PUSH=1 pushes)
+image: ## build the images IMAGE_REPO/catsdogs-{cpu,gpu,dataflow}:<git commit> (IMAGE_PUSH=1 pushes)
 	@test -n "$(IMAGE_TAG)" || { echo "error: not a git checkout: images are tagged by commit" >&2; exit 1; }
 	@if [ -n "$$(git status --porcelain -- Dockerfile .dockerignore setup.py pyproject.toml beam_pipelines trainer)" ]; then \
 	  echo "error: uncommitted changes in files the image contains; commit them so tag $(IMAGE_TAG) names the code" >&2; \
 	  exit 1; fi
-	for target in cpu gpu; do \
+	for target in cpu gpu dataflow; do \
 	  docker build --target $$target --build-arg CATSDOGS_CODE_VERSION=$$(git rev-parse --short=12 HEAD) \
 	    -t $(IMAGE_REPO)/catsdogs-$$target:$(IMAGE_TAG) . ; \
 	  if [ -n "$(IMAGE_PUSH)" ]; then docker push $(IMAGE_REPO)/catsdogs-$$target:$(IMAGE_TAG); fi; \
@@ -140,7 +164,7 @@ k8s-render: ## render each k8s overlay, images pinned to IMAGE_REPO:<git commit>
 	  dir=$(K8S_OUT)/kustomize/$$overlay; mkdir -p $$dir; \
 	  { echo "apiVersion: kustomize.config.k8s.io/v1beta1"; echo "kind: Kustomization"; \
 	    echo "resources: [$$(realpath --relative-to=$$dir k8s/overlays/$$overlay)]"; echo "images:"; \
-	    for name in catsdogs-cpu catsdogs-gpu; do \
+	    for name in catsdogs-cpu catsdogs-gpu catsdogs-dataflow; do \
 	      echo "  - {name: $$name, newName: $(IMAGE_REPO)/$$name, newTag: \"$(IMAGE_TAG)\"}"; done; \
 	  } > $$dir/kustomization.yaml; \
 	  kubectl kustomize $$dir > $(K8S_OUT)/$$overlay.yaml; \

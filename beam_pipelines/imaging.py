@@ -22,6 +22,7 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 DEFAULT_MAX_PIXELS = 50_000_000  # a 50 MP photo decodes to 150 MB of RGB; larger is a bomb, not a pet
 RESAMPLE = Image.Resampling.BILINEAR  # matches tf.image.resize(method="bilinear", antialias=True)
 JPEG_QUALITY = 95
+_EXIF_ORIENTATION = 0x0112
 
 EMPTY = "empty_file"
 NOT_AN_IMAGE = "not_an_image"
@@ -59,6 +60,9 @@ class DecodedImage:
     pixels: np.ndarray  # uint8, shape (height, width, 3), RGB
     source_format: str  # the decoder that read it: one of ALLOWED_FORMATS
     source_size: tuple[int, int]  # (width, height) as stored, before any reduction
+    # The file's own bytes when they already are a JPEG of exactly these pixels (stored at the target size, RGB or
+    # greyscale, no EXIF rotation): preprocessing keeps them as the record instead of encoding the pixels again.
+    source_jpeg: bytes | None = None
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -126,6 +130,7 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int = DEFAULT_M
         raise ImageRejected(EMPTY, "the file has 0 bytes")
     height, width = size
     source_format = "image"
+    untouched = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -136,6 +141,8 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int = DEFAULT_M
                 x0, y0, x1, y1 = tile[1]
                 _check_pixels(x1 - x0, y1 - y0, max_pixels, "frame")
             if source_format == "JPEG":
+                untouched = (image.size == (width, height) and image.mode in ("RGB", "L")
+                             and image.getexif().get(_EXIF_ORIENTATION, 1) == 1)
                 edge = max(height, width)  # orientation may swap the axes: ask for enough of both
                 image.draft("RGB", (edge, edge))
             image.load()
@@ -156,7 +163,8 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int = DEFAULT_M
         raise ImageRejected(reason, f"{source_format}: {message}") from None
     if pixels.shape != (height, width, 3):
         raise ImageRejected(DECODE_ERROR, f"decoded to shape {pixels.shape}, expected {(height, width, 3)}")
-    return DecodedImage(pixels=pixels, source_format=source_format, source_size=source_size)
+    return DecodedImage(pixels=pixels, source_format=source_format, source_size=source_size,
+                        source_jpeg=data if untouched else None)
 
 
 def encode_jpeg(pixels: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
@@ -179,7 +187,7 @@ def perceptual_hash(pixels: np.ndarray) -> int:
     grey = Image.fromarray(pixels).convert("L").resize((9, 8), Image.Resampling.BOX)
     values = np.asarray(grey, dtype=np.int16)
     bits = (values[:, 1:] > values[:, :-1]).flatten()
-    return int(sum(1 << i for i, bit in enumerate(bits) if bit))
+    return int.from_bytes(np.packbits(bits, bitorder="little").tobytes(), "little")  # bit i set when bits[i]
 
 
 def hamming_distance(hash_a: int, hash_b: int) -> int:
@@ -198,8 +206,15 @@ class RecordParts:
     source_format: str
 
 
+def pixels_of(decoded: DecodedImage) -> np.ndarray:
+    """What scoring keeps of a decoded image: the pixels only (this is all that crosses the decoder's pipe)."""
+    return decoded.pixels
+
+
 def record_parts(decoded: DecodedImage) -> RecordParts:
-    """The per-image work of preprocessing after decoding, done where the decoding is done."""
+    """The per-image work of preprocessing after decoding, done where the decoding is done. A JPEG already stored at
+    the target size is kept as it is (no second lossy encoding, and the costliest step saved)."""
     pixels = decoded.pixels
-    return RecordParts(encode_jpeg(pixels), content_hash(pixels), perceptual_hash(pixels), decoded.source_format)
+    jpeg = decoded.source_jpeg if decoded.source_jpeg is not None else encode_jpeg(pixels)
+    return RecordParts(jpeg, content_hash(pixels), perceptual_hash(pixels), decoded.source_format)
 

@@ -14,9 +14,7 @@ busy with the next files, so decoding overlaps inference. A file that cannot be 
 with its reason; it never costs the other files of its batch.
 """
 
-import concurrent.futures
 import dataclasses
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +25,7 @@ from beam_pipelines import isolation, listing, model_handler, reading
 from trainer import provenance
 
 READ_THREADS = reading.READ_THREADS
+_PIXELS_FN = "beam_pipelines.imaging:pixels_of"  # only the pixels come back from the decoder child
 
 
 @dataclasses.dataclass
@@ -38,11 +37,6 @@ class BatchOutcome:
     scored: list
     rejected: list
     scored_at: str
-
-
-def _close(decoder, pool) -> None:
-    decoder.close()
-    pool.shutdown(wait=False, cancel_futures=True)
 
 
 class FilesModelHandler(ModelHandler[listing.FileBatch, BatchOutcome, Any]):
@@ -74,27 +68,23 @@ class FilesModelHandler(ModelHandler[listing.FileBatch, BatchOutcome, Any]):
     def share_model_across_processes(self) -> bool:
         return self._pixels.share_model_across_processes()
 
-    def _resources(self):
-        """The decoder child and read pool, made on first use and closed when the handler goes. A handler is
-        unpickled per DoFn instance, which runs one bundle at a time, so this needs no lock."""
+    def _decoding(self) -> reading.Decoding:
+        """The decoder child and read threads, made on first use. A handler is unpickled per DoFn instance, which
+        runs one bundle at a time, so this needs no lock."""
         if self._resources_made is None:
-            limit = isolation.memory_limit(self._max_pixels, self._max_file_bytes)
-            decoder = isolation.DecodeRunner(self._decode_timeout, memory_limit_bytes=limit)
-            pool = concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="read")
-            weakref.finalize(self, _close, decoder, pool)
-            self._resources_made = decoder, pool
+            self._resources_made = reading.Decoding(
+                1, self._decode_timeout, _PIXELS_FN, isolation.memory_limit(self._max_pixels, self._max_file_bytes))
         return self._resources_made
 
     def run_inference(self, batch: listing.FileBatch, model, inference_args=None) -> Sequence[BatchOutcome]:
-        decoder, pool = self._resources()
         scored, rejected, pending = [], [], []
-        outcomes = reading.decoded(batch.files, decoder=decoder, pool=pool, size=self._size,
-                                   max_pixels=self._max_pixels, max_bytes=self._max_file_bytes)
+        outcomes = self._decoding().decoded(batch.files, size=self._size, max_pixels=self._max_pixels,
+                                            max_bytes=self._max_file_bytes)
         for ref, outcome in outcomes:
             if outcome[0] == "rejected":
                 rejected.append((ref, outcome[1], outcome[2]))
                 continue
-            pending.append((ref, outcome[1].pixels))
+            pending.append((ref, outcome[1]))
             if len(pending) == self._max_batch_size:
                 scored += self._predict(pending, model)
                 pending = []

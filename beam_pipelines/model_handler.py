@@ -1,23 +1,24 @@
 """Load an exported catsdogs model for Beam's RunInference, and check it is the model it claims to be.
 
-`read_model_info` / `check_model` validate an export directory (local or gs://) against the contract in
-docs/ARCHITECTURE.md: model_info.json with its required fields, two class names, an input size, and a
-sha256 for every file in `files` that matches what is on disk. The scoring launcher calls them before
-any image is read, so a wrong or half-copied model fails at launch, not on a worker an hour later.
+`resolve_and_check_model` is what the scoring launcher runs before any image is read, so a wrong, tampered or
+half-copied model fails at launch, not on a worker an hour later: it refuses Keras files and models outside
+`--allowed_model_prefix`, follows an export root's `latest` pointer, checks the sha256 the pointer records against
+the version's model_info.json, validates model_info.json and every file's sha256 (trainer/model_contract.py, the
+one definition of the export layout, shared with the trainer). `lineage` is what a scoring run records of the model
+and of the dataset it was trained on.
 
 `PixelsModelHandler` is a `ModelHandler` over `tf.saved_model.load` and the `serve_pixels` signature
 (Beam's own TensorFlow handler goes through keras.models.load_model, which cannot read a SavedModel
 in Keras 3). It takes uint8 pixel arrays from `imaging.decode_image` and returns one
 `(probability, class_name, scored_at)` per image: one signature call per batch, nothing per element.
 RunInference keeps one loaded model per worker process, shared by its threads. A gs:// export is first
-copied to a local temporary directory with Beam's FileSystems (TensorFlow's own GCS filesystem does not
-honour STORAGE_EMULATOR_HOST) and its checksums are verified on the copy that is loaded.
+copied to a local temporary directory (storage.py; TensorFlow's own GCS filesystem does not honour
+STORAGE_EMULATOR_HOST) and its checksums are verified on the copy that is loaded; the `files` keys are
+checked before anything is copied, since they become local paths.
 
 TensorFlow is imported only inside `load_model` / `run_inference`, so the launcher starts fast.
 """
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -26,25 +27,19 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler
 
-from trainer import provenance
+from beam_pipelines import storage
+from trainer import model_contract, provenance
+from trainer.model_contract import LATEST, MODEL_INFO, SAVED_MODEL, ModelError, join
 
-MODEL_INFO = "model_info.json"
-PIXELS_SIGNATURE = "serve_pixels"
-REQUIRED_FIELDS = ("format_version", "model_version", "model_name", "class_names", "input_size", "signatures",
-                   "files")
+PIXELS_SIGNATURE = model_contract.SIGNATURES["pixels"]
+KERAS_FILE_SUFFIXES = (".keras", ".h5", ".hdf5")  # refused as --model: never deserialised by the scorer
 _FIX = ("pass --model an export version directory written by trainer/export.py (it contains saved_model.pb and "
         "model_info.json), or an export root whose `latest` file names one; if the directory was copied by hand, "
         "copy it again completely")
 
 _LOGGER = logging.getLogger(__name__)
-
-
-class ModelError(ValueError):
-    """The model directory is not a usable export; the message says what is wrong and what to do."""
 
 
 class Prediction(NamedTuple):
@@ -53,92 +48,123 @@ class Prediction(NamedTuple):
     scored_at: str  # UTC, ISO 8601 with seconds; one stamp per batch
 
 
-def _join(base: str, relative: str) -> str:
-    return base.rstrip("/") + "/" + relative
+def _sha256(path: str) -> str | None:
+    return storage.sha256(path) if storage.exists(path) else None
 
 
-def _read(path: str) -> bytes:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return handle.read()
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_model_info(model_dir: str) -> dict:
-    """model_info.json of an export directory, with its fields checked. Raises ModelError."""
-    path = _join(model_dir, MODEL_INFO)
-    if not FileSystems.exists(path):
+def read_model_info(model_dir: str, expected_sha256: str | None = None) -> dict:
+    """model_info.json of an export directory, with its fields checked and, when the `latest` pointer that led
+    here recorded one, its sha256 compared. Raises ModelError."""
+    path = join(model_dir, MODEL_INFO)
+    if not storage.exists(path):
         raise ModelError(f"{model_dir} has no {MODEL_INFO}: it is not a complete catsdogs export; {_FIX}")
-    try:
-        info = json.loads(_read(path).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"{path} is not valid JSON ({error}); {_FIX}") from None
-    if not isinstance(info, dict):
-        raise ModelError(f"{path} must hold a JSON object; {_FIX}")
-    missing = [field for field in REQUIRED_FIELDS if field not in info]
-    if missing:
-        raise ModelError(f"{path} lacks required field(s) {', '.join(missing)}; {_FIX}")
-    version = info["model_version"]
-    if not (isinstance(version, (str, int)) and str(version).strip()):
-        raise ModelError(f"{path}: model_version must be a non-empty string or integer, got {version!r}; {_FIX}")
-    names = info["class_names"]
-    if not (isinstance(names, list) and len(names) == 2 and all(isinstance(n, str) and n for n in names)
-            and names[0] != names[1]):
-        raise ModelError(f"{path}: class_names must be two distinct names (negative, positive), got {names!r}; "
-                         f"this scorer handles two-class models only: pass --model a two-class export")
-    size = info["input_size"]
-    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
-        raise ModelError(f"{path}: input_size must be [height, width] of positive integers, got {size!r}; {_FIX}")
-    signatures = info["signatures"]
-    if not isinstance(signatures, dict) or signatures.get("pixels") != PIXELS_SIGNATURE:
-        raise ModelError(f"{path}: signatures must name the pixels signature {PIXELS_SIGNATURE!r}, got "
-                         f"{signatures!r}; re-export the model with trainer/export.py")
-    files = info["files"]
-    if not isinstance(files, dict) or "saved_model.pb" not in files:
-        raise ModelError(f"{path}: `files` must map every exported file (saved_model.pb included) to its sha256; "
-                         f"{_FIX}")
+    data = storage.read_bytes(path)  # read once: the bytes checked are the bytes parsed
+    info = model_contract.parse_model_info(data, path, _FIX)
+    if expected_sha256 is not None:
+        actual = model_contract.sha256_bytes(data)
+        if actual != expected_sha256:
+            raise ModelError(f"{path} has sha256 {actual} but the `{LATEST}` pointer that names this version "
+                             f"records {expected_sha256}: model_info.json was rewritten after the version was "
+                             f"published (with the files it lists, or not). Do not score with it; publish the model "
+                             f"again, or roll `{LATEST}` back to a version you trust (make rollback VERSION=...)")
     return info
 
 
 def verify_files(model_dir: str, info: dict) -> None:
     """Every file listed in model_info.json exists under model_dir with the recorded sha256. Raises ModelError."""
-    for relative, expected in sorted(info["files"].items()):
-        path = _join(model_dir, relative)
-        if not FileSystems.exists(path):
-            raise ModelError(f"{path} is listed in {MODEL_INFO} but missing: the export is incomplete; {_FIX}")
-        actual = _sha256(path)
-        if actual != expected:
-            raise ModelError(f"{path} has sha256 {actual} but {MODEL_INFO} records {expected}: the file was changed "
-                             f"or only partly copied; {_FIX}")
+    model_contract.verify_files(model_dir, info, _sha256, _FIX)
 
 
-def check_model(model_dir: str) -> dict:
-    """read_model_info + verify_files: what the launcher runs before scoring anything."""
-    info = read_model_info(model_dir)
+def check_model(model_dir: str, expected_sha256: str | None = None) -> dict:
+    """read_model_info + verify_files."""
+    info = read_model_info(model_dir, expected_sha256)
     verify_files(model_dir, info)
     return info
 
 
+def resolve_model(model: str) -> tuple[str, str | None]:
+    """(version directory, the sha256 of its model_info.json that `latest` records): a version directory given
+    directly comes back as is with None; an export root is followed through its `latest` pointer."""
+    model = model.rstrip("/")
+    if storage.exists(join(model, SAVED_MODEL)):
+        return model, None
+    where = join(model, LATEST)
+    if not storage.exists(where):
+        raise ModelError(f"{model} is neither a model export (no {SAVED_MODEL}) nor an export root with a "
+                         f"'{LATEST}' file; pass --model <model_dir>/export or --model <model_dir>/export/<version>")
+    pointer = model_contract.parse_pointer(storage.read_bytes(where), where)
+    if pointer.legacy:
+        raise ModelError(f"{where} is in the old plain-text format: it names version {pointer.version} but not the "
+                         f"sha256 of that version's {MODEL_INFO}, so the scorer cannot check the version is the one "
+                         f"published. Rewrite it after verifying the version: python -m trainer.rollback to "
+                         f"--export_dir {model} --version {pointer.version} (make rollback EXPORT_DIR={model} "
+                         f"VERSION={pointer.version}); or pass --model {join(model, pointer.version)}")
+    return join(model, pointer.version), pointer.model_info_sha256
+
+
+def _under_prefix(path: str, prefix: str) -> bool:
+    """Whether path is prefix or below it. Local paths are compared after resolving symlinks and `..`, so a link
+    placed under the prefix does not let a model from elsewhere in."""
+    if not storage.is_remote(prefix):
+        prefix = os.path.realpath(prefix)
+        path = path if storage.is_remote(path) else os.path.realpath(path)
+    prefix = prefix.rstrip("/") + "/"
+    return (path.rstrip("/") + "/").startswith(prefix)
+
+
+def resolve_and_check_model(model: str, allowed_prefix: str | None) -> tuple[str, dict]:
+    """The version directory to load and its verified model_info: what the scoring launcher runs before anything
+    else. Raises ModelError saying what is wrong and what to do."""
+    if allowed_prefix and not _under_prefix(model, allowed_prefix):
+        raise ModelError(f"--model {model} is outside --allowed_model_prefix {allowed_prefix}; use a model "
+                         f"published there")
+    if model.rstrip("/").lower().endswith(KERAS_FILE_SUFFIXES):
+        # Never handed to keras.models.load_model: a Keras file's Lambda layers carry Python bytecode.
+        raise ModelError(f"--model {model} is a Keras file; the scorer loads only a SavedModel export (a version "
+                         f"directory with saved_model.pb and model_info.json, or an export root with `latest`) as "
+                         f"catsdogs-train writes it; export a Keras model of your own with "
+                         f"trainer.export.export_model")
+    resolved, expected_sha256 = resolve_model(model)
+    if allowed_prefix and not _under_prefix(resolved, allowed_prefix):
+        raise ModelError(f"{model}'s `latest` points outside --allowed_model_prefix {allowed_prefix} ({resolved})")
+    try:
+        info = check_model(resolved, expected_sha256)
+    except ModelError as error:
+        raise ModelError(f"model {resolved} refused: {error}") from None
+    if expected_sha256 is not None and str(info["model_version"]) != resolved.rsplit("/", 1)[-1]:
+        raise ModelError(f"model {resolved} refused: its {MODEL_INFO} says model_version {info['model_version']!r}: "
+                         f"the directory holds a copy of another version; {_FIX}")
+    return resolved, info
+
+
+def lineage(info: dict) -> dict:
+    """Where a scoring run's predictions come from: the model (name, version) and the dataset it was trained on
+    (the dataset's version when its metadata.json records one, when it was finished and by which code)."""
+    data = info.get("training_data") or {}
+    return {
+        "model_name": info["model_name"],
+        "model_version": str(info["model_version"]),
+        "model_created_at": info.get("created_at"),
+        "model_code_version": info.get("code_version"),
+        "dataset": {
+            "version": data.get("version"),
+            "finished_at": data.get("finished_at"),
+            "code_version": data.get("code_version"),
+        },
+    }
+
+
 def fetch_model(model_dir: str, info: dict) -> str:
     """A local directory holding the export: model_dir itself when local, else a verified temporary copy."""
-    if not model_dir.startswith("gs://"):
+    if not storage.is_remote(model_dir):
         verify_files(model_dir, info)
         return model_dir
+    # The keys become local paths below: a key such as '../../x' would write outside the temporary directory.
+    model_contract.check_files(info["files"], join(model_dir, MODEL_INFO), _FIX)
     local = tempfile.mkdtemp(prefix=f"catsdogs-model-{info['model_version']}-")
     try:
         for relative in info["files"]:
-            target = os.path.join(local, *relative.split("/"))
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with FileSystems.open(_join(model_dir, relative),
-                                  compression_type=CompressionTypes.UNCOMPRESSED) as source, \
-                    open(target, "wb") as destination:
-                shutil.copyfileobj(source, destination, 1 << 20)
+            storage.download(join(model_dir, relative), os.path.join(local, *relative.split("/")))
         verify_files(local, info)
     except BaseException:
         shutil.rmtree(local, ignore_errors=True)

@@ -4,8 +4,8 @@ Both jobs process a FileBatch through `decoded(...)`: it yields `(ref, outcome)`
 outcome is `("ok", value)` (the decoder's result) or `("rejected", reason, detail)`. Three things overlap:
 - reads: up to READ_AHEAD files are being read by READ_THREADS threads (on GCS each read is a request of tens of
   milliseconds: read one at a time, a worker would mostly wait);
-- decoding: a feeder thread sends the bytes to the decoder child (isolation.DecodeRunner, a few files in flight) and
-  queues its answers;
+- decoding: a feeder thread per decoder child (isolation.DecodeRunner, a few files in flight each) sends it the bytes
+  and queues its answers, so N children decode on N cores;
 - the caller's own work on the answers (the model on a batch of pixels, writing records), which releases the GIL in
   TensorFlow and in file I/O.
 A file that cannot be used costs that file only: it comes out rejected with its reason, never as an exception.
@@ -15,6 +15,7 @@ import collections
 import concurrent.futures
 import queue
 import threading
+import weakref
 
 from beam_pipelines import isolation, storage
 
@@ -73,11 +74,17 @@ class _End:
         self.error = error
 
 
-def decoded(refs, *, decoder: isolation.DecodeRunner, pool: concurrent.futures.Executor, size, max_pixels: int,
-            max_bytes: int):
-    """Yields (ref, outcome) for every ref, in no set order (rejections before decoding come out first)."""
+def decoded(refs, *, decoders, pool: concurrent.futures.Executor, size, max_pixels: int, max_bytes: int):
+    """Yields (ref, outcome) for every ref, in no set order (rejections before decoding come out first).
+
+    `decoders` (isolation.DecodeRunner, one or more): each is fed by its own thread from one shared read-ahead
+    stream, so N decoder processes decode N files at a time, each taking the next file when it is free.
+    """
+    decoders = list(decoders)
     results = queue.Queue(maxsize=QUEUE_SIZE)
     stop = threading.Event()
+    reads = read_ahead(refs, max_bytes, pool)
+    lock = threading.Lock()
 
     def put(item) -> bool:
         while not stop.is_set():
@@ -88,16 +95,21 @@ def decoded(refs, *, decoder: isolation.DecodeRunner, pool: concurrent.futures.E
                 continue
         return False
 
-    def feed():
-        try:
-            def readable():
-                for ref, data in read_ahead(refs, max_bytes, pool):
-                    if isinstance(data, tuple):
-                        if not put((ref, data)):
-                            return
-                        continue
-                    yield ref, data
+    def readable():
+        while not stop.is_set():
+            with lock:
+                item = next(reads, None)
+            if item is None:
+                return
+            ref, data = item
+            if isinstance(data, tuple):
+                if not put((ref, data)):
+                    return
+                continue
+            yield ref, data
 
+    def feed(decoder):
+        try:
             for ref, outcome in decoder.decode_stream(readable(), size, max_pixels):
                 if not put((ref, outcome)):
                     return
@@ -105,16 +117,45 @@ def decoded(refs, *, decoder: isolation.DecodeRunner, pool: concurrent.futures.E
         except BaseException as error:  # noqa: BLE001 - handed to the caller's thread, which raises it
             put(_End(error))
 
-    feeder = threading.Thread(target=feed, name="decode-feeder", daemon=True)
-    feeder.start()
+    feeders = [threading.Thread(target=feed, args=(decoder,), name="decode-feeder", daemon=True)
+               for decoder in decoders]
+    for feeder in feeders:
+        feeder.start()
     try:
-        while True:
+        running = len(feeders)
+        while running:
             item = results.get()
             if isinstance(item, _End):
+                running -= 1
                 if item.error is not None:
                     raise item.error
-                return
+                continue
             yield item
     finally:
         stop.set()
-        feeder.join()
+        for feeder in feeders:
+            feeder.join()
+
+
+class Decoding:
+    """A worker's decoder children and read threads, made once (DoFn.setup, or a model handler's first batch) and
+    closed when the worker is done with them (or garbage-collected)."""
+
+    def __init__(self, processes: int, timeout: float, then_fn: str, memory_limit_bytes: int):
+        self.decoders = [isolation.DecodeRunner(timeout, then_fn=then_fn, memory_limit_bytes=memory_limit_bytes)
+                         for _ in range(max(1, processes))]
+        self.pool = concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="read")
+        self._finalizer = weakref.finalize(self, _close, self.decoders, self.pool)
+
+    def decoded(self, refs, *, size, max_pixels: int, max_bytes: int):
+        return decoded(refs, decoders=self.decoders, pool=self.pool, size=size, max_pixels=max_pixels,
+                       max_bytes=max_bytes)
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _close(decoders, pool) -> None:
+    for decoder in decoders:
+        decoder.close()
+    pool.shutdown(wait=False, cancel_futures=True)

@@ -12,14 +12,12 @@ duplicates dropped, records moved to their group's split, rejections listed): on
 are few (copies and near-copies are about 0.3% of pets-180).
 """
 
-import concurrent.futures
 import json
 import logging
 import os
 import posixpath
 import re
 import time
-import weakref
 from collections import Counter
 
 import apache_beam as beam
@@ -100,11 +98,6 @@ def read_rejections(path: str) -> list[tuple[str, int, int, str, str]]:
     return rows
 
 
-def _close(decoder, pool) -> None:
-    decoder.close()
-    pool.shutdown(wait=False, cancel_futures=True)
-
-
 class DecodeAndWriteFn(beam.DoFn):
     """FileBatch -> ("tally", {...}) once, then ("fact", Fact) per record written (see the module docstring)."""
 
@@ -115,16 +108,15 @@ class DecodeAndWriteFn(beam.DoFn):
 
     def setup(self):
         config = self._config
-        limit = isolation.memory_limit(config.max_pixels, config.max_file_bytes)
-        self._decoder = isolation.DecodeRunner(config.decode_timeout_seconds, then_fn=_RECORD_PARTS_FN,
-                                               memory_limit_bytes=limit)
-        self._pool = concurrent.futures.ThreadPoolExecutor(reading.READ_THREADS, thread_name_prefix="read")
-        weakref.finalize(self, _close, self._decoder, self._pool)
+        # One decoder child per core: decoding, encoding and hashing are most of the work, and this process only
+        # moves bytes between the children and the shard files.
+        self._decoding = reading.Decoding(os.cpu_count() or 1, config.decode_timeout_seconds, _RECORD_PARTS_FN,
+                                          isolation.memory_limit(config.max_pixels, config.max_file_bytes))
         self._done = self._logged = 0
         self._last = time.monotonic()
 
     def teardown(self):
-        _close(self._decoder, self._pool)
+        self._decoding.close()
 
     def process(self, batch):
         config, names = self._config, self._config.class_names
@@ -139,8 +131,8 @@ class DecodeAndWriteFn(beam.DoFn):
             labels[ref.path] = label
             refs.append(ref)
         shards, facts = {split: [] for split in features.SPLITS}, []
-        for ref, outcome in reading.decoded(refs, decoder=self._decoder, pool=self._pool, size=config.size,
-                                            max_pixels=config.max_pixels, max_bytes=config.max_file_bytes):
+        for ref, outcome in self._decoding.decoded(refs, size=config.size, max_pixels=config.max_pixels,
+                                                   max_bytes=config.max_file_bytes):
             if outcome[0] == "rejected":
                 _, reason, detail = outcome
                 if reason in isolation.REASONS:

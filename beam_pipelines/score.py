@@ -40,7 +40,7 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from beam_pipelines import cli, dask_compat, incremental, inference, lifecycle, listing, model_handler, options, storage
-from trainer import features, provenance, publish
+from trainer import features, provenance
 
 NAMESPACE = "catsdogs.score"
 ROW_SCHEMA_VERSION = 2
@@ -51,7 +51,6 @@ RESUME_KEYS = "_resume.keys"
 SUMMARY_FILE = "summary.json"
 PRIVATE = (COMMITTED, COUNTS_FILE, RESUME_KEYS, lifecycle.ATTEMPT_FILE)  # staging files that are not published
 HISTOGRAM_BINS = 10
-_KERAS_FILE_SUFFIXES = (".keras", ".h5", ".hdf5")  # refused as --model: never deserialised by the scorer
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -326,7 +325,7 @@ def summarize(config, model_info, counts, plan, runner, started_at, seconds, out
         "model": config.model,
         "model_name": model_info["model_name"],
         "model_version": str(model_info["model_version"]),
-        "lineage": lineage(model_info),
+        "lineage": model_handler.lineage(model_info),
         "class_names": names,
         "inputs": list(config.inputs),
         "skip_scored": list(config.skip_scored),
@@ -417,49 +416,6 @@ def finish(config, model_info, plan, runner, started_at, seconds) -> dict:
     return summary
 
 
-def _under_prefix(path: str, prefix: str) -> bool:
-    """Whether path is prefix or below it. Local paths are compared after resolving symlinks and `..`, so a link
-    placed under the prefix does not let a model from elsewhere in."""
-    if not storage.is_remote(prefix):
-        prefix = os.path.realpath(prefix)
-        path = path if storage.is_remote(path) else os.path.realpath(path)
-    prefix = prefix.rstrip("/") + "/"
-    return (path.rstrip("/") + "/").startswith(prefix)
-
-
-def resolve_and_check_model(model: str, allowed_prefix: str | None) -> tuple[str, dict]:
-    """The version directory to load and its verified model_info; raises cli.UsageError saying what is wrong."""
-    if allowed_prefix and not _under_prefix(model, allowed_prefix):
-        raise cli.UsageError(f"--model {model} is outside --allowed_model_prefix {allowed_prefix}; use a model "
-                             f"published there")
-    if model.rstrip("/").lower().endswith(_KERAS_FILE_SUFFIXES):
-        # Never handed to keras.models.load_model: a Keras file's Lambda layers carry Python bytecode.
-        raise cli.UsageError(
-            f"--model {model} is a Keras file; the scorer loads only a SavedModel export (a version directory with "
-            f"saved_model.pb and model_info.json, or an export root with `latest`) as catsdogs-train writes it; "
-            f"export a Keras model of your own with trainer.export.export_model")
-    try:
-        resolved = publish.resolve_model(model, exists=storage.exists)
-    except publish.PublishError as error:
-        raise cli.UsageError(str(error)) from None
-    if allowed_prefix and not _under_prefix(resolved, allowed_prefix):
-        raise cli.UsageError(f"{model}'s `latest` points outside --allowed_model_prefix {allowed_prefix} "
-                             f"({resolved})")
-    try:
-        info = model_handler.check_model(resolved)
-    except model_handler.ModelError as error:
-        raise cli.UsageError(f"model {resolved} refused: {error}") from None
-    return resolved, info
-
-
-def lineage(info: dict) -> dict:
-    """Where the model came from: its version and the dataset it was trained on."""
-    data = info.get("training_data") or {}
-    return {"model_name": info.get("model_name"), "model_version": str(info.get("model_version")),
-            "dataset_version": data.get("version"), "dataset_finished_at": data.get("finished_at"),
-            "dataset_code_version": data.get("code_version")}
-
-
 def _resolve(argv) -> tuple[PipelineOptions, options.ScoreConfig, dict, str]:
     """Parses and checks every flag, the model and the inputs: everything that can fail before scoring."""
     cli.check_flags(argv, "catsdogs-score", options.JobOptions, options.ScoreOptions)
@@ -473,7 +429,10 @@ def _resolve(argv) -> tuple[PipelineOptions, options.ScoreConfig, dict, str]:
     inputs = tuple(storage.absolute(p) for p in config.inputs)
     output_dir = storage.absolute(config.output_dir)
     skip = tuple(storage.absolute(p) for p in config.skip_scored)
-    model, info = resolve_and_check_model(config.model, config.allowed_model_prefix)
+    try:
+        model, info = model_handler.resolve_and_check_model(config.model, config.allowed_model_prefix)
+    except model_handler.ModelError as error:
+        raise cli.UsageError(str(error)) from None
     storage.check_patterns_match(inputs)
     import dataclasses
 

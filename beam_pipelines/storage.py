@@ -229,6 +229,18 @@ def delete_tree(path: str) -> None:
         delete(ref.path)
 
 
+def download(source: str, local_path: str) -> None:
+    """Copies one file (local or gs://) to a local path, streamed: model variables can be gigabytes."""
+    os.makedirs(os.path.dirname(os.path.abspath(local_path)), exist_ok=True)
+    if is_remote(source):
+        try:
+            _blob(source).download_to_filename(local_path, retry=_retry())
+        except _not_found() as error:
+            raise FileNotFoundError(f"{source}: {error}") from None
+    else:
+        shutil.copyfile(source, local_path)
+
+
 def copy(source: str, destination: str) -> None:
     """Copies one file; on GCS a server-side copy (no bytes through this process)."""
     if is_remote(source) and is_remote(destination):

@@ -55,7 +55,7 @@ def test_make_train_then_make_score(tmp_path):
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["accuracy"] >= 0.85, metrics  # chance is 0.5
     assert (model_dir / "report.png").stat().st_size > 10_000
-    version = (model_dir / "export" / "latest").read_text().strip()
+    version = json.loads((model_dir / "export" / "latest").read_text())["version"]
     assert (model_dir / "export" / version / "saved_model.pb").is_file()
 
     score_images = tmp_path / "to_score"

@@ -54,10 +54,17 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # cap on steps per epoch (default: one pass over the training split)
     early_stopping_patience: int = 5  # epochs without validation-loss improvement before stopping; 0: never
     backup_every_steps: int = 100  # fault-tolerance backup frequency (and at every epoch end and on SIGTERM)
+    worker_timeout_minutes: float = 5.0  # multi-worker: exit 5 when no step finishes this long (a peer is lost)
     shuffle_buffer: int = 2048
     cache: str = "auto"  # decoded training/validation images in memory: auto when they fit in cache_limit_mb
     cache_limit_mb: int = 2048
     seed: int = 42
+    # The promotion gate (trainer/promotion.py): the export becomes `latest`, which scoring follows, only when blessed.
+    export_dir: str | None = None  # export root, local or gs:// (default <model_dir>/export)
+    min_accuracy: float = 0.8  # on the test split; 0 turns the check off
+    min_roc_auc: float = 0.85
+    max_regression: float = 0.01  # how far below the current latest's accuracy and ROC AUC the new model may be
+    force_publish: bool = False
 
     def __post_init__(self):
         problems = []
@@ -112,12 +119,21 @@ class TrainConfig:
              f"--early_stopping_patience must be an integer >= 0 (got {self.early_stopping_patience!r})")
         need(_is_int(self.backup_every_steps) and self.backup_every_steps >= 1,
              f"--backup_every_steps must be an integer >= 1 (got {self.backup_every_steps!r})")
+        need(_is_number(self.worker_timeout_minutes) and self.worker_timeout_minutes > 0,
+             f"--worker_timeout_minutes must be > 0 (got {self.worker_timeout_minutes!r})")
         need(_is_int(self.shuffle_buffer) and self.shuffle_buffer >= 1,
              f"--shuffle_buffer must be an integer >= 1 (got {self.shuffle_buffer!r})")
         need(self.cache in CACHE, f"--cache must be one of {', '.join(CACHE)} (got {self.cache!r})")
         need(_is_int(self.cache_limit_mb) and self.cache_limit_mb >= 0,
              f"--cache_limit_mb must be an integer >= 0 (got {self.cache_limit_mb!r})")
         need(_is_int(self.seed), f"--seed must be an integer (got {self.seed!r})")
+        need(self.export_dir is None or bool(self.export_dir),
+             "--export_dir must name a directory (local or gs://), or be left out for <model_dir>/export")
+        for name in ("min_accuracy", "min_roc_auc", "max_regression"):
+            value = getattr(self, name)
+            need(_is_number(value) and 0 <= value <= 1, f"--{name} must be between 0 and 1 (got {value!r})")
+        need(isinstance(self.force_publish, bool),
+             f"--force_publish must be true or false (got {self.force_publish!r})")
         if problems:
             raise ValueError("invalid training config:\n  " + "\n  ".join(problems))
 
@@ -183,7 +199,17 @@ HELP = {
     "input_size": "side (pixels) the network works at: images are resized to it inside the model, so serving at the "
                   "dataset's size stays consistent; default 128 for resnet_lite (capped at the dataset size), "
                   "the dataset size for the others",
+    "worker_timeout_minutes": "multi-worker only: when no training step finishes for this long (a worker died or "
+                              "hangs), exit with status 5 so the Job restarts every worker from the backup",
     "cache": "keep decoded images in memory: auto (when they fit in --cache_limit_mb), on, off",
+    "export_dir": "export root the model is published to, and whose `latest` it is gated against (local or gs://; "
+                  "default <model_dir>/export)",
+    "min_accuracy": "promotion gate: the lowest test accuracy that may become `latest` (0: no check)",
+    "min_roc_auc": "promotion gate: the lowest test ROC AUC that may become `latest` (0: no check)",
+    "max_regression": "promotion gate: how far below the current `latest` (scored on the same test split) the new "
+                      "model's accuracy and ROC AUC may be",
+    "force_publish": "publish as `latest` even when the promotion gate refuses (the first model when the thresholds "
+                     "cannot be met, emergencies); said loudly in the log",
 }
 
 
@@ -197,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
         kind = {int: int, float: float, str: str, bool: _boolean}[kinds[0]]
         if type(None) in typing.get_args(field.type):
             kind = _optional(kind)
-        parser.add_argument(f"--{field.name}", type=kind, default=default, required=required,
+        # A boolean flag alone means true (--force_publish); it also takes a value (--augment false).
+        boolean = {"nargs": "?", "const": True} if kind is _boolean else {}
+        parser.add_argument(f"--{field.name}", type=kind, default=default, required=required, **boolean,
                             help=HELP.get(field.name, field.name.replace("_", " ")))
     return parser
 

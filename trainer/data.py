@@ -11,8 +11,6 @@ can get at least one shard, else by DATA (every worker reads everything and keep
 
 from trainer import dataset_contract, features
 
-CACHE_AUTO_LIMIT_MB = 2048
-
 
 class DatasetMissing(FileNotFoundError):
     pass
@@ -151,7 +149,7 @@ def auto_shard_policy(num_files: int, num_workers: int):
     return policy.FILE if num_files >= num_workers else policy.DATA
 
 
-def should_cache(cache: str, metadata: dict, splits, limit_mb: int = CACHE_AUTO_LIMIT_MB, size=None) -> bool:
+def should_cache(cache: str, metadata: dict, splits, limit_mb: int, size=None) -> bool:
     """Whether to cache decoded images: cache flag, or auto when the splits' pixels at size (default: the
     dataset's image size) fit in limit_mb."""
     if cache != "auto":
@@ -171,16 +169,20 @@ def resize(image, size):
 
 
 def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, training: bool, augment: bool = True,
-                 cache: bool = False, shuffle_buffer: int = 2048, seed: int = 42, num_workers: int = 1,
-                 num_examples: int | None = None, resize_to=None):
+                 cache: bool = False, shuffle_buffer: int | None = None, seed: int | None = None,
+                 num_workers: int = 1, num_examples: int | None = None, resize_to=None):
     """Batches of (float32 [batch, h, w, 3] in [0, 255], float32 [batch]) from one split.
 
     training: shuffled, repeated forever (the caller sets steps_per_epoch), full batches only, augmented when
     `augment`. Otherwise one deterministic pass, last batch partial. batch_size is the global batch:
     tf.distribute splits it across replicas. num_examples (from metadata.json) makes the size known to Keras, and a
-    split that holds another number of records fail.
+    split that holds another number of records fail. shuffle_buffer and seed (training only) come from the caller's
+    TrainConfig, where their defaults live.
     """
     import tensorflow as tf
+
+    if training and shuffle_buffer is None:
+        raise ValueError("make_dataset(training=True) needs a shuffle_buffer (TrainConfig.shuffle_buffer)")
 
     autotune = tf.data.AUTOTUNE
     files = shard_files(data_dir, split)

@@ -1,18 +1,43 @@
-"""The one place the distribution strategy, replica count and precision are chosen.
+"""The one place the distribution strategy, replica count and precision are chosen, and where the strategy's
+workarounds live.
 
 - TF_CONFIG naming more than one task (chief + workers): MultiWorkerMirroredStrategy (synchronous all-reduce
-  across machines; each worker mirrors over its own GPUs).
+  across machines; each worker mirrors over its own GPUs). TF_CONFIG is read by TensorFlow's own
+  TFConfigClusterResolver.
 - Otherwise MirroredStrategy over every visible GPU; with no GPU, over the logical CPU devices when more than
   one is configured (tests, debugging), else TensorFlow's default strategy on the one CPU.
 
 Global batch = per-replica batch x replicas; the learning rate is scaled linearly by the replica count.
 Mixed precision (float16 compute, float32 variables) is on by default with GPUs and off on CPU, where it is slow.
 Call `choose` before any other TensorFlow work: MultiWorkerMirroredStrategy must be created at program start.
+
+Keras 3.15 needs three workarounds under MultiWorkerMirroredStrategy, all here: `fit_scope` (the deferred build and
+the vector step logs) and `barrier` (workers leave together); every worker also saves its backups and checkpoints
+(trainer/backup.py), since saving can be a collective.
+
+A lost worker (killed, its node gone, or stuck) makes the others exit with EXIT_LOST_WORKER (5) within
+--worker_timeout_minutes, so the Job restarts every worker and they resume from the chief's backup:
+- TensorFlow's coordination service heartbeats every task and aborts the collectives of the others when one stops
+  answering (a killed or frozen process: about 10 s here); `lost_worker_guard` turns that error into LostWorker.
+- `Watchdog`, for what heartbeats miss (a process alive but stuck, e.g. on a hung read): when no training or
+  validation step finishes for --worker_timeout_minutes, it aborts the collectives, and exits the process if that
+  does not end it. TensorFlow's own per-collective timeout (CommunicationOptions.timeout_seconds) is not used: its
+  documentation keeps it for debugging, as it starts a thread for every collective of every step.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
+import sys
+import threading
+import time
+
+EXIT_LOST_WORKER = 5
+
+
+class LostWorker(RuntimeError):
+    """A multi-worker collective failed because another worker is gone: restart every worker to resume."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,33 +52,44 @@ class Placement:
     mixed_precision: bool
     devices: tuple
 
+    @property
+    def multi_worker(self) -> bool:
+        return self.kind == "multi_worker"
+
     def describe(self) -> dict:
         return {"strategy": self.kind, "num_replicas": self.num_replicas, "num_workers": self.num_workers,
                 "task": f"{self.task_type}:{self.task_id}", "is_chief": self.is_chief,
                 "mixed_precision": self.mixed_precision, "devices": list(self.devices)}
 
 
-def read_tf_config(environ=os.environ) -> dict:
-    text = environ.get("TF_CONFIG", "")
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """What TF_CONFIG says about this process: the number of training tasks and which one this is."""
+
+    tasks: int
+    task_type: str
+    task_id: int
+    is_chief: bool
+
+
+def read_cluster() -> Cluster:
+    """TF_CONFIG through tf.distribute's TFConfigClusterResolver. The chief is the task of type `chief`, or worker 0
+    when the cluster has no chief (MultiWorkerMirroredStrategy's rule). No TF_CONFIG: one task, the chief."""
+    import tensorflow as tf
+
+    text = os.environ.get("TF_CONFIG", "")
     if not text.strip():
-        return {}
+        return Cluster(tasks=1, task_type="worker", task_id=0, is_chief=True)
     try:
-        return json.loads(text)
+        json.loads(text)  # the resolver would raise a bare JSONDecodeError later, deep inside TensorFlow
     except json.JSONDecodeError as error:
         raise ValueError(f"TF_CONFIG is not valid JSON ({error}): {text[:200]!r}") from None
-
-
-def cluster_tasks(tf_config: dict) -> int:
-    cluster = tf_config.get("cluster", {})
-    return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
-
-
-def is_chief_task(tf_config: dict) -> bool:
-    task = tf_config.get("task", {})
-    task_type, task_id = task.get("type", "worker"), int(task.get("index", 0))
-    if task_type == "chief":
-        return True
-    return task_type == "worker" and task_id == 0 and not tf_config.get("cluster", {}).get("chief")
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    jobs = resolver.cluster_spec().as_dict()
+    tasks = len(jobs.get("chief", [])) + len(jobs.get("worker", []))
+    task_type, task_id = resolver.task_type or "worker", int(resolver.task_id or 0)
+    is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and not jobs.get("chief"))
+    return Cluster(tasks=tasks, task_type=task_type, task_id=task_id, is_chief=is_chief or tasks <= 1)
 
 
 def choose(mixed_precision: str = "auto") -> Placement:
@@ -61,11 +97,11 @@ def choose(mixed_precision: str = "auto") -> Placement:
     import keras
     import tensorflow as tf
 
-    tf_config = read_tf_config()
-    task = tf_config.get("task", {})
-    if cluster_tasks(tf_config) > 1:
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        kind, workers = "multi_worker", cluster_tasks(tf_config)
+    cluster = read_cluster()
+    if cluster.tasks > 1:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=tf.distribute.cluster_resolver.TFConfigClusterResolver())
+        kind, workers = "multi_worker", cluster.tasks
         devices = tuple(strategy.extended.worker_devices)
     else:
         gpus = tf.config.list_logical_devices("GPU")
@@ -81,11 +117,136 @@ def choose(mixed_precision: str = "auto") -> Placement:
     use_mixed = {"on": True, "off": False, "auto": has_gpu}[mixed_precision]
     keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
     return Placement(strategy=strategy, kind=kind, num_replicas=int(strategy.num_replicas_in_sync),
-                     num_workers=workers, task_type=task.get("type", "worker"), task_id=int(task.get("index", 0)),
-                     is_chief=is_chief_task(tf_config) if workers > 1 else True, mixed_precision=use_mixed,
-                     devices=devices)
+                     num_workers=workers, task_type=cluster.task_type, task_id=cluster.task_id,
+                     is_chief=cluster.is_chief, mixed_precision=use_mixed, devices=devices)
 
 
 def scaled_learning_rate(per_replica_rate: float, num_replicas: int) -> float:
     """Linear scaling: N replicas take steps N times as large as the global batch is N times larger."""
     return per_replica_rate * num_replicas
+
+
+def fit_scope(model, placement: Placement):
+    """The context model.fit runs in. Multi-worker only, two Keras 3.15 workarounds on `model` (a no-op scope for
+    the other strategies):
+
+    - Keras builds the model before fit by all-reducing a sample batch, which fails under
+      MultiWorkerMirroredStrategy ("Attempt to convert a value (PerReplica...)"). Without a recorded strategy Keras
+      defers the build to the first traced step instead; fit runs inside the strategy's scope, so it still
+      distributes with this strategy.
+    - It then all-reduces each step's logs with reduce("MEAN", axis=0), which rejects scalars: give it vectors.
+    """
+    if not placement.multi_worker:
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
+    model._distribute_strategy = None
+    train_step, test_step = model.train_step, model.test_step
+    model.train_step = lambda batch: {k: tf.reshape(v, [1]) for k, v in train_step(batch).items()}
+    model.test_step = lambda batch: {k: tf.reshape(v, [1]) for k, v in test_step(batch).items()}
+    return placement.strategy.scope()
+
+
+def barrier(placement: Placement) -> None:
+    """Multi-worker only: a tiny all-reduce, so workers leave together once the chief has exported."""
+    if placement.multi_worker:
+        import tensorflow as tf
+
+        strategy = placement.strategy
+        strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
+@contextlib.contextmanager
+def lost_worker_guard(placement: Placement):
+    """Multi-worker: the errors TensorFlow raises when a peer is gone (the coordination service's heartbeat or an
+    aborted collective) become LostWorker, with what to do. Other strategies: errors pass unchanged, since the same
+    error types also come from storage (an unavailable gs://) and would be misnamed."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+            tf.errors.CancelledError) as error:
+        if not placement.multi_worker:
+            raise
+        first_line = (error.message or str(error)).strip().splitlines()[0][:300]
+        raise LostWorker(f"lost a worker ({type(error).__name__}: {first_line}); restart every worker to resume "
+                         f"from the backup (a Kubernetes Job does so)") from None
+
+
+class Watchdog:
+    """Ends a multi-worker process that makes no progress: `beat()` after every step; when none comes for
+    timeout_seconds, the collectives are aborted (the blocked step raises, and lost_worker_guard names it), and
+    the process exits with EXIT_LOST_WORKER if it is still there grace_seconds later."""
+
+    def __init__(self, timeout_seconds: float, grace_seconds: float = 30.0):
+        self.timeout_seconds, self.grace_seconds = float(timeout_seconds), float(grace_seconds)
+        self._last = time.monotonic()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="catsdogs-watchdog", daemon=True)
+
+    def start(self) -> "Watchdog":
+        self._last = time.monotonic()
+        self._thread.start()
+        return self
+
+    def beat(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _watch(self) -> None:
+        interval = max(0.05, min(self.timeout_seconds / 10, 5.0))
+        while not self._stopped.wait(interval):
+            idle = time.monotonic() - self._last
+            if idle < self.timeout_seconds:
+                continue
+            print(f"catsdogs-train: no training step finished for {idle / 60:.1f} min (--worker_timeout_minutes): "
+                  f"lost a worker; aborting. Restart every worker to resume from the backup.",
+                  file=sys.stderr, flush=True)
+            try:  # tf.distribute's own way to fail every pending collective (its health check uses it)
+                from tensorflow.python.eager import context
+                from tensorflow.python.framework import errors
+
+                context.context().abort_collective_ops(errors.UNAVAILABLE, "catsdogs watchdog: no step in time")
+            except Exception as error:  # noqa: BLE001 (exiting below either way)
+                print(f"catsdogs-train: could not abort the collectives ({error})", file=sys.stderr, flush=True)
+            if not self._stopped.wait(self.grace_seconds):
+                os._exit(EXIT_LOST_WORKER)  # the main thread is stuck where no exception reaches it
+            return
+
+
+@contextlib.contextmanager
+def watch_workers(placement: Placement, timeout_minutes: float):
+    """Around training and the final barrier: yields the callbacks to add to fit (a Watchdog's heartbeat when
+    multi-worker, else none) and turns a lost peer's errors into LostWorker (lost_worker_guard)."""
+    if not placement.multi_worker:
+        yield []
+        return
+    watchdog = Watchdog(timeout_minutes * 60).start()
+    try:
+        with lost_worker_guard(placement):
+            yield [heartbeat_callback(watchdog)]
+    finally:
+        watchdog.stop()
+
+
+def heartbeat_callback(watchdog: Watchdog):
+    """A Keras callback that feeds the watchdog after every training and validation step and epoch."""
+    import keras
+
+    class Heartbeat(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            watchdog.beat()
+
+        def on_test_batch_end(self, batch, logs=None):
+            watchdog.beat()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            watchdog.beat()
+
+        def on_epoch_end(self, epoch, logs=None):
+            watchdog.beat()
+
+    return Heartbeat()

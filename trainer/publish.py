@@ -1,32 +1,59 @@
-"""Publish a finished model export and move the `latest` pointer, safely when writers race.
+"""Publish an export as a new immutable version, move `latest` by compare-and-swap, and roll it back.
 
-Layout of an export root (local or gs://):
+The layout and formats are trainer/model_contract.py's. A version becomes visible only when complete: locally it is
+renamed into place; on GCS every object is created with `if_generation_match=0` (never overwriting) and
+`model_info.json`, which readers require, goes last. Publishing is idempotent: a retry after an answer was lost (or
+after a crash between copying the version and moving `latest`) finds its own identical version and keeps it; a
+version that exists with other content raises VersionTaken before anything is written, and the caller picks the
+next version (`next_version`: greater than every version already there, whatever the local clock says).
 
-    <root>/<version>/saved_model.pb, variables/, model_info.json   # one immutable directory per version
-    <root>/latest                                                   # text: the newest published version
+`latest` moves by compare-and-swap and the caller always learns the outcome (`LatestMove`): on GCS a write
+conditioned on the generation that was read (HTTP 412 when another writer got there first, then re-read), locally
+a rename under an exclusive file lock. `move_latest` either only moves forward (FORWARD) or only from the pointer
+the caller saw (`expected`), so a trainer gated against one `latest` never replaces another that appeared meanwhile.
 
-A version becomes visible only when complete: locally it is renamed into place; on GCS every object
-is created with `if_generation_match=0` (never overwriting) and `model_info.json`, which readers
-require, goes last. Publishing is idempotent: a retry after an answer was lost (or after a crash between
-copying the version and moving `latest`) finds its own identical version, keeps it and moves `latest`;
-a version that exists with other content is refused before anything is written.
-
-`latest` only moves forward, by compare-and-swap: on GCS a write conditioned on
-the generation that was read (HTTP 412 when another writer got there first, then re-read and retry),
-locally a rename under an exclusive file lock. Standard library and google-cloud-storage only.
+Reading a version back (`check_version`, `fetch_version`) verifies it against its model_info.json; the operator's
+`python -m trainer.rollback` and the promotion gate use them. Standard library and google-cloud-storage only.
 """
 
+import dataclasses
 import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
+import threading
+import time
 
-LATEST = "latest"
-MODEL_INFO = "model_info.json"
+from trainer import model_contract
+from trainer.model_contract import LATEST, MODEL_INFO, ModelError, Pointer
+
+FORWARD = "forward"  # move_latest's default expectation: only to a version newer than the one `latest` names
+DAMAGED = "damaged"  # the expectation that repairs an unreadable `latest` (and only an unreadable one)
 
 
 class PublishError(RuntimeError):
     pass
+
+
+class VersionTaken(PublishError):
+    """The version directory exists with other content: published versions are immutable; choose another version."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LatestMove:
+    """The outcome of moving `latest`: whether it names the new version now, what it names, and why not."""
+
+    moved: bool
+    latest: Pointer | None
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+    uri: str  # the version directory
+    version: str
+    move: LatestMove
 
 
 def _is_gcs(path: str) -> bool:
@@ -44,46 +71,100 @@ def gcs_client():
     return storage.Client()
 
 
-def _version_key(version: str):
-    return (0, int(version), "") if version.isdigit() else (1, 0, version)
+def _read(path: str) -> bytes | None:
+    """A file's or object's bytes; None when it does not exist."""
+    if not _is_gcs(path):
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
+    from google.api_core import exceptions
+
+    bucket_name, name = _bucket_and_name(path)
+    try:
+        return gcs_client().bucket(bucket_name).blob(name).download_as_bytes()
+    except exceptions.NotFound:
+        return None
 
 
-def publish_export(local_dir: str, export_root: str, version: str) -> str:
-    """Copies a complete export from local_dir to <export_root>/<version>, then points `latest` at it
-    unless a newer version is already there. Returns the published URI."""
+def _sha256_of(path: str) -> str | None:
+    digest = hashlib.sha256()
+    if not _is_gcs(path):
+        try:
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except FileNotFoundError:
+            return None
+        return digest.hexdigest()
+    bucket_name, name = _bucket_and_name(path)
+    blob = gcs_client().bucket(bucket_name).get_blob(name)
+    if blob is None:
+        return None
+    with blob.open("rb") as handle:  # streamed: variables files can be gigabytes
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def list_versions(export_root: str) -> list[str]:
+    """Every version directory under export_root, complete or not, oldest first."""
+    if not _is_gcs(export_root):
+        names = os.listdir(export_root) if os.path.isdir(export_root) else []
+    else:
+        bucket_name, prefix = _bucket_and_name(model_contract.join(export_root, ""))
+        blobs = gcs_client().list_blobs(bucket_name, prefix=prefix, delimiter="/")
+        names = []
+        for page in blobs.pages:
+            names += [p[len(prefix):].rstrip("/") for p in page.prefixes]
+    return sorted((n for n in names if model_contract.is_version(n)), key=model_contract.version_key)
+
+
+def next_version(export_root: str, now: float | None = None) -> str:
+    """A version newer than every version under export_root and than `latest`, even when this clock is behind."""
+    latest = read_latest(export_root)
+    existing = list_versions(export_root) + ([latest.version] if latest else [])
+    return model_contract.next_version(time.time() if now is None else now, existing)
+
+
+# ---- versions ----------------------------------------------------------------------------------------------------
+
+def publish_version(local_dir: str, export_root: str, version: str) -> str:
+    """Copies a complete export from local_dir to <export_root>/<version>; returns that URI. Raises VersionTaken
+    when the version exists with other content (nothing is overwritten)."""
+    if not model_contract.is_version(version):
+        raise PublishError(f"version {version!r} is not an integer: export versions are decimal integers")
     if not os.path.isfile(os.path.join(local_dir, MODEL_INFO)):
         raise PublishError(f"{local_dir} has no {MODEL_INFO}: refusing to publish an incomplete export")
+    target = model_contract.join(export_root, version)
     if _is_gcs(export_root):
-        target = _upload(local_dir, export_root.rstrip("/") + "/" + version)
-    else:
-        target = os.path.join(export_root, version)
-        if not _already_published_locally(local_dir, target):
-            os.makedirs(export_root, exist_ok=True)
-            staging = tempfile.mkdtemp(prefix=f".staging-{version}-", dir=export_root)
-            try:
-                shutil.copytree(local_dir, staging, dirs_exist_ok=True)
-                os.rename(staging, target)  # fails when a complete version appeared meanwhile: never merged
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-    advance_latest(export_root, version)
+        return _upload(local_dir, target)
+    if _already_published_locally(local_dir, target):
+        return target
+    os.makedirs(export_root, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".staging-{version}-", dir=export_root)
+    try:
+        shutil.copytree(local_dir, staging, dirs_exist_ok=True)
+        os.rename(staging, target)  # fails when the version appeared meanwhile: never merged into it
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if _already_published_locally(local_dir, target):
+            return target
+        raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return target
 
 
-def _read_bytes(path: str) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read()
-
-
 def _already_published_locally(local_dir: str, target: str) -> bool:
-    """True when target holds this very export (a retry); raises when it holds another one."""
+    """True when target holds this very export (a retry); raises VersionTaken when it holds another one."""
     if not os.path.exists(target):
         return False
-    published_info = os.path.join(target, MODEL_INFO)
-    ours = _read_bytes(os.path.join(local_dir, MODEL_INFO))
-    if os.path.isfile(published_info) and _read_bytes(published_info) == ours:
+    if _read(os.path.join(target, MODEL_INFO)) == _read(os.path.join(local_dir, MODEL_INFO)):
         return True  # model_info.json lists every file's sha256, so equal markers mean equal exports
-    raise PublishError(f"{target} already exists with other content: published versions are immutable")
+    raise VersionTaken(f"{target} already exists with other content: published versions are immutable")
 
 
 def _upload(local_dir: str, target: str) -> str:
@@ -95,8 +176,7 @@ def _upload(local_dir: str, target: str) -> str:
     if marker.exists():  # complete already: ours from an earlier attempt, or somebody else's version
         if _same_content(marker, os.path.join(local_dir, MODEL_INFO)):
             return target  # model_info.json lists every file's sha256: equal markers mean equal exports
-        raise PublishError(f"{target} is already published with other content: published versions are "
-                           f"immutable")
+        raise VersionTaken(f"{target} is already published with other content: published versions are immutable")
     files = []
     for root, _, names in os.walk(local_dir):
         files += [os.path.join(root, name) for name in names]
@@ -109,8 +189,8 @@ def _upload(local_dir: str, target: str) -> str:
         except exceptions.PreconditionFailed:
             if _same_content(blob, path):  # our own earlier attempt succeeded but its answer was lost
                 continue
-            raise PublishError(f"gs://{bucket_name}/{blob.name} exists with other content: "
-                               f"published versions are immutable") from None
+            raise VersionTaken(f"gs://{bucket_name}/{blob.name} exists with other content: published versions are "
+                               f"immutable") from None
     return target
 
 
@@ -127,31 +207,37 @@ def _same_content(blob, path: str) -> bool:
     return blob.size == os.path.getsize(path) and blob.crc32c == base64.b64encode(checksum.digest()).decode()
 
 
-def read_latest(export_root: str) -> str | None:
-    """The version `latest` names, or None when nothing was published yet."""
-    if _is_gcs(export_root):
-        # A reader needs no generation (only advance_latest's conditional write does), and some servers
-        # (gcp-storage-emulator) send none: read the content alone.
-        from google.api_core import exceptions
+# ---- the `latest` pointer ----------------------------------------------------------------------------------------
 
-        bucket_name, name = _bucket_and_name(export_root.rstrip("/") + "/" + LATEST)
-        try:
-            return gcs_client().bucket(bucket_name).blob(name).download_as_bytes().decode().strip() or None
-        except exceptions.NotFound:
-            return None
-    try:
-        with open(os.path.join(export_root, LATEST)) as handle:
-            return handle.read().strip() or None
-    except FileNotFoundError:
+def _parse(data: bytes | None, where: str) -> Pointer | None:
+    if data is None:
         return None
+    try:
+        return model_contract.parse_pointer(data, where)
+    except ModelError as error:
+        raise PublishError(str(error)) from None
 
 
-def _read_latest_gcs(export_root: str, client=None, attempts: int = 5):
-    """(version or None, generation of `latest`; 0 when absent, which `if_generation_match` reads as
-    "create only")."""
+def _parse_or_damaged(data: bytes | None, where: str) -> Pointer | str | None:
+    try:
+        return _parse(data, where)
+    except PublishError:
+        return DAMAGED
+
+
+def read_latest(export_root: str) -> Pointer | None:
+    """What `latest` names, or None when nothing was published yet. Raises PublishError on a damaged pointer."""
+    where = model_contract.join(export_root, LATEST)
+    return _parse(_read(where), where)
+
+
+def _read_latest_gcs(export_root: str, client=None, attempts: int = 5) -> tuple[Pointer | str | None, int]:
+    """(pointer, DAMAGED for one that cannot be parsed, or None; generation of `latest`: 0 when absent, which
+    `if_generation_match` reads as "create only")."""
     from google.api_core import exceptions
 
-    bucket_name, name = _bucket_and_name(export_root.rstrip("/") + "/" + LATEST)
+    where = model_contract.join(export_root, LATEST)
+    bucket_name, name = _bucket_and_name(where)
     bucket = (client or gcs_client()).bucket(bucket_name)
     for _ in range(attempts):
         blob = bucket.blob(name)
@@ -171,63 +257,157 @@ def _read_latest_gcs(export_root: str, client=None, attempts: int = 5):
         except exceptions.PreconditionFailed:
             continue  # replaced between the two reads: read again
         if not generation:
-            # Without it the conditional write in advance_latest would become an unconditional overwrite.
-            raise PublishError(f"{export_root}/{LATEST}: the server reports no object generation")
-        return content.decode().strip() or None, int(generation)
-    raise PublishError(f"{export_root}/{LATEST} kept changing while being read ({attempts} attempts)")
+            # Without it the conditional write below would become an unconditional overwrite.
+            raise PublishError(f"{where}: the server reports no object generation")
+        return _parse_or_damaged(content, where), int(generation)
+    raise PublishError(f"{where} kept changing while being read ({attempts} attempts)")
 
 
-def advance_latest(export_root: str, version: str, attempts: int = 20) -> str:
-    """Points `latest` at version unless it already names a newer one. Returns what `latest` names."""
+def _refusal(current, new: Pointer, expected, where: str) -> str:
+    """Why `latest` must not move from current to new ("" when it may). Raises PublishError for a damaged
+    `latest` unless the caller means to repair it."""
+    if current == DAMAGED or expected == DAMAGED:
+        if current == DAMAGED and expected == DAMAGED:
+            return ""
+        if current == DAMAGED:
+            read_latest(where.rsplit("/", 1)[0])  # raises, saying what is wrong and what to do
+        return f"latest is readable now ({describe(current)}): nothing to repair"
+    if expected == FORWARD:
+        if current is not None and model_contract.version_key(current.version) >= model_contract.version_key(
+                new.version):
+            return f"latest names version {current.version}, not older than {new.version}"
+        return ""
+    if current != expected:
+        return (f"latest names {describe(current)}, not {describe(expected)} as it did when this publish started: "
+                f"another publisher or a rollback moved it meanwhile")
+    return ""
+
+
+def describe(pointer) -> str:
+    return "nothing" if pointer is None else "an unreadable pointer" if pointer == DAMAGED else \
+        f"version {pointer.version}"
+
+
+def move_latest(export_root: str, new: Pointer, *, expected=FORWARD, attempts: int = 20) -> LatestMove:
+    """Points `latest` at `new` when allowed: expected=FORWARD moves only to a newer version; expected=<Pointer or
+    None> moves only when `latest` still names exactly that (None: nothing published yet); expected=DAMAGED only
+    replaces a `latest` that cannot be parsed. Never raises for a refusal: the returned LatestMove says what
+    `latest` names and why it did not move. Raises PublishError when `latest` is damaged (and not expected so)."""
+    data = model_contract.format_pointer(new)
     if not _is_gcs(export_root):
         os.makedirs(export_root, exist_ok=True)
         with open(os.path.join(export_root, ".latest.lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            current = read_latest(export_root)
-            if current is not None and _version_key(current) >= _version_key(version):
-                return current
-            staging = os.path.join(export_root, f".{LATEST}.{os.getpid()}")
-            with open(staging, "w") as handle:
-                handle.write(version + "\n")
+            where = os.path.join(export_root, LATEST)
+            current = _parse_or_damaged(_read(where), where)
+            if current == new:
+                return LatestMove(True, current)  # ours already: a retry
+            refusal = _refusal(current, new, expected, where)
+            if refusal:
+                return LatestMove(False, None if current == DAMAGED else current, refusal)
+            staging = os.path.join(export_root, f".{LATEST}.{os.getpid()}.{threading.get_ident()}")
+            with open(staging, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
             os.replace(staging, os.path.join(export_root, LATEST))
-            return version
+            return LatestMove(True, new)
     from google.api_core import exceptions
 
     client = gcs_client()
-    bucket_name, name = _bucket_and_name(export_root.rstrip("/") + "/" + LATEST)
+    bucket_name, name = _bucket_and_name(model_contract.join(export_root, LATEST))
     for _ in range(attempts):
         current, generation = _read_latest_gcs(export_root, client)
-        if current is not None and _version_key(current) >= _version_key(version):
-            return current  # also the answer when our own earlier write succeeded but its reply was lost
+        if current == new:
+            return LatestMove(True, current)  # also when our own earlier write succeeded but its reply was lost
+        refusal = _refusal(current, new, expected, model_contract.join(export_root, LATEST))
+        if refusal:
+            return LatestMove(False, None if current == DAMAGED else current, refusal)
         blob = client.bucket(bucket_name).blob(name)
         try:
-            blob.upload_from_string(version + "\n", content_type="text/plain", if_generation_match=generation)
-            return version
+            blob.upload_from_string(data, content_type="application/json", if_generation_match=generation)
+            return LatestMove(True, new)
         except exceptions.PreconditionFailed:
-            continue  # another publisher moved it between our read and write: read again
+            continue  # another writer moved it between our read and write: read again and decide again
     raise PublishError(f"could not update {export_root}/{LATEST} after {attempts} attempts")
 
 
-def _exists(path: str) -> bool:
-    if not _is_gcs(path):
-        return os.path.exists(path)
-    bucket_name, name = _bucket_and_name(path)
-    return gcs_client().bucket(bucket_name).blob(name).exists()
+def publish_export(local_dir: str, export_root: str, version: str, *, expected=FORWARD) -> Published:
+    """publish_version, then move_latest to it (see both). The caller must look at the result's `move`."""
+    uri = publish_version(local_dir, export_root, version)
+    with open(os.path.join(local_dir, MODEL_INFO), "rb") as handle:
+        checksum = model_contract.sha256_bytes(handle.read())
+    return Published(uri, version, move_latest(export_root, Pointer(version, checksum), expected=expected))
 
 
-def resolve_model(uri: str, exists=None) -> str:
-    """A version directory as given, or the version a root's `latest` names. `exists` defaults to a check
-    that understands both local paths and gs:// (os.path.exists alone would miss every gs:// version)."""
-    exists = exists or _exists
+def resolve_model(uri: str) -> str:
+    """A version directory as given, or the one a root's `latest` names (for local tools; the scorer resolves and
+    verifies with beam_pipelines.model_handler.resolve_and_check_model)."""
     uri = uri.rstrip("/")
-    if exists(f"{uri}/saved_model.pb"):
+    if _read(model_contract.join(uri, model_contract.SAVED_MODEL)) is not None:
         return uri
-    version = read_latest(uri)
-    if version is None:
+    pointer = read_latest(uri)
+    if pointer is None:
         raise PublishError(f"{uri} is neither a model export (no saved_model.pb) nor an export root with a "
                            f"'{LATEST}' file; pass MODEL=<model_dir>/export or MODEL=<model_dir>/export/<version>")
-    if not version.isdigit():  # export versions are integers; anything else could lead out of the root ("../x")
-        raise PublishError(f"{uri}/{LATEST} names {version[:100]!r}, not a version (an integer directory name "
-                           f"under {uri}); refusing to follow it. Publish the model again with trainer/export.py, "
-                           f"or pass MODEL=<model_dir>/export/<version>")
-    return f"{uri}/{version}"
+    return model_contract.join(uri, pointer.version)
+
+
+# ---- reading a published version back ----------------------------------------------------------------------------
+
+def _read_info(export_root: str, version: str) -> tuple[dict, str]:
+    if not model_contract.is_version(version):
+        raise PublishError(f"{version!r} is not a version (an integer directory name under {export_root})")
+    where = model_contract.join(export_root, version, MODEL_INFO)
+    data = _read(where)
+    if data is None:
+        known = ", ".join(list_versions(export_root)[-10:]) or "none"
+        raise PublishError(f"{model_contract.join(export_root, version)} is not a complete version (no {MODEL_INFO}); "
+                           f"versions there: {known}")
+    try:
+        info = model_contract.parse_model_info(data, where)
+    except ModelError as error:
+        raise PublishError(f"version {version} is broken: {error}") from None
+    if str(info["model_version"]) != version:
+        raise PublishError(f"version {version} is broken: {where} says model_version {info['model_version']!r}: it "
+                           f"was copied from another version")
+    return info, model_contract.sha256_bytes(data)
+
+
+def _verify(directory: str, info: dict, version: str) -> None:
+    try:
+        model_contract.verify_files(directory, info, _sha256_of)
+    except ModelError as error:
+        raise PublishError(f"version {version} is broken: {error}") from None
+
+
+def check_version(export_root: str, version: str) -> tuple[dict, str]:
+    """(model_info, sha256 of its bytes) of a complete version whose files all match their checksums; raises
+    PublishError saying what is wrong."""
+    info, checksum = _read_info(export_root, version)
+    _verify(model_contract.join(export_root, version), info, version)
+    return info, checksum
+
+
+def fetch_version(export_root: str, version: str) -> tuple[str, dict, str]:
+    """(local directory, model_info, sha256 of model_info.json) of a complete, verified version: the directory
+    itself when local; a temporary copy of a gs:// version (TensorFlow's own GCS filesystem ignores the emulators
+    the tests use), which the caller removes. The `files` keys are checked before anything is copied."""
+    info, checksum = _read_info(export_root, version)
+    directory = model_contract.join(export_root, version)
+    if not _is_gcs(export_root):
+        _verify(directory, info, version)
+        return directory, info, checksum
+    local = tempfile.mkdtemp(prefix=f"catsdogs-version-{version}-")
+    try:
+        bucket_name, prefix = _bucket_and_name(directory)
+        bucket = gcs_client().bucket(bucket_name)
+        for relative in info["files"]:  # keys validated by parse_model_info: plain relative paths
+            target = os.path.join(local, *relative.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            bucket.blob(f"{prefix}/{relative}").download_to_filename(target)
+        _verify(local, info, version)
+    except BaseException:
+        shutil.rmtree(local, ignore_errors=True)
+        raise
+    return local, info, checksum

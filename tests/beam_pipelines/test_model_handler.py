@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from beam_pipelines import imaging, model_handler
+from beam_pipelines import imaging, model_handler, storage
 from tests.beam_pipelines.test_score import SIZE, VERSION, export_tiny_model
 from tests.conftest import upload_tree
 from tests.corpus import easy_pixels, encode
@@ -67,8 +67,6 @@ def test_read_model_info_names_missing_fields(export_root, tmp_path):
 
 
 def test_gcs_model_is_copied_locally_verified_and_a_tampered_copy_refused(gcs_bucket, export_root, tmp_path):
-    from apache_beam.io.filesystems import FileSystems
-
     upload_tree(export_root / VERSION, f"{gcs_bucket}/export/{VERSION}")
     remote = f"{gcs_bucket}/export/{VERSION}"
     info = model_handler.check_model(remote)
@@ -77,8 +75,7 @@ def test_gcs_model_is_copied_locally_verified_and_a_tampered_copy_refused(gcs_bu
     assert len(predictions) == 3 and all(0.0 <= p.probability <= 1.0 for p in predictions)
 
     variables = next(name for name in info["files"] if name.startswith("variables/variables.data"))
-    with FileSystems.create(f"{remote}/{variables}") as handle:
-        handle.write(b"not the trained weights")
+    storage.write_bytes(f"{remote}/{variables}", b"not the trained weights")
     with pytest.raises(model_handler.ModelError, match=f"{variables} has sha256"):
         model_handler.fetch_model(remote, info)
     with pytest.raises(model_handler.ModelError, match="has sha256"):

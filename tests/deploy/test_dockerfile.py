@@ -1,5 +1,6 @@
 """The Dockerfile lints clean, takes every version from setup.py's PINS and runs as the non-root user the
-Kubernetes manifests expect. There is no Docker engine here: the image is checked, not built."""
+Kubernetes manifests expect; the Dataflow workers' image is the cpu image plus the SDK harness of the pinned Beam.
+There is no Docker engine here: the image is checked, not built."""
 
 import ast
 import re
@@ -31,7 +32,7 @@ def stages() -> dict:
     args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text.split("\nFROM ", 1)[0], re.M))
     found, current = {}, None
     for line in text.splitlines():
-        match = re.match(r"FROM (\S+) AS (\w+)$", line)
+        match = re.match(r"FROM (\S+) AS ([\w-]+)$", line)
         if match:
             image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], match.group(1))
             current = found.setdefault(match.group(2), {"image": image, "lines": []})
@@ -76,8 +77,10 @@ def test_make_lint_runs_hadolint():
 
 def test_images_are_pinned_and_match_setup_py():
     found = stages()
-    assert {"cpu", "gpu"} <= set(found)
+    assert {"cpu", "gpu", "dataflow"} <= set(found)
     for stage in found.values():
+        if stage["image"] in found:
+            continue  # built on an earlier stage, whose base is checked
         assert re.fullmatch(r"[\w./-]+:[\w.-]+(@sha256:[0-9a-f]{64})?", stage["image"]), stage["image"]
         assert not stage["image"].endswith(":latest")
     tensorflow = pins()["tensorflow-gpu"].split("==")[1]
@@ -138,3 +141,18 @@ def test_dockerignore_sends_only_the_packages():
     assert ignore[0] == "*", "allow-list: .venv, work/ and build/ must never reach the build context"
     for needed in ("!setup.py", "!beam_pipelines/", "!trainer/"):
         assert needed in ignore
+
+
+def test_the_dataflow_image_is_the_cpu_image_with_the_sdk_harness_of_the_pinned_beam():
+    """Dataflow starts a worker's SDK harness with /opt/apache/beam/boot, which must come from the Beam release the
+    launcher runs (PINS) for the image's Python; the packages must be the cpu image's, Pillow override included."""
+    found = stages()
+    dataflow = found["dataflow"]
+    assert dataflow["image"] == "cpu"
+    beam = pins()["apache-beam"].split("==")[1]
+    python = re.match(r"python:(\d+\.\d+)", found["cpu"]["image"]).group(1)
+    assert found["beam-sdk"]["image"] == f"apache/beam_python{python}_sdk:{beam}"
+    lines = [line for line in dataflow["lines"] if line and not line.startswith("#")]
+    assert "COPY --from=beam-sdk /opt/apache/beam /opt/apache/beam" in lines
+    assert [line for line in lines if line.startswith("ENTRYPOINT")] == ['ENTRYPOINT ["/opt/apache/beam/boot"]']
+    assert not any(line.startswith("RUN") for line in lines), "nothing reinstalled over the cpu image's packages"

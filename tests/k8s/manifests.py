@@ -70,3 +70,25 @@ def name_of(obj: dict) -> str:
 def expand(text: str, env: dict) -> str:
     """Kubernetes' $(VAR) expansion in command and args."""
     return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), text)
+
+
+def pod_env(container: dict, config_maps: dict, pod_labels: dict, namespace: str, controller_env=None) -> dict:
+    """The environment Kubernetes gives a container: its envFrom ConfigMaps, what the controller adds
+    (controller_env, e.g. JOB_COMPLETION_INDEX), then its env entries in order, each value's $(VAR) expanded from
+    the entries before it and fieldRefs read from the pod's labels and namespace."""
+    env = {}
+    for source in container.get("envFrom", []):
+        env.update(config_maps[source["configMapRef"]["name"]])
+    env.update(controller_env or {})
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = expand(item["value"], env)
+            continue
+        field = item["valueFrom"]["fieldRef"]["fieldPath"]
+        if field.startswith("metadata.labels['"):
+            env[item["name"]] = pod_labels[field[len("metadata.labels['"):-2]]
+        elif field == "metadata.namespace":
+            env[item["name"]] = namespace
+        else:
+            raise AssertionError(f"the tests do not know how Kubernetes fills {field}")
+    return env

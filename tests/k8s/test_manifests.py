@@ -36,7 +36,7 @@ def all_pod_specs():
 
 
 def test_there_are_overlays_and_the_base_is_hardware_neutral():
-    assert {"cpu", "gpu", "multinode"} <= set(OVERLAYS)
+    assert {"cpu", "gpu", "multinode", "dataflow"} <= set(OVERLAYS)
     base = yaml.safe_dump_all(render(K8S / "base"))
     for hardware in ("nvidia.com/gpu", "tolerations", "nodeSelector", "gke-accelerator"):
         assert hardware not in base
@@ -163,10 +163,11 @@ def test_scoring_cronjob_is_safe_to_repeat(overlay):
         assert 0 < spec["startingDeadlineSeconds"] <= 3600
         assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
         job = spec["jobTemplate"]["spec"]
-        assert job["activeDeadlineSeconds"] < 3600, "a run must end before the next hourly one starts"
         [container] = job["template"]["spec"]["containers"]
         args = dict(arg.split("=", 1) for arg in container["args"] if "=" in arg)
         assert args["--skip_scored"] == args["--output_dir"], "incremental: skip what earlier runs scored"
+        if args["--runner"] != "DataflowRunner":  # a Dataflow launcher may wait longer: test_dataflow.py
+            assert job["activeDeadlineSeconds"] < 3600, "a run must end before the next hourly one starts"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -235,3 +236,10 @@ def test_make_k8s_render_pins_images_to_the_commit(tmp_path):
                           for _, spec in pod_specs(obj) for c in spec["containers"]}
         expected = "cpu" if overlay == "cpu" else "gpu"
         assert trainer_images == {f"registry.example/team/catsdogs-{expected}:{commit}"}, overlay
+        # Images named in env (the Dataflow workers' --sdk_container_image) are pinned the same way.
+        named = {e["name"]: e["value"] for obj in objects for _, spec in pod_specs(obj) for c in containers(spec)
+                 for e in c.get("env", []) if "catsdogs-" in e.get("value", "")}
+        for name, value in named.items():
+            assert re.fullmatch(rf"registry\.example/team/catsdogs-\w+:{commit}", value), (overlay, name, value)
+        if overlay == "dataflow":
+            assert named["SDK_CONTAINER_IMAGE"] == f"registry.example/team/catsdogs-dataflow:{commit}"

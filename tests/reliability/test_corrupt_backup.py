@@ -14,12 +14,12 @@ import subprocess
 import pytest
 
 from tests.trainer.datasets import REPO, write_dataset
-from tests.trainer.test_train import SMALL_NET, command, epochs_logged, history, wait_for
+from tests.trainer.test_train import NO_GATE, SMALL_NET, command, epochs_logged, history, wait_for
 from trainer import train
 
 pytestmark = pytest.mark.slow
 
-RUN = [*SMALL_NET, "--epochs", "3", "--batch_size", "4", "--backup_every_steps", "1000",
+RUN = [*SMALL_NET, *NO_GATE, "--epochs", "3", "--batch_size", "4", "--backup_every_steps", "1000",
        "--early_stopping_patience", "0", "--warmup_epochs", "0"]  # 24 steps per epoch; backups at epoch ends
 
 

@@ -21,7 +21,8 @@ def test_gcs_publish_survives_lost_replies_without_overwriting(fake_gcs_server, 
     lost = {"export/800/model_info.json", "export/latest"}
     with LostReplyProxy(fake_gcs_server, lose_reply_for=lost) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
-        assert publish.publish_export(str(export), root, "800") == f"{root}/800"
+        published = publish.publish_export(str(export), root, "800")
+    assert published.uri == f"{root}/800" and published.move.moved
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake_gcs_server)
 
     assert proxy.pending == set()  # both replies really were lost
@@ -29,7 +30,7 @@ def test_gcs_publish_survives_lost_replies_without_overwriting(fake_gcs_server, 
         assert [status for _, seen, status in proxy.statuses if seen == name] == [200, 412], name
     objects = gcs_objects(f"{root}/800")
     assert {k: v[0] for k, v in objects.items()} == local_files(export)
-    assert publish.read_latest(root) == "800"
+    assert publish.read_latest(root).version == "800"
 
     from google.cloud import storage
 

@@ -1,7 +1,10 @@
 """Case 8: the scorer loads only a model it can verify, from where it is allowed to, and never deserialises Keras
 files (whose Lambda layers carry Python bytecode).
 
-Each test drives the scoring launcher (`score.run`) as a CronJob would and checks that nothing was scored or written.
+Each test drives the scoring launcher (`score.run`, or `model_handler.resolve_and_check_model`, which it calls) as a
+CronJob would and checks that nothing was scored or written: a model whose checksums fail, one whose model_info.json
+was rewritten together with its files (caught by the sha256 the `latest` pointer records), a gs:// model whose
+`files` keys lead outside its directory, a Keras file, a model outside the allowed prefix.
 A damaged model (a truncated saved_model.pb, a missing model_info.json) is tested in tests/beam_pipelines/
 test_score.py::test_a_wrong_model_fails_at_launch_with_a_clear_message; here the models are intact but not what
 they claim to be, or not where they should be.
@@ -17,6 +20,7 @@ import pytest
 from beam_pipelines import score
 from tests.beam_pipelines.test_score import VERSION, export_tiny_model
 from tests.corpus import write_easy_dataset
+from tests.gcs_servers import fake_gcs_bucket_fixture, fake_gcs_server_fixture  # noqa: F401
 from tests.trainer.datasets import run_python
 
 pytestmark = pytest.mark.slow
@@ -140,3 +144,71 @@ def test_a_latest_pointer_naming_a_path_instead_of_a_version_is_refused(export_r
     message = launch(root, images, tmp_path / "scores")
     assert "latest" in message and "not a version" in message
     assert json.loads((root / VERSION / "model_info.json").read_text())["model_version"] == VERSION
+
+
+def _swap_in_other_weights(tmp_path) -> Path:
+    """An export root whose version holds another model's weights (both exported from one network), as `latest`
+    names it; returns the root."""
+    run_python(EXPORT_TWINS, tmp_path / "export", tmp_path / "other")
+    model = tmp_path / "export" / VERSION
+    for weights in (tmp_path / "other" / VERSION / "variables").iterdir():
+        shutil.copy(weights, model / "variables" / weights.name)
+    return tmp_path / "export"
+
+
+def test_a_model_info_rewritten_with_its_files_is_caught_by_the_pointers_sha256(images, tmp_path):
+    """Whoever swaps the weights can also rewrite model_info.json's checksums: the version is then consistent with
+    itself, and only the sha256 that `latest` recorded when the version was published tells."""
+    from beam_pipelines import model_handler
+    from trainer import export
+
+    root = _swap_in_other_weights(tmp_path)
+    version_dir = root / VERSION
+    info = json.loads((version_dir / "model_info.json").read_text())
+    info["files"] = export.file_hashes(str(version_dir))
+    (version_dir / "model_info.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    model_handler.check_model(str(version_dir))  # every listed checksum matches: the version alone looks fine
+
+    message = launch(root, images, tmp_path / "scores")
+    assert "model_info.json has sha256" in message and "`latest` pointer that names this version records" in message
+
+
+def test_crafted_files_keys_of_a_gcs_model_are_refused_before_anything_is_copied(fake_gcs_bucket, export_root,
+                                                                                tmp_path, monkeypatch):
+    """A gs:// model is copied to local disk by its `files` keys. GCS object names may contain '..', so a key
+    '../../escaped.txt' whose object exists (with a matching sha256) would be written outside the temporary
+    directory if the keys were trusted. (fake-gcs-server stores such names as GCS does; gcp-storage-emulator, the
+    other tests' server, refuses them.)"""
+    import hashlib
+    import tempfile
+
+    from google.cloud import storage
+
+    from beam_pipelines import model_handler
+    from tests.conftest import upload_tree
+
+    remote = f"{fake_gcs_bucket}/export/{VERSION}"
+    upload_tree(export_root / VERSION, remote)
+    bucket = storage.Client().bucket(fake_gcs_bucket[len("gs://"):])
+    planted = b"written outside the model's temporary directory"
+    bucket.blob(f"export/{VERSION}/../../escaped.txt").upload_from_string(planted)
+    info = json.loads((export_root / VERSION / "model_info.json").read_text())
+    info["files"]["../../escaped.txt"] = hashlib.sha256(planted).hexdigest()
+    bucket.blob(f"export/{VERSION}/model_info.json").upload_from_string(json.dumps(info))
+
+    temporary = tmp_path / "tmp" / "catsdogs"
+    temporary.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    escaped = tmp_path / "tmp" / "escaped.txt"  # where <tempdir>/catsdogs-model-*/../../escaped.txt lands
+
+    with pytest.raises(model_handler.ModelError, match=r"`files` key '\.\./\.\./escaped\.txt' has a '\.' or '\.\.'"):
+        model_handler.resolve_and_check_model(remote, None)  # the launcher refuses it
+    with pytest.raises(model_handler.ModelError, match="`files` key"):
+        model_handler.fetch_model(remote, info)  # and so does a worker handed the same model_info
+    assert not escaped.exists()
+    assert list(temporary.iterdir()) == []  # refused before the temporary copy was even created
+
+    info["files"] = {**info["files"], "/etc/escaped.txt": info["files"]["saved_model.pb"]}
+    del info["files"]["../../escaped.txt"]
+    with pytest.raises(model_handler.ModelError, match="is an absolute path"):
+        model_handler.fetch_model(remote, info)

@@ -37,7 +37,8 @@ def test_evaluation_pass_sees_every_record_once_in_order(dataset_dir):
 
 
 def test_training_batches_are_full_augmented_and_in_pixel_range(dataset_dir):
-    kwargs = {"image_size": (32, 32), "batch_size": 8, "training": True, "cache": True, "seed": 3}
+    kwargs = {"image_size": (32, 32), "batch_size": 8, "training": True, "cache": True, "seed": 3,
+              "shuffle_buffer": 64}
     plain = data.make_dataset(str(dataset_dir), "train", augment=False, **kwargs)
     augmented = data.make_dataset(str(dataset_dir), "train", augment=True, **kwargs)
     for images, labels in augmented.take(5):  # 20 records, repeated: more batches than one pass holds
@@ -78,4 +79,4 @@ def test_shard_policy_and_cache_choice():
     assert data.should_cache("auto", metadata, ("train", "validation"), limit_mb=4096)  # ~2.1 GB of pixels
     assert not data.should_cache("auto", metadata, ("train", "validation"), limit_mb=1024)
     assert data.should_cache("on", metadata, ("train",), limit_mb=0)
-    assert not data.should_cache("off", metadata, ("train",))
+    assert not data.should_cache("off", metadata, ("train",), limit_mb=4096)

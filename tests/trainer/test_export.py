@@ -6,7 +6,7 @@ import pytest
 from beam_pipelines import imaging
 from tests.corpus import easy_pixels, encode
 from tests.trainer.datasets import run_python
-from trainer import export, publish
+from trainer import export, model_contract, publish
 
 SIZE = 32
 
@@ -61,14 +61,17 @@ def test_export_writes_contract_and_scores_jpeg_png_and_greyscale_in_a_fresh_pro
                                     input_size=[SIZE, SIZE], model_name="tiny", metrics={"accuracy": 0.5},
                                     training_data={"image_size": [SIZE, SIZE]}, version="1700000000")
     assert published == str(tmp_path / "export" / "1700000000")
-    assert publish.read_latest(str(tmp_path / "export")) == "1700000000"
+    info_bytes = (tmp_path / "export" / "1700000000" / "model_info.json").read_bytes()
+    assert publish.read_latest(str(tmp_path / "export")) == model_contract.Pointer(
+        "1700000000", model_contract.sha256_bytes(info_bytes))
     assert publish.resolve_model(str(tmp_path / "export")) == published
 
-    info = json.loads((tmp_path / "export" / "1700000000" / "model_info.json").read_text())
+    info = json.loads(info_bytes)
     assert info["model_version"] == "1700000000" and info["model_name"] == "tiny"
     assert info["class_names"] == ["cat", "dog"] and info["input_size"] == [SIZE, SIZE]
     assert info["signatures"] == {"bytes": "serving_default", "pixels": "serve_pixels"}
     assert info["metrics"] == {"accuracy": 0.5} and info["training_data"] == {"image_size": [SIZE, SIZE]}
+    assert info["max_image_pixels"] == model_contract.MAX_IMAGE_PIXELS and "promotion" not in info  # ungated
     for key in ("format_version", "threshold", "code_version", "created_at"):
         assert key in info
     on_disk = export.file_hashes(published)
@@ -107,7 +110,7 @@ def test_published_versions_are_immutable_and_versions_must_be_integers(tmp_path
         export.export_model(model, str(tmp_path), version="5", **kwargs)
     with pytest.raises(ValueError, match="integer"):
         export.export_model(model, str(tmp_path), version="v1", **kwargs)
-    assert publish.read_latest(str(tmp_path)) == "5"
+    assert publish.read_latest(str(tmp_path)).version == "5"
 
 
 @pytest.mark.shared_data

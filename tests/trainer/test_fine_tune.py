@@ -9,8 +9,9 @@ import pytest
 import tensorflow as tf
 
 from tests.trainer.datasets import write_dataset
+from tests.trainer.test_train import NO_GATE
 from trainer import config as config_lib
-from trainer import models, train
+from trainer import fine_tune, models, schedules, train
 
 pytestmark = pytest.mark.slow
 
@@ -45,9 +46,9 @@ def test_head_first_then_the_whole_network_with_batch_norm_statistics_kept(weigh
     assert cfg.head_only_epochs() == 1
     model = models.build_model(cfg, (SIZE, SIZE))
     steps = 4
-    schedule = train.FineTuneSchedule(0.01, 0, steps, 3 * steps, cfg.fine_tune_factor)
+    schedule = schedules.FineTuneSchedule(0.01, 0, steps, 3 * steps, cfg.fine_tune_factor)
     train.compile_model(model, cfg, schedule)
-    freeze = train.prepare_fine_tuning(model, cfg, cfg.head_only_epochs())
+    freeze = fine_tune.prepare_fine_tuning(model, cfg, cfg.head_only_epochs())
     backbone = models.find_backbone(model)
     loaded = snapshot(backbone)
     head = model.get_layer("probability")
@@ -78,7 +79,7 @@ def test_the_trainer_fine_tunes_a_backbone_from_a_weights_file(weights_file, tmp
     model_dir = tmp_path / "model"
     assert train.main(["--data_dir", str(dataset), "--model_dir", str(model_dir), "--model", BACKBONE,
                        "--weights", str(weights_file), "--epochs", "3", "--batch_size", "8",
-                       "--learning_rate", "0.001"]) == 0
+                       "--learning_rate", "0.001", *NO_GATE]) == 0
     out = capsys.readouterr().out
     assert "epoch 3: backbone trainable" in out  # the default with --weights: two head-only epochs
     resolved = json.loads((model_dir / "config.json").read_text())

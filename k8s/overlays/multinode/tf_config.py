@@ -11,11 +11,15 @@ headless Service, resolves `<job>-<index>.<service>` inside the namespace. Input
     TF_CONFIG_PORT        the port every worker listens on
 
 Usage (the container command): python3 tf_config.py catsdogs-train --data_dir=... . Standard library only.
+A missing or inconsistent input exits 2, the trainer's code for a configuration error, which the Job's
+podFailurePolicy does not retry: a replacement pod would get the same env.
 """
 
 import json
 import os
 import sys
+
+USAGE_ERROR = 2  # the trainer's exit code for a configuration error
 
 
 def build_tf_config(index: int, workers: int, job: str, service: str, port: int) -> dict:
@@ -25,12 +29,22 @@ def build_tf_config(index: int, workers: int, job: str, service: str, port: int)
     return {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
 
 
+def fail(message: str) -> None:
+    print(f"tf_config.py: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(USAGE_ERROR)
+
+
 def main(argv: list[str]) -> None:
     if not argv:
-        sys.exit("usage: tf_config.py COMMAND [ARG ...]")
+        fail("usage: tf_config.py COMMAND [ARG ...]")
     env = os.environ
-    config = build_tf_config(int(env["JOB_COMPLETION_INDEX"]), int(env["TF_CONFIG_WORKERS"]),
-                             env["TF_CONFIG_JOB"], env["TF_CONFIG_SERVICE"], int(env["TF_CONFIG_PORT"]))
+    try:
+        config = build_tf_config(int(env["JOB_COMPLETION_INDEX"]), int(env["TF_CONFIG_WORKERS"]),
+                                 env["TF_CONFIG_JOB"], env["TF_CONFIG_SERVICE"], int(env["TF_CONFIG_PORT"]))
+    except KeyError as error:
+        fail(f"{error.args[0]} is not set; the Job's pod template must set it (see this file's docstring)")
+    except ValueError as error:
+        fail(str(error))
     env["TF_CONFIG"] = json.dumps(config)
     print(f"TF_CONFIG={env['TF_CONFIG']}", file=sys.stderr, flush=True)
     os.execvp(argv[0], argv)  # the trainer replaces this process, so it receives SIGTERM directly
