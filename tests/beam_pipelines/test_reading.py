@@ -14,10 +14,13 @@ from tests import corpus
 SIZE = (16, 16)
 
 
-@pytest.fixture(params=[0, 30], ids=["in_process", "child_process"])
-def decoder(request):
-    with isolation.DecodeRunner(request.param) as runner:
-        yield runner
+@pytest.fixture(params=[(0, 1), (30, 1), (30, 2)], ids=["in_process", "one_child", "two_children"])
+def decoders(request):
+    timeout, children = request.param
+    runners = [isolation.DecodeRunner(timeout) for _ in range(children)]
+    yield runners
+    for runner in runners:
+        runner.close()
 
 
 @pytest.fixture
@@ -26,8 +29,8 @@ def pool():
         yield executor
 
 
-def _outcomes(refs, decoder, pool, max_bytes=10_000) -> dict:
-    results = list(reading.decoded(refs, decoder=decoder, pool=pool, size=SIZE, max_pixels=10**6,
+def _outcomes(refs, decoders, pool, max_bytes=10_000) -> dict:
+    results = list(reading.decoded(refs, decoders=decoders, pool=pool, size=SIZE, max_pixels=10**6,
                                    max_bytes=max_bytes))
     paths = [ref.path for ref, _ in results]
     assert sorted(paths) == sorted(ref.path for ref in refs), "a file lost or given twice"
@@ -39,7 +42,7 @@ def _ref(path) -> storage.FileRef:
     return storage.FileRef(str(path), info.st_size, info.st_mtime, info.st_mtime_ns)
 
 
-def test_every_file_comes_out_once_decoded_or_rejected_with_its_reason(tmp_path, decoder, pool):
+def test_every_file_comes_out_once_decoded_or_rejected_with_its_reason(tmp_path, decoders, pool):
     good = [_ref(path) for path in corpus.write_easy_dataset(tmp_path, per_class=3, size=24)]
     (tmp_path / "text.jpg").write_bytes(b"not a picture")
     grown = tmp_path / "grown.jpg"
@@ -56,7 +59,7 @@ def test_every_file_comes_out_once_decoded_or_rejected_with_its_reason(tmp_path,
             storage.FileRef(str(huge), 10**9, 0.0, 1),  # listed as huge: refused from its size, never read
             storage.FileRef(str(tmp_path), 4096, 0.0, 1)]  # a folder where a file was listed
 
-    outcomes = _outcomes(refs, decoder, pool)
+    outcomes = _outcomes(refs, decoders, pool)
 
     for ref in good:
         assert outcomes[ref.path][0] == "ok" and outcomes[ref.path][1].pixels.shape == (*SIZE, 3)
@@ -80,7 +83,7 @@ def test_a_fifo_listed_among_the_files_is_never_opened(tmp_path, pool):
 
     def read():
         with isolation.DecodeRunner(0) as runner:
-            results.extend(reading.decoded([listed], decoder=runner, pool=pool, size=SIZE, max_pixels=10**6,
+            results.extend(reading.decoded([listed], decoders=[runner], pool=pool, size=SIZE, max_pixels=10**6,
                                            max_bytes=10_000))
 
     thread = threading.Thread(target=read, daemon=True)
