@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, fresh_storage_clients
 
 
 def fake_gcs_binary() -> Path:
@@ -92,6 +92,7 @@ def fake_gcs_server_fixture(tmp_path_factory):
 def fake_gcs_bucket_fixture(fake_gcs_server, monkeypatch):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake_gcs_server)
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "catsdogs-test")
+    fresh_storage_clients(monkeypatch)
     from google.cloud import storage
 
     name = f"test-{uuid.uuid4().hex[:12]}"

@@ -6,12 +6,12 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from beam_pipelines import lifecycle, storage
+from tests.conftest import point_gcs_at
 from tests.gcs_servers import FaultyProxy, fake_gcs_bucket_fixture, fake_gcs_server_fixture  # noqa: F401
 
 
@@ -90,17 +90,12 @@ def test_release_frees_the_lease_for_the_next_run(tmp_path):
         assert again.took_over is None
 
 
-def _use_server(monkeypatch, url: str) -> None:
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
-    monkeypatch.setattr(storage, "_local", threading.local())
-
-
 def test_a_gcs_lease_is_exclusive_and_a_lost_reply_to_its_own_writes_does_not_cost_it(fake_gcs_bucket,
                                                                                      fake_gcs_server, monkeypatch):
     """GCS committed the create (or a renewal) but the reply was lost: the client's retry meets its own write (412).
     The run must recognise its own lease, not refuse itself or believe another run took it."""
     path = f"{fake_gcs_bucket}/scores/.lease-r1.json"
-    _use_server(monkeypatch, fake_gcs_server)
+    point_gcs_at(monkeypatch, fake_gcs_server)
     with lifecycle.Lease(path, what="run id r1"), pytest.raises(lifecycle.LeaseHeld):
         lifecycle.Lease(path, what="run id r1").acquire()
     assert not storage.exists(path)
@@ -109,10 +104,10 @@ def test_a_gcs_lease_is_exclusive_and_a_lost_reply_to_its_own_writes_does_not_co
         return "lose_reply" if request.kind == "upload" and request.number == 0 else None
 
     with FaultyProxy(fake_gcs_server, lose_create_reply) as proxy:
-        _use_server(monkeypatch, proxy.url)
+        point_gcs_at(monkeypatch, proxy.url)
         with lifecycle.Lease(path) as lease:  # the default ttl: its own record looks alive
             assert lease.took_over is None
-        _use_server(monkeypatch, fake_gcs_server)
+        point_gcs_at(monkeypatch, fake_gcs_server)
     assert [status for _, _, status, _ in proxy.requests("upload")][:2] == [503, 412]  # created, then met itself
     assert not storage.exists(path)
 
@@ -120,11 +115,11 @@ def test_a_gcs_lease_is_exclusive_and_a_lost_reply_to_its_own_writes_does_not_co
         return "lose_reply" if request.kind == "upload" and request.number == 1 else None
 
     with FaultyProxy(fake_gcs_server, lose_renewal_reply) as proxy:
-        _use_server(monkeypatch, proxy.url)
+        point_gcs_at(monkeypatch, proxy.url)
         with lifecycle.Lease(path, ttl=1.0) as lease:
             assert _wait_for(lambda: len(proxy.requests("upload")) >= 5, seconds=20), "not renewed"
             assert not lease.lost.is_set()  # its own renewal landed: nobody took the lease
-        _use_server(monkeypatch, fake_gcs_server)
+        point_gcs_at(monkeypatch, fake_gcs_server)
     assert [status for _, _, status, _ in proxy.requests("upload")][1:3] == [503, 412]
     assert not storage.exists(path)
 
@@ -153,7 +148,6 @@ def test_publish_directory_replaces_the_previous_set_and_leaves_out_private_file
 
 def test_publish_directory_on_gcs_copies_the_set_and_removes_the_old_one_marker_first(gcs_bucket, gcs_emulator_host,
                                                                                     monkeypatch):
-    _use_server(monkeypatch, gcs_emulator_host)
     final, staging = f"{gcs_bucket}/scores/r1", f"{gcs_bucket}/scores/.staging-r1"
     for name in ("summary.json", "predictions-old.jsonl"):
         storage.write_bytes(f"{final}/{name}", b"old")

@@ -10,13 +10,12 @@ import os
 import shutil
 import tempfile
 import textwrap
-import threading
 from pathlib import Path
 
 import pytest
 
 from beam_pipelines import storage
-from tests.conftest import upload_tree
+from tests.conftest import point_gcs_at, upload_tree
 from tests.gcs_servers import FaultyProxy, fake_gcs_bucket_fixture, fake_gcs_server_fixture  # noqa: F401
 from tests.trainer.datasets import run_python
 
@@ -25,12 +24,6 @@ def _touch(path, content: bytes = b"x") -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
     return str(path)
-
-
-def _use_server(monkeypatch, url: str) -> None:
-    """Points this process's GCS clients at url (storage keeps one client per thread: made afresh)."""
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
-    monkeypatch.setattr(storage, "_local", threading.local())
 
 
 def _listed(pattern) -> dict:
@@ -220,14 +213,13 @@ def _upload(bucket_uri: str, names) -> None:
 
 
 def test_gcs_listing_follows_pages_and_returns_every_object_once(fake_gcs_bucket, fake_gcs_server, monkeypatch):
-    _use_server(monkeypatch, fake_gcs_server)
     names = [f"images/{kind}/{i}.jpg" for kind in ("cat", "dog") for i in range(7)] + ["images/notes.txt"]
     _upload(fake_gcs_bucket, names + ["other/1.jpg"])
     monkeypatch.setattr(storage, "LIST_PAGE_SIZE", 4)
     with FaultyProxy(fake_gcs_server, faults=lambda request: None) as proxy:
-        _use_server(monkeypatch, proxy.url)
+        point_gcs_at(monkeypatch, proxy.url)
         refs = list(storage.list_files(f"{fake_gcs_bucket}/images"))  # a folder given without its '/'
-    _use_server(monkeypatch, fake_gcs_server)
+    point_gcs_at(monkeypatch, fake_gcs_server)
 
     assert sorted(ref.path for ref in refs) == sorted(f"{fake_gcs_bucket}/{name}" for name in names)
     assert len(proxy.requests("list")) == 4  # 15 objects, 4 a page
@@ -235,7 +227,6 @@ def test_gcs_listing_follows_pages_and_returns_every_object_once(fake_gcs_bucket
 
 
 def test_gcs_globs_single_objects_and_vanished_objects(gcs_bucket, gcs_emulator_host, monkeypatch):
-    _use_server(monkeypatch, gcs_emulator_host)
     _upload(gcs_bucket, ["img/cat_1.jpg", "img/cat_2.png", "img/dog_1.jpg", "img/sub/cat_3.jpg", "img/folder/"])
     uri = f"{gcs_bucket}/img"
 
@@ -263,12 +254,12 @@ def test_gcs_reads_are_retried_through_transient_errors_and_capped_reads_fetch_a
         return faults.get(request.name) if request.number == 0 else None
 
     with FaultyProxy(gcs_emulator_host, first_fails) as proxy:
-        _use_server(monkeypatch, proxy.url)
+        point_gcs_at(monkeypatch, proxy.url)
         for name in faults:
             assert storage.read_bytes(f"{gcs_bucket}/{name}", limit=1000) == name.encode() * 10
         with pytest.raises(storage.FileTooLarge):
             storage.read_bytes(f"{gcs_bucket}/big.jpg", limit=20)
-    _use_server(monkeypatch, gcs_emulator_host)
+    point_gcs_at(monkeypatch, gcs_emulator_host)
 
     for name, fault in faults.items():
         assert [entry[1] for entry in proxy.requests("download", name)] == [fault, None]
@@ -281,15 +272,14 @@ def test_a_gcs_read_that_keeps_failing_raises_once_the_retry_deadline_passes(gcs
     _upload(gcs_bucket, ["down.jpg"])
     monkeypatch.setattr(storage, "RETRY_SECONDS", 1.0)
     with FaultyProxy(gcs_emulator_host, lambda request: "503") as proxy:
-        _use_server(monkeypatch, proxy.url)
+        point_gcs_at(monkeypatch, proxy.url)
         with pytest.raises(Exception, match="503"):  # what the client raises once it gives up
             storage.read_bytes(f"{gcs_bucket}/down.jpg")
-    _use_server(monkeypatch, gcs_emulator_host)
+    point_gcs_at(monkeypatch, gcs_emulator_host)
     assert len(proxy.requests("download")) >= 2  # retried, then given up: the file's problem, not a hung job
 
 
 def test_compare_and_swap_on_gcs_with_preconditions_enforced(fake_gcs_bucket, fake_gcs_server, monkeypatch):
-    _use_server(monkeypatch, fake_gcs_server)
     path = f"{fake_gcs_bucket}/runs/state.json"
     assert storage.read_versioned(path) == (None, 0)
     assert storage.write_if_generation(path, b"one", 0)
@@ -304,7 +294,6 @@ def test_compare_and_swap_on_gcs_with_preconditions_enforced(fake_gcs_bucket, fa
 
 
 def test_upload_tree_and_delete_tree_on_gcs(gcs_bucket, gcs_emulator_host, tmp_path, monkeypatch):
-    _use_server(monkeypatch, gcs_emulator_host)
     _touch(tmp_path / "t" / "a.txt")
     _touch(tmp_path / "t" / "b" / "c.txt")
     upload_tree(tmp_path / "t", f"{gcs_bucket}/tree")

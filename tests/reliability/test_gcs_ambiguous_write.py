@@ -42,10 +42,8 @@ def test_preprocessing_publishes_once_when_the_replies_to_its_lease_and_pointer_
         fake_gcs_server, fake_gcs_bucket, tmp_path, monkeypatch):
     """The dataset's `latest` moves by compare-and-swap, and the lease is created the same way: a lost reply makes
     the client's retry meet the run's own write (412), which must count as done, not as another writer."""
-    import threading
-
-    from beam_pipelines import storage
     from tests import corpus
+    from tests.conftest import point_gcs_at
     from tests.reliability.conftest import preprocess_here, read_dataset
 
     images = tmp_path / "images"
@@ -53,11 +51,9 @@ def test_preprocessing_publishes_once_when_the_replies_to_its_lease_and_pointer_
     output = f"{fake_gcs_bucket}/data"
     lost = {"data/latest", "data/.lease.json"}
     with LostReplyProxy(fake_gcs_server, lose_reply_for=lost) as proxy:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
-        monkeypatch.setattr(storage, "_local", threading.local())
+        point_gcs_at(monkeypatch, proxy.url)
         metadata = preprocess_here("--input", images, "--output_dir", output, "--image_size", 32)
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake_gcs_server)
-    monkeypatch.setattr(storage, "_local", threading.local())
+    point_gcs_at(monkeypatch, fake_gcs_server)
 
     assert proxy.pending == set()  # both replies really were lost
     assert metadata["version"] == "v00001"

@@ -8,15 +8,14 @@ it, so the test costs no real memory; only the limit stands between it and succe
 
 import contextlib
 import io
-import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from beam_pipelines import imaging, isolation, reading, storage
+from beam_pipelines import imaging, isolation, reading
 from tests import corpus
-from tests.conftest import upload_tree
+from tests.conftest import point_gcs_at, upload_tree
 from tests.gcs_servers import FaultyProxy
 from tests.reliability import faulty
 from tests.reliability.conftest import FAULTY_DECODER, preprocess_here, read_dataset, read_outcomes, score_here
@@ -84,11 +83,9 @@ def test_an_object_over_the_byte_cap_on_gcs_is_never_downloaded(gcs_bucket, gcs_
     (local / "cat" / "huge.jpg").write_bytes(good[0].read_bytes() + bytes(3 * 2**20))  # over --max_file_mb 2
     upload_tree(local, f"{gcs_bucket}/images")
     with FaultyProxy(gcs_emulator_host, faults=lambda request: None) as proxy:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
-        monkeypatch.setattr(storage, "_local", threading.local())  # no client of this process skips the proxy
+        point_gcs_at(monkeypatch, proxy.url)
         summary = score_here("--model", tiny_export, "--input", f"{gcs_bucket}/images", "--output_dir", tmp_path /
                              "scores", "--run_id", "r", "--max_file_mb", 2)
-    monkeypatch.setattr(storage, "_local", threading.local())
 
     predictions, errors = read_outcomes(tmp_path / "scores" / "r")
     assert errors[f"{gcs_bucket}/images/cat/huge.jpg"]["reason"] == reading.FILE_TOO_LARGE

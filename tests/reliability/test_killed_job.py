@@ -212,5 +212,8 @@ def test_a_preprocessing_run_killed_before_it_publishes_leaves_the_current_versi
     assert any("v00002" in message and "did not publish" in message for message in caplog.messages)
     assert metadata["version"] == "v00002" and (metadata["new"], metadata["unchanged"]) == (len(new), len(old))
     assert sorted(path.name for path in output.iterdir()) == ["latest", "v00001", "v00002"]  # no lease left behind
-    sources, rejections = read_dataset(output)
+    listed = {name for entry in metadata["batches"]  # what v00002 holds itself (the rest: ../v00001/...)
+              for name in [entry["facts"], *(shard["path"] for shard in entry["shards"].values())] if "/" not in name}
+    assert sorted(path.name for path in version_dir.iterdir()) == sorted([*listed, "metadata.json"])  # nothing of the
+    sources, rejections = read_dataset(output)  # killed run's files is left in the version
     assert set(sources) == {str(path) for path in old + new} and not rejections

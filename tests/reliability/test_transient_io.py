@@ -9,13 +9,12 @@ reading from and writing to GCS through google-cloud-storage's own retry policy.
 """
 
 import json
-import threading
 
 import pytest
 
 from beam_pipelines import reading, score, storage
 from tests import corpus
-from tests.conftest import upload_tree
+from tests.conftest import point_gcs_at, upload_tree
 from tests.gcs_servers import FaultyProxy
 from tests.reliability.conftest import preprocess_here, read_dataset, score_here
 
@@ -52,12 +51,10 @@ def test_transient_gcs_errors_are_retried_and_a_deleted_object_is_dead_lettered(
     upload_tree(local, f"{gcs_bucket}/images")
     output = f"{gcs_bucket}/scores"
     with FaultyProxy(gcs_emulator_host, _faults) as proxy:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
-        monkeypatch.setattr(storage, "_local", threading.local())  # every client of this process goes through it
+        point_gcs_at(monkeypatch, proxy.url)
         summary = score_here("--model", tiny_export, "--input", f"{gcs_bucket}/images", "--output_dir", output,
                              "--run_id", "r", "--files_per_batch", 4)
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator_host)
-        monkeypatch.setattr(storage, "_local", threading.local())
+        point_gcs_at(monkeypatch, gcs_emulator_host)
 
     injected = [(request.kind, fault) for request, fault, _, _ in proxy.log if fault]
     print(f"{len(injected)} faults injected in {len(proxy.log)} requests")
@@ -87,12 +84,10 @@ def test_preprocessing_retries_transient_gcs_errors_and_dead_letters_a_deleted_o
     upload_tree(local, f"{gcs_bucket}/images")
     output = f"{gcs_bucket}/data"
     with FaultyProxy(gcs_emulator_host, _faults) as proxy:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
-        monkeypatch.setattr(storage, "_local", threading.local())
+        point_gcs_at(monkeypatch, proxy.url)
         metadata = preprocess_here("--input", f"{gcs_bucket}/images", "--output_dir", output, "--image_size", 32,
                                    "--files_per_batch", 4)
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator_host)
-        monkeypatch.setattr(storage, "_local", threading.local())
+        point_gcs_at(monkeypatch, gcs_emulator_host)
 
     injected = {(request.kind, fault) for request, fault, _, _ in proxy.log if fault}
     assert {fault for kind, fault in injected if kind == "download"} == {*READ_FAULTS, "delete"}
