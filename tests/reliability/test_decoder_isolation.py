@@ -38,7 +38,7 @@ def test_a_hanging_or_crashing_decoder_costs_one_file_and_the_scoring_job_finish
 
     run_job(score_command("--model", tiny_export, "--input", images, "--output_dir", output, "--run_id", "r",
                           "--decode_timeout_seconds", TIMEOUT_SECONDS, "--files_per_batch", 5), env=job_env(),
-            timeout=240)
+            timeout=150)
 
     predictions, errors = read_outcomes(output / "r")
     assert set(predictions) == {str(path) for path in good}
@@ -59,7 +59,7 @@ def test_a_hanging_or_crashing_decoder_costs_one_file_and_preprocessing_finishes
 
     run_job(preprocess_command("--input", images, "--output_dir", output, "--image_size", 32,
                                "--decode_timeout_seconds", TIMEOUT_SECONDS, "--files_per_batch", 5),
-            env=job_env(), timeout=240)
+            env=job_env(), timeout=150)
 
     sources, rejections = read_dataset(output)
     assert set(sources) == {str(path) for path in good}
