@@ -10,13 +10,16 @@ PYTHON ?= python3## interpreter used to create .venv (3.10 or newer)
 WORKDIR ?= work## root of everything a run writes (local path or gs://)
 IMAGES ?= $(WORKDIR)/raw/PetImages## folder, glob or gs:// path to preprocess; the default is downloaded by `make data`
 DATASET ?= $(WORKDIR)/data## TFRecords, metadata.json and rejected-*.jsonl
-MODEL_DIR ?= $(WORKDIR)/model## checkpoints, logs, metrics.json, report.png and export/<version>/
+MODEL_DIR ?= $(WORKDIR)/model## checkpoints, logs, metrics.json, report.png of one training run
+EXPORT_DIR ?= $(MODEL_DIR)/export## export root: <version>/ per model and `latest`, which training is gated against and moves
 EPOCHS ?=## training epochs (empty: the trainer's default schedule, 40)
 TIME_BUDGET ?= 60## minutes of training after which `make train` stops, evaluates and exports (empty: no limit)
 ARCH ?=## model architecture: empty for the default, or seed_cnn, or a keras.applications name
 BASELINE_DIR ?= $(WORKDIR)/seed_cnn## where `make baseline` trains the seed_cnn baseline
 BASELINE_EPOCHS ?= 20## seed_cnn epochs for `make baseline`: what fits TIME_BUDGET on 2 CPU cores at 180x180 (~3 min each)
-MODEL ?= $(MODEL_DIR)/export## export to score with: a version directory or a root whose `latest` names one
+MODEL ?= $(EXPORT_DIR)## export to score with: a version directory or a root whose `latest` names one
+ALLOWED_MODEL_PREFIX ?=## when set, `make score` refuses a model (or a `latest` target) outside this prefix
+VERSION ?=## the version `make rollback` points `latest` at (see `make versions`)
 SCORE_IMAGES ?= $(IMAGES)## folder, glob or gs:// path that `make score` scores
 SCORES ?= $(WORKDIR)/scores## where scoring runs write <run_id>/predictions-*.jsonl and errors-*.jsonl
 RUNNER ?= DirectRunner## Beam runner for preprocess and score (DirectRunner, DataflowRunner, DaskRunner)
@@ -53,8 +56,8 @@ DATA_URL := https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-836
 DEFAULT_IMAGES := $(WORKDIR)/raw/PetImages
 HELP_VARS := $(shell grep -hE '^[A-Z0-9_]+ \?=.*## ' $(MAKEFILE_LIST) | cut -d' ' -f1)
 
-.PHONY: help setup test mutations lint data preprocess train train-only baseline score tensorboard bench clean image \
-  k8s-render k8s-validate hadolint
+.PHONY: help setup test mutations lint data preprocess train train-only baseline score versions rollback tensorboard \
+  bench clean image k8s-render k8s-validate hadolint
 
 help: ## show this help
 	@echo "Usage: make <target> [VARIABLE=value ...]"
@@ -65,7 +68,7 @@ help: ## show this help
 	@echo "Variables (current value in brackets):"
 	@grep -hE '^[A-Z0-9_]+ \?=.*## ' $(MAKEFILE_LIST) | sed -E 's/^([A-Z0-9_]+) \?=.*## (.*)/\1|\2/' | \
 	  env $(foreach v,$(HELP_VARS),'$(v)=$($(v))') bash -c \
-	  'while IFS="|" read -r name text; do printf "  %-16s %s [%s]\n" "$$name" "$$text" "$${!name-}"; done'
+	  'while IFS="|" read -r name text; do printf "  %-20s %s [%s]\n" "$$name" "$$text" "$${!name-}"; done'
 
 $(STAMP): setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -111,10 +114,10 @@ preprocess: data ## image folders -> validated, deduplicated, split TFRecords in
 	$(BIN)/catsdogs-preprocess --input '$(IMAGES)' --output_dir '$(DATASET)' --runner $(RUNNER) \
 	  --skip_if_current $(if $(OVERWRITE),--overwrite) $(PREPROCESS_ARGS)
 
-train: preprocess train-only ## the main job: preprocess, train, evaluate and export a model
+train: preprocess train-only ## the main job: preprocess, train, evaluate, then publish the model if the gate blesses it
 
-train-only: setup ## train, evaluate and export from an existing DATASET
-	$(BIN)/catsdogs-train --data_dir '$(DATASET)' --model_dir '$(MODEL_DIR)' \
+train-only: setup ## train, evaluate, gate and publish from an existing DATASET (exit 4: not blessed, latest unchanged)
+	$(BIN)/catsdogs-train --data_dir '$(DATASET)' --model_dir '$(MODEL_DIR)' --export_dir '$(EXPORT_DIR)' \
 	  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(ARCH),--model $(ARCH)) \
 	  $(if $(TIME_BUDGET),--time_budget_minutes $(TIME_BUDGET)) $(TRAIN_ARGS)
 
@@ -126,7 +129,14 @@ baseline: setup ## train the seed_cnn recipe under the same TIME_BUDGET into BAS
 
 score: setup ## score SCORE_IMAGES with MODEL into SCORES/<run_id>/
 	$(BIN)/catsdogs-score --model '$(MODEL)' --input '$(SCORE_IMAGES)' --output_dir '$(SCORES)' \
-	  --runner $(RUNNER) $(SCORE_ARGS)
+	  $(if $(ALLOWED_MODEL_PREFIX),--allowed_model_prefix '$(ALLOWED_MODEL_PREFIX)') --runner $(RUNNER) $(SCORE_ARGS)
+
+versions: setup ## list the model versions in EXPORT_DIR: accuracy, promotion decision, which one is latest
+	$(BIN)/python -m trainer.rollback list --export_dir '$(EXPORT_DIR)'
+
+rollback: setup ## point EXPORT_DIR/latest at VERSION after verifying its files (make rollback VERSION=<version>)
+	@test -n "$(VERSION)" || { echo "error: set VERSION=<version> (make versions lists them)" >&2; exit 2; }
+	$(BIN)/python -m trainer.rollback to --export_dir '$(EXPORT_DIR)' --version '$(VERSION)'
 
 tensorboard: setup ## serve MODEL_DIR/logs (training curves, local or gs://) on http://localhost:TENSORBOARD_PORT
 	$(BIN)/tensorboard --logdir '$(MODEL_DIR)/logs' --port $(TENSORBOARD_PORT)

@@ -4,18 +4,20 @@ Records are written as they are decoded, each into the split of its own content 
 where nearly every photo stays: a photo with no copy and no near-copy is its own group. This module finds the few
 that must change, from `Fact`s (content id, perceptual hash, path, where its record was written), never the records:
 
-  GroupExactCopies   facts by content id: one record per content is kept (an earlier version's, else the smallest
-                     path); the others are `drop`ped as duplicates
-  LinkNearCopies     perceptual hashes within --near_duplicate_bits bits, found in bits+1 hash bands (pigeonhole)
-  PropagateGroups    --link_rounds rounds of min-label propagation over the links, carrying the splits of earlier
-                     versions' photos, which never move
-  DecideSplits       a linked photo goes to its group's split: the one split its earlier-version neighbours are in
-                     (a new near-copy of a test photo goes to test), or the hash of the group's label when it has
-                     none; a new photo linked to photos in two different splits is rejected
-                     (near_copy_of_several_splits)
+  band_entries     each photo's 64-bit perceptual hash cut into --near_duplicate_bits + 1 bands: two hashes at most
+                   that many bits apart agree on at least one band (pigeonhole). The workers that make the facts spill
+                   these entries to disk, partitioned by band (spill.py)
+  GroupBands       per spill partition: the photos sharing a band. Exact copies (same content id) meet in their first
+                   band: one record per content is kept (an earlier version's, else the smallest path) and the others
+                   are dropped; photos within the bit threshold are linked
+  PropagateGroups  --link_rounds rounds of min-label propagation over the links only, carrying the splits of earlier
+                   versions' photos, which never move
+  DecideSplits     a linked photo goes to its group's split: the one split its earlier-version neighbours are in (a new
+                   near-copy of a test photo goes to test), or the hash of the group's label when it has none; a new
+                   photo linked to photos in two different splits is rejected (near_copy_of_several_splits)
 
-Each stage is a composite PTransform with its own TestPipeline test. Outputs are `Change`s: (batch, what to do with
-one record of that batch), few, and counts.
+What crosses the runner from here on is one element per (spill partition) and per link: the facts of a photo with no
+near-copy never become an element. Outputs are `Change`s (batch, what to do with one record of it), few, and counts.
 """
 
 import hashlib
@@ -25,9 +27,11 @@ from typing import NamedTuple
 import apache_beam as beam
 import numpy as np
 
+from beam_pipelines import spill
 from trainer import features
 
 ACROSS_SPLITS = "near_copy_of_several_splits"  # a rejection reason
+_SMALL_BUCKET = 16
 
 
 class Fact(NamedTuple):
@@ -76,83 +80,104 @@ def hash_bands(phash: int, bits: int) -> list[tuple[int, int]]:
     return [(i, (phash >> lo) & ((1 << (hi - lo)) - 1)) for i, (lo, hi) in enumerate(itertools.pairwise(edges))]
 
 
-def link_bucket(band_and_members, bits: int):
-    """Yields (a, (b, a's fixed split)) and (b, (a, b's fixed split)) for every pair in one hash band within `bits`
-    Hamming bits. Members are (content id, (perceptual hash, fixed split or "")).
+def band_entries(fact: Fact, bits: int) -> list[tuple[tuple[int, int], Fact]]:
+    return [(band, fact) for band in hash_bands(fact.phash, bits)]
 
-    A pair agreeing on several bands is emitted only from the first of them, so no Distinct is needed.
-    """
-    (band, _), members = band_and_members
-    unique = sorted(dict(members).items())  # exact copies share a content id: one entry each
-    if len(unique) < 2:
+
+def band_key(entry) -> bytes:
+    """The spill partition key of a band entry."""
+    (band, value), _ = entry
+    return f"{band}:{value}".encode()
+
+
+def spill_bands(path: str, facts, bits: int) -> list[tuple[int, str]]:
+    """Writes the facts' band entries to a spill file; returns the (partition, path) pairs for GroupBands."""
+    return spill.spill(path, (entry for fact in facts for entry in band_entries(fact, bits)), band_key)
+
+
+def kept_copy(facts) -> Fact:
+    """Of copies with the same content: an earlier version's photo, else the one with the smallest path."""
+    return min(facts, key=lambda fact: (not fact.fixed, fact.path))
+
+
+def link_bucket(band, members, bits: int):
+    """For one band bucket: ("drop", Fact) for each extra copy of a content (in the first band only, where every copy
+    of a content meets: copies have the same hash), and ("link", (a, (b, a's fixed split or "", a's kept Fact))) both
+    ways for every pair of contents within `bits` bits. A pair agreeing on several bands is linked only from the first
+    of them, so no Distinct is needed."""
+    index, _ = band
+    by_content = {}
+    for fact in members:
+        by_content.setdefault(fact.content_id, []).append(fact)
+    kept = {content_id: kept_copy(facts) for content_id, facts in by_content.items()}
+    if index == 0:
+        for content_id, facts in by_content.items():
+            for fact in facts:
+                if fact is not kept[content_id]:
+                    yield "drop", fact
+    if len(kept) < 2:
         return
-    ids = [content_id for content_id, _ in unique]
-    fixed = [fixed_split for _, (_, fixed_split) in unique]
-    phashes = [phash for _, (phash, _) in unique]
-    hashes = np.array(phashes, dtype=np.uint64)
-    for i in range(len(unique) - 1):
-        distances = np.bitwise_count(hashes[i + 1:] ^ hashes[i])
-        for offset in np.flatnonzero(distances <= bits):
-            j = i + 1 + int(offset)
-            if any(a == b for (k, a), (_, b) in zip(hash_bands(phashes[i], bits), hash_bands(phashes[j], bits),
-                                                     strict=True) if k < band):
-                continue
-            yield ids[i], (ids[j], fixed[i])
-            yield ids[j], (ids[i], fixed[j])
+    ids = sorted(kept)
+    phashes = [kept[content_id].phash for content_id in ids]
+    hashes = np.array(phashes, dtype=np.uint64) if len(ids) > _SMALL_BUCKET else None
+    bands = {}
+    for i in range(len(ids) - 1):
+        if hashes is None:  # most buckets hold two or three photos: plain ints beat numpy's per-call cost
+            near = [j for j in range(i + 1, len(ids)) if (phashes[i] ^ phashes[j]).bit_count() <= bits]
+        else:
+            near = [i + 1 + int(k) for k in np.flatnonzero(np.bitwise_count(hashes[i + 1:] ^ hashes[i]) <= bits)]
+        for j in near:
+            for member in (i, j):
+                if member not in bands:
+                    bands[member] = hash_bands(phashes[member], bits)
+            if any(a == b for (k, a), (_, b) in zip(bands[i], bands[j], strict=True) if k < index):
+                continue  # they agree on an earlier band: linked there
+            for a, b in ((ids[i], ids[j]), (ids[j], ids[i])):
+                fact = kept[a]
+                yield "link", (a, (b, fact.split if fact.fixed else "", fact))
 
 
-# ---- exact copies -------------------------------------------------------------------------------------------------
+class GroupBandsFn(beam.DoFn):
+    """(partition, [spill files]) -> link_bucket's outputs for every band bucket of that partition."""
 
-def keep_one_copy(content_and_facts):
-    """Per content id: ("node", Fact kept) once, and ("drop", Fact) for every other copy."""
-    _, facts = content_and_facts
-    facts = list(facts)
-    kept = min(facts, key=lambda fact: (not fact.fixed, fact.path))
-    yield "node", kept
-    for fact in facts:
-        if fact is not kept:
-            yield "drop", fact
+    def __init__(self, bits: int):
+        self._bits = bits
 
-
-class GroupExactCopies(beam.PTransform):
-    """Facts -> {"nodes": one Fact per content id, "changes": drops of the other copies}."""
-
-    def expand(self, facts):
-        outcomes = (facts
-                    | "KeyByContent" >> beam.Map(lambda fact: (fact.content_id, fact))
-                    | "GroupByContent" >> beam.GroupByKey()
-                    | "KeepOneCopy" >> beam.FlatMap(keep_one_copy))
-        nodes = outcomes | "Nodes" >> beam.FlatMap(lambda o: [o[1]] if o[0] == "node" else [])
-        changes = outcomes | "Drops" >> beam.FlatMap(
-            lambda o: [Change(o[1].batch, o[1], "drop", reason="duplicate")] if o[0] == "drop" else [])
-        return {"nodes": nodes, "changes": changes}
+    def process(self, partition_and_paths):
+        partition, paths = partition_and_paths
+        buckets = {}
+        for band, fact in spill.read_all(sorted(set(paths)), partition):
+            buckets.setdefault(band, []).append(fact)
+        for band, members in buckets.items():
+            if len(members) > 1:
+                yield from link_bucket(band, members, self._bits)
 
 
-# ---- near copies --------------------------------------------------------------------------------------------------
-
-def neighbour_list(node, links):
-    """(node, [(neighbour, node's fixed split)]) -> (node, (node's fixed split or "", sorted neighbours))."""
-    links = list(links)
-    return node, (links[0][1], sorted({neighbour for neighbour, _ in links}))
-
-
-class LinkNearCopies(beam.PTransform):
-    """Nodes -> (content id, (its fixed split or "", [neighbour content ids])) for every node with a near-copy."""
+class GroupBands(beam.PTransform):
+    """(partition, spill file) pairs -> {"drops": Changes for extra copies, "neighbours": (content id, (its fixed
+    split or "", [neighbour content ids], its kept Fact)) for every photo with a near-copy}."""
 
     def __init__(self, bits: int):
         super().__init__()
         self._bits = bits
 
-    def expand(self, nodes):
-        bits = self._bits
-        return (nodes
-                | "BandHashes" >> beam.FlatMap(
-                    lambda node: [(band, (node.content_id, (node.phash, node.split if node.fixed else "")))
-                                  for band in hash_bands(node.phash, bits)])
-                | "GroupByHashBand" >> beam.GroupByKey()
-                | "LinkPairs" >> beam.FlatMap(link_bucket, bits)
-                | "CollectNeighbours" >> beam.GroupByKey()
-                | "ListNeighbours" >> beam.MapTuple(neighbour_list))
+    def expand(self, spilled):
+        outcomes = (spilled
+                    | "GroupSpillsByPartition" >> beam.GroupByKey()
+                    | "GroupBandsOnDisk" >> beam.ParDo(GroupBandsFn(self._bits)))
+        drops = outcomes | "Drops" >> beam.FlatMap(
+            lambda o: [Change(o[1].batch, o[1], "drop", reason="duplicate")] if o[0] == "drop" else [])
+        neighbours = (outcomes
+                      | "Links" >> beam.FlatMap(lambda o: [o[1]] if o[0] == "link" else [])
+                      | "CollectNeighbours" >> beam.GroupByKey()
+                      | "ListNeighbours" >> beam.MapTuple(neighbour_list))
+        return {"drops": drops, "neighbours": neighbours}
+
+
+def neighbour_list(node, links):
+    """(node, [(neighbour, node's fixed split, node's Fact)]) -> (node, (fixed split, sorted neighbours, Fact))."""
+    links = list(links)
+    return node, (links[0][1], sorted({neighbour for neighbour, _, _ in links}), links[0][2])
 
 
 def propagate(node_and_joined):
@@ -161,7 +186,7 @@ def propagate(node_and_joined):
     node, joined = node_and_joined
     [(label, splits)] = list(joined["state"])
     yield node, (label, splits)
-    for _, neighbours in joined["neighbours"]:
+    for _, neighbours, _ in joined["neighbours"]:
         for neighbour in neighbours:
             yield neighbour, (label, splits)
 
@@ -177,7 +202,7 @@ def settle(node_and_states):
 
 
 class PropagateGroups(beam.PTransform):
-    """Linked nodes (LinkNearCopies' output) -> (content id, (group label, splits of earlier-version photos in
+    """Linked nodes (GroupBands' neighbours) -> (content id, (group label, splits of earlier-version photos in
     reach, converged))."""
 
     def __init__(self, rounds: int):
@@ -199,12 +224,12 @@ class PropagateGroups(beam.PTransform):
 
 
 def decide(item, ratios):
-    """(content id, {"node": [Fact], "group": [(label, splits, converged)]}) -> Changes for that photo, plus the
-    ("linked" | "unconverged") count keys."""
+    """(content id, {"node": [(fixed, neighbours, Fact)], "group": [(label, splits, converged)]}) -> Changes for that
+    photo, plus the ("linked" | "unconverged") count keys."""
     _, joined = item
     if not joined["group"] or not joined["node"]:
         return
-    [node], [(label, splits, converged)] = joined["node"], joined["group"]
+    [(_, _, node)], [(label, splits, converged)] = joined["node"], joined["group"]
     splits = splits.split(",") if splits else []
     yield "linked"
     if not converged:
@@ -220,16 +245,17 @@ def decide(item, ratios):
 
 
 class DecideSplits(beam.PTransform):
-    """(nodes, group states) -> {"changes": moves and rejections, "counts": count keys}."""
+    """(neighbours, group states), both for linked photos only -> {"changes": moves and rejections, "counts": count
+    keys}."""
 
     def __init__(self, ratios):
         super().__init__()
         self._ratios = tuple(ratios)
 
     def expand(self, inputs):
-        nodes, groups = inputs
+        neighbours, groups = inputs
         ratios = self._ratios
-        decided = ({"node": nodes | "KeyNodes" >> beam.Map(lambda n: (n.content_id, n)), "group": groups}
+        decided = ({"node": neighbours, "group": groups}
                    | "JoinGroups" >> beam.CoGroupByKey()
                    | "Decide" >> beam.FlatMap(decide, ratios))
         return {"changes": decided | "Changes" >> beam.Filter(lambda d: isinstance(d, Change)),

@@ -146,7 +146,7 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int = DEFAULT_M
                 edge = max(height, width)  # orientation may swap the axes: ask for enough of both
                 image.draft("RGB", (edge, edge))
             image.load()
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of every image that needs no turn
             image = _to_rgb(image)
             if image.size != (width, height):
                 image = image.resize((width, height), RESAMPLE)
@@ -184,8 +184,9 @@ def content_hash(pixels: np.ndarray) -> str:
 def perceptual_hash(pixels: np.ndarray) -> int:
     """64-bit difference hash (dHash). Re-encoding, resizing and small colour shifts change at most a few
     bits (see hamming_distance), so near-copies of a photo are a short distance apart."""
-    grey = Image.fromarray(pixels).convert("L").resize((9, 8), Image.Resampling.BOX)
-    values = np.asarray(grey, dtype=np.int16)
+    grey = Image.frombuffer("RGB", pixels.shape[1::-1], np.ascontiguousarray(pixels), "raw", "RGB", 0, 1)
+    values = np.frombuffer(grey.convert("L").resize((9, 8), Image.Resampling.BOX).tobytes(), np.uint8).reshape(8, 9)
+    values = values.astype(np.int16)
     bits = (values[:, 1:] > values[:, :-1]).flatten()
     return int.from_bytes(np.packbits(bits, bitorder="little").tobytes(), "little")  # bit i set when bits[i]
 

@@ -15,6 +15,7 @@ with its reason; it never costs the other files of its batch.
 """
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +38,8 @@ class BatchOutcome:
     scored: list
     rejected: list
     scored_at: str
+    started: float = 0.0  # time.time() when the batch's first file was sent to the decoder, and when the last
+    finished: float = 0.0  # prediction came back: the job's rate after start-up comes from these
 
 
 class FilesModelHandler(ModelHandler[listing.FileBatch, BatchOutcome, Any]):
@@ -78,6 +81,7 @@ class FilesModelHandler(ModelHandler[listing.FileBatch, BatchOutcome, Any]):
 
     def run_inference(self, batch: listing.FileBatch, model, inference_args=None) -> Sequence[BatchOutcome]:
         scored, rejected, pending = [], [], []
+        started = time.time()
         outcomes = self._decoding().decoded(batch.files, size=self._size, max_pixels=self._max_pixels,
                                             max_bytes=self._max_file_bytes)
         for ref, outcome in outcomes:
@@ -90,7 +94,7 @@ class FilesModelHandler(ModelHandler[listing.FileBatch, BatchOutcome, Any]):
                 pending = []
         if pending:
             scored += self._predict(pending, model)
-        return [BatchOutcome(batch, scored, rejected, provenance.utc_now())]
+        return [BatchOutcome(batch, scored, rejected, provenance.utc_now(), started, time.time())]
 
     @staticmethod
     def _predict(pending, model) -> list:

@@ -40,9 +40,12 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection
+from typing import NamedTuple
 
 from beam_pipelines import imaging
 
+READ_ERROR = "read_error"  # the file could not be read (reading.py reports it too, for files it reads itself)
+FILE_TOO_LARGE = "file_too_large"
 DECODER_TIMEOUT = "decoder_timeout"
 DECODER_CRASH = "decoder_crash"
 REASONS = (DECODER_TIMEOUT, DECODER_CRASH)
@@ -67,10 +70,33 @@ def load_function(path: str):
     return function
 
 
-def decode_outcome(decode, data: bytes, size, max_pixels: int, then=None):
-    """("ok", DecodedImage or then(DecodedImage)) or ("rejected", reason, detail): plain tuples, since ImageRejected
-    does not pickle."""
+class LocalFile(NamedTuple):
+    """A request naming a local file for the decoding process to read itself, at most `limit` bytes: no bytes cross
+    the pipe and no thread of the worker reads it (what a remote file needs: its bytes are read ahead by the worker)."""
+
+    path: str
+    limit: int
+
+
+def read_local(file: LocalFile) -> bytes:
+    """The file's bytes; ImageRejected as read_error / file_too_large."""
     try:
+        with open(file.path, "rb") as handle:
+            data = handle.read(file.limit + 1)
+    except OSError as error:
+        raise imaging.ImageRejected(READ_ERROR, f"{type(error).__name__}: {error}") from None
+    if len(data) > file.limit:
+        raise imaging.ImageRejected(FILE_TOO_LARGE, f"more than {file.limit:,} bytes (it grew after it was listed; "
+                                                    f"cap: --max_file_mb)")
+    return data
+
+
+def decode_outcome(decode, data, size, max_pixels: int, then=None):
+    """("ok", DecodedImage or then(DecodedImage)) or ("rejected", reason, detail): plain tuples, since ImageRejected
+    does not pickle. `data` is the file's bytes, or a LocalFile to read here."""
+    try:
+        if isinstance(data, LocalFile):
+            data = read_local(data)
         decoded = decode(data, size, max_pixels)
         return ("ok", then(decoded) if then is not None else decoded)
     except imaging.ImageRejected as rejected:
@@ -277,6 +303,9 @@ class DecodeRunner:
 
 
 if __name__ == "__main__":
+    # The module's own copy, not __main__'s: requests unpickle to beam_pipelines.isolation's classes (LocalFile).
+    from beam_pipelines.isolation import serve as _serve
+
     _requests_fd, _replies_fd, _decode_fn, _then_fn, _limit = sys.argv[1:6]
-    serve(Connection(int(_requests_fd), writable=False), Connection(int(_replies_fd), readable=False), _decode_fn,
-          _then_fn, int(_limit))
+    _serve(Connection(int(_requests_fd), writable=False), Connection(int(_replies_fd), readable=False), _decode_fn,
+           _then_fn, int(_limit))

@@ -14,14 +14,19 @@ written last.
 """
 
 import concurrent.futures
+import dataclasses
 import datetime
 import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
+from collections import Counter
+
+import apache_beam as beam
 
 from beam_pipelines import cli, dask_compat, storage
 
@@ -200,19 +205,70 @@ def clean_stale_staging(parent: str, prefix: str, keep: str | None = None,
     return removed
 
 
+class MergeTalliesFn(beam.CombineFn):
+    """Per-batch tallies -> one: {"counts": {key: n}, other keys: lists}. The counts are summed and the lists
+    concatenated: how both jobs count without pushing every file through extra steps, on every runner (the DaskRunner
+    has no metrics)."""
+
+    def create_accumulator(self):
+        return {"counts": Counter()}
+
+    def add_input(self, total, tally):
+        for key, value in tally.items():
+            if key == "counts":
+                total["counts"].update(value)
+            else:
+                total.setdefault(key, []).extend(value)
+        return total
+
+    def merge_accumulators(self, accumulators):
+        merged = self.create_accumulator()
+        for total in accumulators:
+            self.add_input(merged, total)
+        return merged
+
+    def extract_output(self, total):
+        return {**total, "counts": dict(total["counts"])}
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """What a job has done so far, as the launcher sees it (from files its workers committed, so on any runner)."""
+
+    done: int
+    total: int | None  # None until the listing has finished
+    unit: str  # "files", "batches"
+
+
+def _bar(progress: Progress, seconds: float, width: int = 30) -> str:
+    rate = progress.done / seconds if seconds > 0 else 0.0
+    if not progress.total:
+        return f"{progress.done:,} {progress.unit} done, {rate:,.0f}/s, {seconds:,.0f} s"
+    share = min(1.0, progress.done / progress.total)
+    left = (progress.total - progress.done) / rate if rate > 0 else None
+    eta = f", about {left:,.0f} s left" if left is not None else ""
+    return (f"[{'#' * round(share * width):<{width}}] {share:4.0%} {progress.done:,}/{progress.total:,} "
+            f"{progress.unit}, {rate:,.0f}/s{eta}")
+
+
 def run_pipeline(pipeline, progress=None):
-    """Runs the pipeline and waits for it. `progress()`, when given, is called every PROGRESS_SECONDS from another
-    thread and returns a line to log (the launcher's view of the run, for runners whose workers log elsewhere)."""
+    """Runs the pipeline and waits for it. `progress()`, when given, returns a Progress: on a terminal it is drawn as
+    a bar updated every second, otherwise logged every PROGRESS_SECONDS (for runners whose workers log elsewhere)."""
     stop = threading.Event()
     started = time.monotonic()
+    terminal = sys.stderr.isatty()
 
     def beat():
-        while not stop.wait(PROGRESS_SECONDS):
+        while not stop.wait(1.0 if terminal else PROGRESS_SECONDS):
             try:
-                line = progress() if progress else None
+                line = _bar(progress(), time.monotonic() - started) if progress else "still running"
             except Exception as error:  # noqa: BLE001 - progress is informational; never let it stop the run
                 line = f"(progress unavailable: {type(error).__name__}: {error})"
-            _LOG.info("%s after %.0f s", line or "still running", time.monotonic() - started)
+            if terminal:
+                sys.stderr.write("\r" + line[:150].ljust(150))
+                sys.stderr.flush()
+            else:
+                _LOG.info("progress: %s", line)
 
     thread = threading.Thread(target=beat, name="progress", daemon=True)
     thread.start()
@@ -224,6 +280,9 @@ def run_pipeline(pipeline, progress=None):
             dask_compat.close(result)
     finally:
         stop.set()
+        thread.join()
+        if terminal:
+            sys.stderr.write("\n")
     return result
 
 
@@ -233,14 +292,15 @@ def publish_directory(staging: str, final: str, marker: str | None = None, exclu
     Locally two renames (the old folder moved aside, then deleted): readers see the old complete set or the new one.
     On GCS the old final's marker is deleted first (so a half-replaced folder never carries a completion marker), then
     the old objects, then the new ones are copied server-side (in parallel) and the staging removed; the caller writes
-    the marker last. `exclude`: relative paths (files or folders) of staging not to publish.
+    the marker last. `exclude`: prefixes of the relative paths (files or folders) of staging not to publish.
     """
     exclude = tuple(exclude)
     if not storage.is_remote(final):
         final = final.rstrip("/")
-        for name in exclude:
-            path = storage.join(staging, name)
-            storage.delete_tree(path) if os.path.isdir(path) else storage.delete(path)
+        for name in os.listdir(staging):
+            if name.startswith(exclude):
+                path = os.path.join(staging, name)
+                storage.delete_tree(path) if os.path.isdir(path) else storage.delete(path)
         aside = f"{final}.old"  # one name, not one per process: a publish killed before removing it leaves it to
         storage.delete_tree(aside)  # the next publish, instead of a stale copy of the old set for ever
         if os.path.exists(final):

@@ -19,6 +19,16 @@ from beam_pipelines import storage
 
 DEFAULT_FILES_PER_BATCH = 1024
 LISTED = "listed"
+LISTING_REPORT = "_listed-"  # <report_dir>/_listed-NNN.json: files to process of pattern NNN, once listed
+
+
+def files_to_process(report_dir: str, patterns: int) -> int | None:
+    """The files the listing found to process, once every pattern's report is written (else None)."""
+    total, reports = 0, 0
+    for ref in storage.list_files(storage.join(report_dir, LISTING_REPORT + "*.json")):
+        total += storage.read_json(ref.path)["files"]
+        reports += 1
+    return total if reports == patterns else None
 
 _LOG = logging.getLogger(__name__)
 
@@ -57,11 +67,13 @@ class Selector:
 class ListBatchesFn(beam.DoFn):
     """(pattern index, pattern) -> FileBatch elements of up to `files_per_batch` files each."""
 
-    def __init__(self, patterns, files_per_batch: int, batch_prefix: str, select: Selector | None = None):
+    def __init__(self, patterns, files_per_batch: int, batch_prefix: str, select: Selector | None = None,
+                 report_dir: str | None = None):
         self._patterns = [storage.absolute(p) for p in patterns]
         self._size = files_per_batch
         self._prefix = batch_prefix
         self._select = select or Selector()
+        self._report_dir = report_dir
 
     def setup(self):
         self._select.open()
@@ -70,7 +82,7 @@ class ListBatchesFn(beam.DoFn):
     def process(self, element):
         index, pattern = element
         earlier = self._earlier[:index]
-        counts, files, sequence = {LISTED: 0}, [], 0
+        counts, files, sequence, queued = {LISTED: 0}, [], 0, 0
         for ref in storage.list_files(pattern):
             if any(matches(ref.path) for matches in earlier):
                 continue  # an earlier pattern lists it
@@ -80,12 +92,15 @@ class ListBatchesFn(beam.DoFn):
                 counts[verdict] = counts.get(verdict, 0) + 1
                 continue
             files.append(ref)
+            queued += 1
             if len(files) == self._size:
                 yield self._batch(index, sequence, files, counts)
                 counts, files, sequence = {LISTED: 0}, [], sequence + 1
         if files or any(counts.values()) or sequence == 0:
             yield self._batch(index, sequence, files, counts)
-        _LOG.info("listing %s: done", storage.display_path(pattern))
+        _LOG.info("listing %s: done, %d files to process", storage.display_path(pattern), queued)
+        if self._report_dir:  # the launcher's progress reads how many files there are to process
+            storage.write_json(storage.join(self._report_dir, f"{LISTING_REPORT}{index:03d}.json"), {"files": queued})
 
     def _batch(self, index: int, sequence: int, files, counts) -> FileBatch:
         return FileBatch(f"{self._prefix}-{index:03d}-{sequence:07d}", tuple(files), dict(counts), self._select.notes())
@@ -95,10 +110,10 @@ class ListImages(beam.PTransform):
     """Patterns -> FileBatch, reshuffled so the batches spread over the workers."""
 
     def __init__(self, patterns, files_per_batch: int = DEFAULT_FILES_PER_BATCH, batch_prefix: str = "b",
-                 select: Selector | None = None):
+                 select: Selector | None = None, report_dir: str | None = None):
         super().__init__()
         self._patterns = list(patterns)
-        self._fn = ListBatchesFn(self._patterns, files_per_batch, batch_prefix, select)
+        self._fn = ListBatchesFn(self._patterns, files_per_batch, batch_prefix, select, report_dir)
 
     def expand(self, pipeline):
         return (pipeline

@@ -48,6 +48,7 @@ class JobConfig:
     max_file_mb: int | None = None  # None: 3 bytes per pixel at max_pixels (an uncompressed RGB image at the limit)
     decode_timeout_seconds: float = 30.0
     files_per_batch: int = listing.DEFAULT_FILES_PER_BATCH
+    check_only: bool = False  # validate flags, credentials, inputs, output and model; write nothing
 
     @property
     def max_file_bytes(self) -> int:
@@ -210,6 +211,9 @@ class JobOptions(PipelineOptions):
                                                           "process, without isolation; seconds", kind=float)
         _flag(group, JobConfig, "files_per_batch", "files per unit of work: the runner handles one element per "
                                                    "batch, and scoring commits per batch; files", kind=int)
+        _flag(group, JobConfig, "check_only", "check everything a run needs (flags, credentials, the inputs: counted, "
+                                              "a few decoded; the output's write access; the model) and write "
+                                              "nothing", kind=_boolean)
 
 
 class PreprocessOptions(PipelineOptions):
@@ -288,7 +292,7 @@ def _job_values(options: PipelineOptions) -> dict:
     inputs = tuple(job.inputs or ())
     return {"inputs": inputs, "output_dir": job.output_dir or "", "max_pixels": job.max_pixels,
             "max_file_mb": job.max_file_mb, "decode_timeout_seconds": job.decode_timeout_seconds,
-            "files_per_batch": job.files_per_batch}
+            "files_per_batch": job.files_per_batch, "check_only": job.check_only}
 
 
 def _own_values(options: PipelineOptions, view, cls) -> dict:

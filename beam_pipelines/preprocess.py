@@ -2,15 +2,16 @@
 
 Stages (one line each in `build`; trainer/dataset_contract.py describes the dataset folder):
   ListImages        folders/globs, local or gs://, listed as a stream into batches of --files_per_batch files
-  ClassifyChanges   (a dataset that grows) the listing joined by path with the current version's facts: unchanged
-                    files are kept as they are (never decoded again), new and changed files go on, photos whose file
-                    is gone are dropped; then the files to decode are batched again
+  ClassifyChanges   (a dataset that grows) the listing joined by path with the current version's facts, on disk a
+                    partition at a time (changes.py): unchanged files are kept as they are (never decoded again), new
+                    and changed files go on in new batches, photos whose file is gone are dropped
   DecodeAndWrite    per batch: label from the folder (or file-name prefix), read, decode + resize + JPEG-encode + hash
                     in a child process, each record written straight into the shard of its content's split
                     (records.py): record bytes never cross a shuffle or a side input
-  GroupExactCopies, LinkNearCopies, PropagateGroups, DecideSplits
-                    the grouping, on small facts only (grouping.py): exact copies kept once, near-copies kept in one
-                    split, photos of earlier versions never moved, a new near-copy follows them
+  GroupBands, PropagateGroups, DecideSplits
+                    the grouping, on small facts spilled to disk by the workers that made them and read a partition
+                    at a time (grouping.py, spill.py): exact copies kept once, near-copies kept in one split, photos
+                    of earlier versions never moved, a new near-copy follows them
   RewriteBatches    the few batches whose records the grouping changed are written again
   CountOutcomes     per-batch tallies summed; then the launcher writes metadata.json and moves `latest`
 
@@ -24,26 +25,24 @@ benchmarks/RESULTS.md.
 """
 
 import dataclasses
+import json
 import logging
 import posixpath
 import re
 import sys
 import time
 import uuid
-import zlib
-from collections import Counter
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_pipelines import cli, dask_compat, grouping, lifecycle, listing, options, records, storage
+from beam_pipelines import changes, cli, dask_compat, grouping, lifecycle, listing, options, preflight, records, storage
 from trainer import dataset_contract, features, provenance
 
 NAMESPACE = records.NAMESPACE
 COUNTS_FILE = "_counts.json"
 LEASE_FILE = ".lease.json"
 CHANGES = ("new", "changed", "removed", "removed_rejected", "added")  # any of these makes a new version
-CARRIED_FILES = 4  # rejected-carried-*.jsonl files: rejections of unchanged files, listed again in a new version
 
 _LOG = logging.getLogger(__name__)
 
@@ -63,165 +62,42 @@ def input_root(pattern: str) -> str:
     return pattern.rstrip("/")
 
 
-# ---- a dataset that grows -----------------------------------------------------------------------------------------
-
-def classify(path_and_joined):
-    """(path key, {"ref": [(FileRef, listing batch)], "known": [("record", Fact) | ("rejected", (size, version, reason,
-    line))]}) -> ("decode", (ref, listing batch)) | ("kept", Fact) | ("carried", rejection line) | ("change", Change)
-    | ("count", key). A file is unchanged when its size and content version are what the current version recorded."""
-    _, joined = path_and_joined
-    refs, known = list(joined["ref"]), list(joined["known"])
-    ref, batch = refs[0] if refs else (None, None)
-    kind, value = known[0] if known else (None, None)
-    if kind == "record":
-        if ref is not None and (ref.size, ref.version) == (value.size, value.version):
-            yield "kept", value
-            yield "count", "unchanged"
-            return
-        yield "change", grouping.Change(value.batch, value, "drop", reason=records.REMOVED)
-    elif kind == "rejected":
-        size, version, reason, line = value
-        unchanged = ref is not None and (ref.size, ref.version) == (size, version)
-        if unchanged and reason == "duplicate":  # decoded again: its kept copy may have gone since
-            yield "decode", (ref, batch)
-            yield "count", "rechecked_duplicates"
-            return
-        if unchanged:
-            yield "carried", line  # still the file that was rejected: listed again, not read again
-            yield "count", "unchanged_rejected"
-            return
-        if ref is None:
-            yield "count", "removed_rejected"
-    if ref is not None:
-        yield "decode", (ref, batch)
-        yield "count", "new" if kind is None else "changed"
-
-
-def rebatch(batch_and_refs, files_per_batch: int):
-    """The files to decode of one listing batch (a few when a folder grew a little, all when it is new)."""
-    batch, refs = batch_and_refs
-    refs = sorted(refs, key=lambda ref: ref.path)
-    for sequence, start in enumerate(range(0, len(refs), files_per_batch)):
-        yield listing.FileBatch(f"{batch}-n{sequence:03d}", tuple(refs[start:start + files_per_batch]), {})
-
-
-def write_carried(key_and_lines, version_dir: str):
-    key, lines = key_and_lines
-    storage.write_bytes(storage.join(version_dir, dataset_contract.rejected_name(f"carried-{key:03d}")),
-                        "".join(line + "\n" for line in sorted(lines)).encode("utf-8"))
-    return {"counts": {}, "batches": [], "replaced": []}
-
-
-class ClassifyChanges(beam.PTransform):
-    """(listed FileBatches, what the current version knows: ("record", Fact) and ("rejected", ...) by path) ->
-    {"batches": FileBatches to decode, "kept": Facts, "changes": drops of photos whose file is gone or changed,
-    "tallies": counts}. Rejections of files that did not change are carried into the new version's folder."""
-
-    def __init__(self, files_per_batch: int, version_dir: str):
-        super().__init__()
-        self._size, self._version_dir = files_per_batch, version_dir
-
-    def expand(self, inputs):
-        listed, known = inputs
-        size = self._size
-        # Keyed by the path's bytes: Beam's coder for a str key is UTF-8, which a local name that is not cannot be.
-        classified = ({"ref": listed | "KeyRefsByPath" >> beam.FlatMap(
-                           lambda batch: [(storage.path_key(ref.path), (ref, batch.batch_id)) for ref in batch.files]),
-                       "known": known}
-                      | "JoinOnPath" >> beam.CoGroupByKey()
-                      | "Classify" >> beam.FlatMap(classify))
-        batches = (classified
-                   | "ToDecode" >> _values("decode")
-                   | "KeyByListingBatch" >> beam.Map(lambda ref_and_batch: (ref_and_batch[1], ref_and_batch[0]))
-                   | "GroupByListingBatch" >> beam.GroupByKey()
-                   | "Rebatch" >> beam.FlatMap(rebatch, size))
-        carried = (classified
-                   | "Carried" >> _values("carried")
-                   | "KeyCarried" >> beam.Map(lambda line: (zlib.crc32(line.encode()) % CARRIED_FILES, line))
-                   | "GroupCarried" >> beam.GroupByKey()
-                   | "WriteCarried" >> beam.Map(write_carried, self._version_dir))
-        tallies = ((listed | "ListingCounts" >> beam.Map(lambda batch: batch.counts),
-                    classified | "ChangeCounts" >> _values("count") | "CountKey" >> beam.Map(lambda key: {key: 1}))
-                   | "FlattenCounts" >> beam.Flatten()
-                   | "AsTallies" >> beam.Map(lambda counts: {"counts": counts, "batches": [], "replaced": []}))
-        return {"batches": batches, "kept": classified | "Kept" >> _values("kept"),
-                "changes": classified | "Dropped" >> _values("change"),
-                "tallies": (tallies, carried) | "AllTallies" >> beam.Flatten()}
-
-
-def read_known(item):
-    """A facts file -> (path key, ("record", Fact)) per record; a rejection file -> (path key, ("rejected", ...)) per
-    line. The key is storage.path_key(path), as ClassifyChanges keys the listing."""
-    path, batch = item
-    if batch is None:
-        return [(storage.path_key(file), ("rejected", (size, version, reason, line)))
-                for file, size, version, reason, line in records.read_rejections(path)]
-    return [(storage.path_key(fact.path), ("record", fact)) for fact in records.read_facts(path, batch, True)]
-
-
-class MergeTalliesFn(beam.CombineFn):
-    """Tallies ({"counts", "batches", "replaced"}) -> one."""
-
-    def create_accumulator(self):
-        return {"counts": Counter(), "batches": [], "replaced": []}
-
-    def add_input(self, total, tally):
-        total["counts"].update(tally["counts"])
-        total["batches"].extend(tally["batches"])
-        total["replaced"].extend(tally["replaced"])
-        return total
-
-    def merge_accumulators(self, accumulators):
-        merged = self.create_accumulator()
-        for total in accumulators:
-            self.add_input(merged, total)
-        return merged
-
-    def extract_output(self, total):
-        return {**total, "counts": dict(total["counts"])}
-
-
-def _values(kind: str):
-    return beam.FlatMap(lambda item: [item[1]] if item[0] == kind else [])
-
-
 def build(pipeline, config: options.PreprocessConfig, plan: dict):
     """Adds the preprocessing stages to `pipeline`; `plan` (from `plan_version`) says where the new version goes and
     what the current one holds. Returns the PCollection of the merged tally (also written to the version folder)."""
     version_dir, prefix = plan["version_dir"], plan["batch_prefix"]
     roots = [input_root(pattern) for pattern in config.inputs]
-    listed = pipeline | "ListImages" >> listing.ListImages(config.inputs, config.files_per_batch, prefix)
-    tallies, kept, removed = [], [], []
+    listed = pipeline | "ListImages" >> listing.ListImages(config.inputs, config.files_per_batch, prefix,
+                                                           report_dir=version_dir)
+    tallies, kept_bands, removed = [], [], []
     if plan["previous"] is not None:
-        known = (pipeline
-                 | "CurrentVersionFiles" >> beam.Create(plan["facts_files"] + plan["rejection_files"])
-                 | "ReadCurrentVersion" >> beam.FlatMap(read_known))
-        changes = (listed, known) | "ClassifyChanges" >> ClassifyChanges(config.files_per_batch, version_dir)
-        to_decode, kept, removed = changes["batches"], [changes["kept"]], [changes["changes"]]
-        tallies.append(changes["tallies"])
+        known = pipeline | "CurrentVersionFiles" >> beam.Create(plan["facts_files"] + plan["rejection_files"])
+        grown = (listed, known) | "ClassifyChanges" >> changes.ClassifyChanges(
+            version_dir, config.files_per_batch, config.near_duplicate_bits, prefix)
+        to_decode, kept_bands, removed = grown["batches"], [grown["bands"]], [grown["changes"]]
+        tallies.append(grown["tallies"])
     else:
         to_decode = listed
     written = to_decode | "DecodeAndWrite" >> beam.ParDo(records.DecodeAndWriteFn(config, roots, version_dir))
-    tallies.append(written | "DecodeTallies" >> _values("tally"))
-    facts = (written | "NewFacts" >> _values("fact"), *kept) | "AllFacts" >> beam.Flatten()
+    tallies.append(written | "DecodeTallies" >> changes.values("tally"))
+    bands = (written | "NewBands" >> changes.values("bands"), *kept_bands) | "AllBands" >> beam.Flatten()
 
-    exact = facts | "GroupExactCopies" >> grouping.GroupExactCopies()
-    linked = exact["nodes"] | "LinkNearCopies" >> grouping.LinkNearCopies(config.near_duplicate_bits)
-    groups = linked | "PropagateGroups" >> grouping.PropagateGroups(config.link_rounds)
-    decided = (exact["nodes"], groups) | "DecideSplits" >> grouping.DecideSplits(config.split_ratios)
+    grouped = bands | "GroupBands" >> grouping.GroupBands(config.near_duplicate_bits)
+    groups = grouped["neighbours"] | "PropagateGroups" >> grouping.PropagateGroups(config.link_rounds)
+    decided = (grouped["neighbours"], groups) | "DecideSplits" >> grouping.DecideSplits(config.split_ratios)
     tallies.append(decided["counts"] | "GroupCounts" >> beam.Map(
         lambda key: {"counts": {f"near_duplicate/{key}": 1}, "batches": [], "replaced": []}))
 
-    rewritten = ((exact["changes"], decided["changes"], *removed)
+    rewritten = ((grouped["drops"], decided["changes"], *removed)
                  | "AllChanges" >> beam.Flatten()
                  | "KeyByBatch" >> beam.Map(lambda change: (change.batch, change))
                  | "GroupByBatch" >> beam.GroupByKey()
                  | "RewriteBatches" >> beam.ParDo(records.RewriteBatchFn(version_dir, config.class_names,
                                                                          plan["homes"])))
-    tallies.append(rewritten | "RewriteTallies" >> _values("tally"))
+    tallies.append(rewritten | "RewriteTallies" >> changes.values("tally"))
     return (tallies
             | "AllTallies" >> beam.Flatten()
-            | "CountOutcomes" >> beam.CombineGlobally(MergeTalliesFn()).without_defaults()
+            | "CountOutcomes" >> beam.CombineGlobally(lifecycle.MergeTalliesFn()).without_defaults()
             | "WriteCounts" >> beam.Map(lambda tally: storage.write_json(storage.join(version_dir, COUNTS_FILE),
                                                                          tally)))
 
@@ -254,10 +130,10 @@ def _refuse_foreign(output_dir: str) -> None:
             + "; choose another --output_dir, or remove them")
 
 
-def plan_version(config: options.PreprocessConfig) -> dict:
+def plan_version(config: options.PreprocessConfig, dry_run: bool = False) -> dict:
     """Decides what this run makes: the first version, a new one from scratch (--overwrite), or the current one plus
-    what changed (--skip_if_current). Removes versions of runs that died before publishing (this run holds the lease).
-    """
+    what changed (--skip_if_current). Removes versions of runs that died before publishing (this run holds the lease),
+    unless `dry_run` (--check_only: nothing is written or removed)."""
     current = _current(config.output_dir)
     previous, facts_files, rejection_files, homes, previous_batches = None, [], [], {}, []
     if current is None:
@@ -288,7 +164,7 @@ def plan_version(config: options.PreprocessConfig) -> dict:
                                for ref in storage.list_files(storage.join(version_dir, pattern))]
     for ref in storage.list_files(config.output_dir.rstrip("/") + "/"):  # unpublished versions of dead runs
         match = re.match(r"^v(\d{5,})$", ref.path[len(config.output_dir.rstrip("/")) + 1:].split("/")[0])
-        if match and int(match.group(1)) >= number:
+        if match and int(match.group(1)) >= number and not dry_run:
             dead = storage.join(config.output_dir, match.group(0))
             _LOG.warning("preprocess: removing %s, left by a run that did not publish it", dead)
             storage.delete_tree(dead)
@@ -301,7 +177,7 @@ def plan_version(config: options.PreprocessConfig) -> dict:
 
 def assemble_metadata(config, plan, tally, runner, started_at, seconds) -> dict:
     counts = tally["counts"]
-    batches = records.metadata_batches(plan["previous_batches"], tally["batches"], tally["replaced"])
+    batches = records.metadata_batches(plan["previous_batches"], tally.get("batches", []), tally.get("replaced", []))
     names = list(config.class_names)
     split_counts = {split: {name: 0 for name in names} for split in features.SPLITS}
     shards = {split: [] for split in features.SPLITS}
@@ -414,6 +290,10 @@ def _resolve(argv) -> tuple[PipelineOptions, options.PreprocessConfig, str]:
         raise cli.UsageError(str(error)) from None
     config = dataclasses.replace(config, inputs=tuple(storage.absolute(p) for p in config.inputs),
                                  output_dir=storage.absolute(config.output_dir).rstrip("/"))
+    try:  # before anything reads from GCS: broken credentials fail here, in seconds, not as a hang
+        preflight.check_reachable([*config.inputs, config.output_dir])
+    except preflight.Unreachable as error:
+        raise cli.UsageError(str(error)) from None
     storage.check_patterns_match(config.inputs)
     return pipeline_options, config, str(standard.runner)
 
@@ -424,6 +304,13 @@ def run(argv=None, test_pipeline=None) -> dict:
     nothing changed. Raises cli.JobExit (a SystemExit with an exit code and a message) otherwise."""
     argv = list(sys.argv[1:] if argv is None else argv)
     pipeline_options, config, runner = _resolve(argv)
+    if config.check_only:
+        plan = plan_version(config, dry_run=True)
+        report = preflight.run_checks(config.inputs, config.output_dir, config.size, config.max_pixels,
+                                      config.max_file_bytes, {"would_write": plan["version_dir"],
+                                                              "adding_to": plan["previous_version"]})
+        print(json.dumps(report, ensure_ascii=False))
+        return report
     with lifecycle.Lease(storage.join(config.output_dir, LEASE_FILE), what=f"dataset {config.output_dir}") as lease:
         plan = plan_version(config)
         version_dir = plan["version_dir"]
@@ -433,13 +320,16 @@ def run(argv=None, test_pipeline=None) -> dict:
         started_at, started = provenance.utc_now(), time.monotonic()
         pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=pipeline_options)
         build(pipeline, config, plan)
-        lifecycle.run_pipeline(pipeline, progress=lambda: _progress(version_dir))
+        lifecycle.run_pipeline(pipeline, progress=lambda: _progress(version_dir, config, plan))
         if lease.lost.is_set():
             raise cli.JobFailed(f"another run took over {config.output_dir} while this one ran; {version_dir} was "
                                 f"not published")
         counts_path = storage.join(version_dir, COUNTS_FILE)
         tally = storage.read_json(counts_path)
         storage.delete(counts_path)
+        for ref in storage.list_files(storage.join(version_dir, listing.LISTING_REPORT + "*.json")):
+            storage.delete(ref.path)
+        storage.delete_tree(records.work_dir(version_dir))
         metadata = assemble_metadata(config, plan, tally, runner, started_at, time.monotonic() - started)
         accounted = metadata["added"] + metadata["duplicates"] + sum(metadata["rejected"].values())
         if accounted != metadata["read"]:
@@ -465,9 +355,13 @@ def run(argv=None, test_pipeline=None) -> dict:
     return metadata
 
 
-def _progress(version_dir: str) -> str:
-    batches = sum(1 for _ in storage.list_files(storage.join(version_dir, "facts-*.jsonl")))
-    return f"{batches} batches written to {version_dir}"
+def _progress(version_dir: str, config: options.PreprocessConfig, plan: dict) -> lifecycle.Progress:
+    """Batches decoded and written so far (their facts files), out of the batches the listing will make (known for a
+    first version; a growing dataset's batches are made after the join with the current version)."""
+    done = sum(1 for _ in storage.list_files(storage.join(version_dir, "facts-*.jsonl")))
+    files = listing.files_to_process(version_dir, len(config.inputs)) if plan["previous"] is None else None
+    total = None if files is None else -(-files // config.files_per_batch)
+    return lifecycle.Progress(done, total, "batches")
 
 
 def main() -> None:

@@ -22,8 +22,8 @@ from beam_pipelines import isolation, storage
 READ_THREADS = 8
 READ_AHEAD = 32  # files being read at once: enough to hide GCS latency, few enough to bound memory
 QUEUE_SIZE = 256  # decoded results waiting for the caller (pixels of a 180x180 image: 97 KB each)
-READ_ERROR = "read_error"
-FILE_TOO_LARGE = "file_too_large"
+READ_ERROR = isolation.READ_ERROR
+FILE_TOO_LARGE = isolation.FILE_TOO_LARGE
 REASONS = (READ_ERROR, FILE_TOO_LARGE, *storage.LISTING_PROBLEMS)
 
 _LISTING_DETAIL = {
@@ -39,12 +39,17 @@ def rejected(reason: str, detail: str) -> tuple:
     return ("rejected", reason, detail)
 
 
-def _read(ref: storage.FileRef, max_bytes: int):
-    """The file's bytes, or a rejection."""
+def _early(ref: storage.FileRef, max_bytes: int):
+    """A rejection known from the listing alone, or None."""
     if ref.problem:
         return rejected(ref.problem, _LISTING_DETAIL.get(ref.problem, ref.problem))
     if ref.size > max_bytes:
         return rejected(FILE_TOO_LARGE, f"{ref.size:,} bytes is over the cap of {max_bytes:,} (--max_file_mb)")
+    return None
+
+
+def _read(ref: storage.FileRef, max_bytes: int):
+    """The file's bytes, or a rejection."""
     try:
         return storage.read_bytes(ref.path, limit=max_bytes)
     except storage.FileTooLarge as error:
@@ -54,7 +59,9 @@ def _read(ref: storage.FileRef, max_bytes: int):
 
 
 def read_ahead(refs, max_bytes: int, pool: concurrent.futures.Executor, window: int = READ_AHEAD):
-    """Yields (ref, bytes or rejection) for each ref, in order, with up to `window` reads running in `pool`."""
+    """Yields (ref, what to decode or a rejection) for each ref, in order: a remote file's bytes, read with up to
+    `window` reads running in `pool`; a local file as an isolation.LocalFile, which the decoder process reads itself
+    (no bytes through this process: on local disk that is the cheaper path by far)."""
     pending = collections.deque()
     refs = iter(refs)
     while True:
@@ -62,11 +69,15 @@ def read_ahead(refs, max_bytes: int, pool: concurrent.futures.Executor, window: 
             ref = next(refs, None)
             if ref is None:
                 break
-            pending.append((ref, pool.submit(_read, ref, max_bytes)))
+            early = _early(ref, max_bytes)
+            if early is not None or not storage.is_remote(ref.path):
+                pending.append((ref, early or isolation.LocalFile(ref.path, max_bytes)))
+            else:
+                pending.append((ref, pool.submit(_read, ref, max_bytes)))
         if not pending:
             return
-        ref, future = pending.popleft()
-        yield ref, future.result()
+        ref, item = pending.popleft()
+        yield ref, item.result() if isinstance(item, concurrent.futures.Future) else item
 
 
 class _End:
@@ -102,7 +113,7 @@ def decoded(refs, *, decoders, pool: concurrent.futures.Executor, size, max_pixe
             if item is None:
                 return
             ref, data = item
-            if isinstance(data, tuple):
+            if type(data) is tuple:  # a rejection (a LocalFile is a tuple too, but goes to the decoder)
                 if not put((ref, data)):
                     return
                 continue

@@ -2,10 +2,12 @@
 few shards whose records the grouping changed are rewritten.
 
 `DecodeAndWriteFn` (one FileBatch -> that batch's files in the version folder, facts for the grouping):
-    label from the path -> read ahead -> decode, resize, JPEG-encode and hash in the isolated child
+    label from the path -> read ahead -> decode, resize, JPEG-encode and hash in the isolated children
     -> each record into the shard of its content id's split (grouping.split_for_group: where a photo with no copy
-       stays) -> <split>-<batch>.tfrecord, facts-<batch>.jsonl (one line per record), rejected-<batch>.jsonl
-The record bytes go from the decoder child to a file; they never cross a shuffle or a side input.
+       stays) -> <split>-<batch>.tfrecord, facts-<batch>.jsonl (one line per record), rejected-<batch>.jsonl, and the
+       facts' hash bands spilled to _work/bands-<batch>.spill for the grouping (spill.py)
+The record bytes go from the decoder child to a file; they never cross a shuffle or a side input, and neither does a
+photo's fact: the runner sees (spill partition, file) pairs.
 
 `RewriteBatchFn` ((batch, [Change]) -> the batch's shards and facts written again into the version folder, with
 duplicates dropped, records moved to their group's split, rejections listed): only batches holding a change, which
@@ -28,6 +30,11 @@ from trainer import dataset_contract, features
 NAMESPACE = "catsdogs.preprocess"
 NO_LABEL = "no_label"
 REMOVED = "removed"
+WORK_DIR = "_work"  # in the version folder while the run goes: spill files; removed before publishing
+
+
+def work_dir(version_dir: str) -> str:
+    return storage.join(version_dir, WORK_DIR)
 _RECORD_PARTS_FN = "beam_pipelines.imaging:record_parts"
 
 _LOG = logging.getLogger(__name__)
@@ -156,8 +163,10 @@ class DecodeAndWriteFn(beam.DoFn):
             beam.metrics.Metrics.counter(NAMESPACE, key.replace("/", "_")).inc(value)
         self._log_progress(len(batch.files))
         yield "tally", {"counts": dict(counts), "batches": [entry] if entry else [], "replaced": []}
-        for fact in facts:
-            yield "fact", fact
+        if facts:  # the grouping reads them from disk, a partition at a time: no element per photo
+            spilled = storage.join(work_dir(self._version_dir), f"bands-{batch.batch_id}.spill")
+            for pair in grouping.spill_bands(spilled, facts, config.near_duplicate_bits):
+                yield "bands", pair
 
     def _log_progress(self, files: int) -> None:
         self._done += files

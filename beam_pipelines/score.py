@@ -24,9 +24,7 @@ Cost: see docs/SCORING.md and benchmarks/RESULTS.md (per image: the decode and t
 listing, and one small read of the incremental record).
 """
 
-import csv
 import datetime
-import io
 import json
 import logging
 import os
@@ -39,18 +37,27 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from beam_pipelines import cli, dask_compat, incremental, inference, lifecycle, listing, model_handler, options, storage
-from trainer import features, provenance
+from beam_pipelines import (
+    cli,
+    dask_compat,
+    incremental,
+    inference,
+    lifecycle,
+    listing,
+    model_handler,
+    options,
+    predictions,
+    preflight,
+    storage,
+)
+from trainer import provenance
 
-NAMESPACE = "catsdogs.score"
-ROW_SCHEMA_VERSION = 2
-ERROR_FIELDS = ("path", "reason", "detail")
-COMMITTED = "_committed"  # in the staging dir: one marker per committed batch
+NAMESPACE = predictions.NAMESPACE
 COUNTS_FILE = "_counts.json"
 RESUME_KEYS = "_resume.keys"
 SUMMARY_FILE = "summary.json"
-PRIVATE = (COMMITTED, COUNTS_FILE, RESUME_KEYS, lifecycle.ATTEMPT_FILE)  # staging files that are not published
-HISTOGRAM_BINS = 10
+# staging files that are not published
+PRIVATE = (predictions.COMMITTED, COUNTS_FILE, RESUME_KEYS, lifecycle.ATTEMPT_FILE, listing.LISTING_REPORT)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -67,156 +74,6 @@ def default_run_id() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-# ---- rows ---------------------------------------------------------------------------------------------------------
-
-def row_fields(class_names) -> tuple[str, ...]:
-    """Prediction row columns (schema version ROW_SCHEMA_VERSION): the probability is named for the class it is of."""
-    return ("path", "predicted_class", f"{class_names[1]}_probability", "confidence", "model_version", "run_id",
-            "scored_at")
-
-
-def prediction_row(path: str, probability: float, class_names, threshold: float, model_version: int, run_id: str,
-                   scored_at: str) -> dict:
-    probability = float(probability)
-    return {"path": storage.display_path(path),
-            "predicted_class": class_names[1] if probability >= threshold else class_names[0],
-            f"{class_names[1]}_probability": probability,
-            "confidence": max(probability, 1.0 - probability),
-            "model_version": model_version, "run_id": run_id, "scored_at": scored_at}
-
-
-def parquet_schema(class_names):
-    import pyarrow as pa
-
-    return pa.schema([("path", pa.string()), ("predicted_class", pa.string()),
-                      (f"{class_names[1]}_probability", pa.float64()), ("confidence", pa.float64()),
-                      ("model_version", pa.int64()), ("run_id", pa.string()), ("scored_at", pa.string())])
-
-
-def encode_rows(rows: list[dict], fmt: str, class_names) -> bytes:
-    """One predictions file: JSON lines, CSV with a header row, or Parquet with an explicit schema."""
-    if fmt == "jsonl":
-        return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=row_fields(class_names), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        return buffer.getvalue().encode("utf-8")
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=parquet_schema(class_names)), buffer)
-    return buffer.getvalue()
-
-
-def folder_label_key(path: str, predicted_class: str, class_names) -> str | None:
-    """When the file's folder names a class (`cat/`, `Dogs/`), whether the prediction agrees: scoring a labelled
-    folder reports its accuracy for free."""
-    label = features.label_for_name(os.path.basename(os.path.dirname(path)), class_names)
-    if label is None:
-        return None
-    return "folder_label:" + ("agrees" if class_names[label] == predicted_class else "differs")
-
-
-# ---- committing a batch -------------------------------------------------------------------------------------------
-
-class CommitBatchFn(beam.DoFn):
-    """BatchOutcome -> its predictions and errors files plus a commit marker in the staging dir, then the batch's
-    tally: {"counts": {...}, "recent": [keys], "retry": [paths], "files": [names]}.
-
-    The marker (written last) records the batch's outcome counts, the files it wrote, and the path hashes of every
-    file it accounted for, which is what a resumed run skips. A batch retried by the runner rewrites the same files.
-    """
-
-    def __init__(self, staging: str, fmt: str, model_info: dict, run_id: str, new_watermark: float):
-        self._staging = staging
-        self._format = fmt
-        self._class_names = tuple(model_info["class_names"])
-        self._threshold = float(model_info.get("threshold", 0.5))
-        version = str(model_info["model_version"])
-        self._model_version = int(version) if version.isdigit() else version
-        self._run_id = run_id
-        self._new_watermark = new_watermark
-
-    def setup(self):
-        self._done = self._last_log = 0
-        self._started = self._last_time = time.monotonic()
-
-    def process(self, outcome: inference.BatchOutcome):
-        batch, names = outcome.batch, self._class_names
-        counts, recent, retry, rows, errors = Counter(), list(outcome.batch.notes.get("recent", ())), [], [], []
-        for ref, probability in outcome.scored:
-            row = prediction_row(ref.path, probability, names, self._threshold, self._model_version, self._run_id,
-                                 outcome.scored_at)
-            rows.append(row)
-            counts["scored"] += 1
-            counts["class:" + row["predicted_class"]] += 1
-            counts[f"hist:{min(int(row[f'{names[1]}_probability'] * HISTOGRAM_BINS), HISTOGRAM_BINS - 1)}"] += 1
-            agreement = folder_label_key(ref.path, row["predicted_class"], names)
-            if agreement:
-                counts[agreement] += 1
-            if ref.mtime >= self._new_watermark:
-                recent.append(incremental.record_key(ref))
-        for ref, reason, detail in outcome.rejected:
-            errors.append({"path": storage.display_path(ref.path), "reason": reason, "detail": detail})
-            counts["failed:" + reason] += 1
-            if reason in incremental.TRANSIENT_REASONS:
-                retry.append(storage.display_path(ref.path))  # JSON-safe: a name that is not UTF-8 is escaped
-            elif ref.mtime >= self._new_watermark:
-                recent.append(incremental.record_key(ref))
-        files = []
-        if rows:
-            files.append(f"predictions-{batch.batch_id}.{self._format}")
-            storage.write_bytes(storage.join(self._staging, files[-1]), encode_rows(rows, self._format, names))
-        if errors:
-            files.append(f"errors-{batch.batch_id}.jsonl")
-            storage.write_bytes(storage.join(self._staging, files[-1]),
-                                "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors).encode("utf-8"))
-        if files:
-            done = [incremental.path_hash(ref.path) for ref, _ in outcome.scored]
-            done += [incremental.path_hash(ref.path) for ref, _, _ in outcome.rejected]
-            storage.write_json(storage.join(self._staging, COMMITTED, f"{batch.batch_id}.{len(done)}.json"),
-                               {"counts": dict(counts), "files": files, "done": incremental.pack(done),
-                                "recent": incremental.pack(recent), "retry": retry})
-        self._count(len(batch))
-        for name, value in counts.items():
-            beam.metrics.Metrics.counter(NAMESPACE, name.replace(":", "_")).inc(value)
-        yield {"counts": dict(counts + Counter(batch.counts)), "recent": recent, "retry": retry, "files": files}
-
-    def _count(self, files: int) -> None:
-        self._done += files
-        now = time.monotonic()
-        if now - self._last_time >= lifecycle.PROGRESS_SECONDS:
-            rate = (self._done - self._last_log) / (now - self._last_time)
-            _LOGGER.info("scoring worker pid %d: %d files done, %.1f files/s over the last %.0f s", os.getpid(),
-                         self._done, rate, now - self._last_time)
-            self._last_log, self._last_time = self._done, now
-
-
-class MergeTalliesFn(beam.CombineFn):
-    """Batch tallies -> one tally (counts summed, lists concatenated)."""
-
-    def create_accumulator(self):
-        return {"counts": Counter(), "recent": [], "retry": [], "files": []}
-
-    def add_input(self, total, tally):
-        total["counts"].update(tally["counts"])
-        for key in ("recent", "retry", "files"):
-            total[key].extend(tally[key])
-        return total
-
-    def merge_accumulators(self, accumulators):
-        merged = self.create_accumulator()
-        for total in accumulators:
-            self.add_input(merged, total)
-        return merged
-
-    def extract_output(self, total):
-        return {**total, "counts": dict(total["counts"])}
-
-
 # ---- the pipeline -------------------------------------------------------------------------------------------------
 
 def build(pipeline, config: options.ScoreConfig, model_info: dict, plan: dict):
@@ -229,11 +86,11 @@ def build(pipeline, config: options.ScoreConfig, model_info: dict, plan: dict):
         large_model=config.share_model_across_processes)
     return (pipeline
             | "ListImages" >> listing.ListImages(config.inputs, config.files_per_batch, plan["batch_prefix"],
-                                                 plan["select"])
+                                                 plan["select"], report_dir=plan["staging"])
             | "Score" >> RunInference(handler.with_no_batching())
-            | "CommitBatches" >> beam.ParDo(CommitBatchFn(plan["staging"], config.format, model_info, config.run_id,
-                                                          plan["new_watermark"]))
-            | "CountOutcomes" >> beam.CombineGlobally(MergeTalliesFn()).without_defaults()
+            | "CommitBatches" >> beam.ParDo(predictions.CommitBatchFn(
+                plan["staging"], config.format, model_info, config.run_id, plan["new_watermark"]))
+            | "CountOutcomes" >> beam.CombineGlobally(lifecycle.MergeTalliesFn()).without_defaults()
             | "WriteCounts" >> beam.Map(lambda tally: storage.write_json(
                 storage.join(plan["staging"], COUNTS_FILE), tally)))
 
@@ -243,7 +100,7 @@ def build(pipeline, config: options.ScoreConfig, model_info: dict, plan: dict):
 def _marker_paths(staging: str) -> list[str]:
     """The commit markers in a staging dir; not the temporary file of a marker whose write was killed (locally,
     storage.write_bytes writes `.tmp-*` first), which may be empty."""
-    return [ref.path for ref in storage.list_files(storage.join(staging, COMMITTED) + "/")
+    return [ref.path for ref in storage.list_files(storage.join(staging, predictions.COMMITTED) + "/")
             if not ref.path.rsplit("/", 1)[-1].startswith(".")]
 
 
@@ -312,7 +169,7 @@ def _drift(class_shares: dict, states, threshold: float) -> dict | None:
             "largest": worst, "threshold": threshold, "drifted": abs(changes[worst]) > threshold}
 
 
-def summarize(config, model_info, counts, plan, runner, started_at, seconds, outputs) -> dict:
+def summarize(config, model_info, counts, plan, runner, started_at, seconds, outputs, steady=None) -> dict:
     names = list(model_info["class_names"])
     failed = {key.split(":", 1)[1]: n for key, n in sorted(counts.items()) if key.startswith("failed:")}
     scored, failed_total = counts.get("scored", 0), sum(failed.values())
@@ -330,7 +187,7 @@ def summarize(config, model_info, counts, plan, runner, started_at, seconds, out
         "inputs": list(config.inputs),
         "skip_scored": list(config.skip_scored),
         "format": config.format,
-        "row_schema": {"version": ROW_SCHEMA_VERSION, "fields": list(row_fields(names))},
+        "row_schema": {"version": predictions.ROW_SCHEMA_VERSION, "fields": list(predictions.row_fields(names))},
         "listed": counts.get(listing.LISTED, 0),
         "matched": counts.get(listing.LISTED, 0),
         "scored": scored,
@@ -340,14 +197,15 @@ def summarize(config, model_info, counts, plan, runner, started_at, seconds, out
         "resumed": counts.get(incremental.DONE_BEFORE, 0),
         "class_counts": classes,
         "class_shares": shares,
-        "probability_histogram": {"class": names[1], "bins": HISTOGRAM_BINS,
-                                  "counts": [counts.get(f"hist:{i}", 0) for i in range(HISTOGRAM_BINS)]},
+        "probability_histogram": {"class": names[1], "bins": predictions.HISTOGRAM_BINS,
+                                  "counts": [counts.get(f"hist:{i}", 0) for i in range(predictions.HISTOGRAM_BINS)]},
         "drift": _drift(shares, plan["states"], config.drift_threshold),
         "folder_labels": _folder_label_check(counts),
         "error_rate": round(failed_total / attempted, 6) if attempted else 0.0,
         "max_error_rate": config.max_error_rate,
         "seconds": round(seconds, 3),
         "images_per_second": round(scored / seconds, 2) if seconds > 0 else 0.0,
+        "steady_images_per_second": steady,
         "output_files": sorted(outputs),
         "incremental": {"watermark": plan["new_watermark"], "margin_minutes": config.incremental_margin_minutes,
                         "previous": [state.source for state in plan["states"]]},
@@ -382,7 +240,8 @@ def finish(config, model_info, plan, runner, started_at, seconds) -> dict:
     if listed != accounted:
         raise cli.JobFailed(f"internal error: {listed} files listed but {accounted} accounted for; outputs left "
                             f"in {staging}")
-    counts, recent, retry, files = this_attempt, list(tally["recent"]), list(tally["retry"]), set(tally["files"])
+    counts, recent, retry = this_attempt, list(tally.get("recent", [])), list(tally.get("retry", []))
+    files = set(tally.get("files", []))
     for marker in plan["markers"]:  # what earlier attempts of this run committed
         counts = counts + Counter(marker["counts"])
         recent += incremental.unpack(marker["recent"]).tolist()
@@ -397,7 +256,10 @@ def finish(config, model_info, plan, runner, started_at, seconds) -> dict:
         (outputs if name in files else orphans).append(name)
     for name in orphans:  # written by a batch that was killed before its commit marker: scored again since
         storage.delete(storage.join(staging, name))
-    summary = summarize(config, model_info, counts, plan, runner, started_at, seconds, outputs)
+    times = tally.get("times", [])  # this attempt's rate from its first batch to its last: after start-up
+    steady = round(this_attempt.get("scored", 0) / (max(times) - min(times)), 2) \
+        if len(times) > 1 and max(times) > min(times) else None
+    summary = summarize(config, model_info, counts, plan, runner, started_at, seconds, outputs, steady)
     too_many = summary["error_rate"] > config.max_error_rate
     if too_many:
         summary["status"] = "failed: error rate above --max_error_rate"
@@ -429,6 +291,10 @@ def _resolve(argv) -> tuple[PipelineOptions, options.ScoreConfig, dict, str]:
     inputs = tuple(storage.absolute(p) for p in config.inputs)
     output_dir = storage.absolute(config.output_dir)
     skip = tuple(storage.absolute(p) for p in config.skip_scored)
+    try:  # before anything reads from GCS: broken credentials fail here, in seconds, not as a hang
+        preflight.check_reachable([*inputs, output_dir, *skip, config.model])
+    except preflight.Unreachable as error:
+        raise cli.UsageError(str(error)) from None
     try:
         model, info = model_handler.resolve_and_check_model(config.model, config.allowed_model_prefix)
     except model_handler.ModelError as error:
@@ -446,7 +312,14 @@ def run(argv=None, test_pipeline=None) -> dict:
     summary. Exits (SystemExit) with a message on a bad flag or model (2), when another run holds the run id (75), or
     when --max_error_rate is exceeded (1)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _import_tensorflow_meanwhile()
     pipeline_options, config, info, runner = _resolve(argv)
+    if config.check_only:
+        report = preflight.run_checks(config.inputs, config.output_dir, info["input_size"], config.max_pixels,
+                                      config.max_file_bytes, {"model": config.model,
+                                                              "model_version": str(info["model_version"])})
+        print(json.dumps(report, ensure_ascii=False))
+        return report
     direct = pipeline_options.view_as(DirectOptions)
     workers = (direct.direct_num_workers or os.cpu_count() or 1) \
         if direct.direct_running_mode == "multi_processing" else 0
@@ -461,7 +334,7 @@ def run(argv=None, test_pipeline=None) -> dict:
         started_at, start = provenance.utc_now(), time.monotonic()
         pipeline = test_pipeline or beam.Pipeline(options=pipeline_options)
         build(pipeline, config, info, plan)
-        lifecycle.run_pipeline(pipeline, progress=lambda: _progress(plan["staging"]))
+        lifecycle.run_pipeline(pipeline, progress=lambda: _progress(plan, len(config.inputs)))
         if lease.lost.is_set():
             raise cli.JobFailed(f"another run took over run id {config.run_id} while this one ran; nothing was "
                                 f"published by this one")
@@ -478,13 +351,27 @@ def run(argv=None, test_pipeline=None) -> dict:
     return summary
 
 
-def _progress(staging: str) -> str:
-    """Files committed so far, from the commit markers' names (one listing, whatever the runner)."""
-    batches = files = 0
-    for path in _marker_paths(staging):
-        batches += 1
-        files += int(path.rsplit(".", 2)[-2])
-    return f"{files} files committed in {batches} batches"
+def _import_tensorflow_meanwhile() -> None:
+    """Starts importing TensorFlow in a background thread: the in-process runner's model load needs it, and the ~4 s
+    it takes (much of it reading and initialising shared libraries, outside the GIL) then overlaps the checks at launch
+    and the pipeline's construction instead of following them. Harmless where workers are other processes."""
+    import importlib
+    import threading
+
+    threading.Thread(target=importlib.import_module, args=("tensorflow",), name="import-tensorflow",
+                     daemon=True).start()
+
+
+def _progress(plan: dict, patterns: int) -> lifecycle.Progress:
+    """Files this attempt committed (from the commit markers' names: one listing, whatever the runner) out of the
+    files its listing found to score."""
+    earlier = {f"{marker['batch']}" for marker in plan["markers"]}
+    done = 0
+    for path in _marker_paths(plan["staging"]):
+        batch, count = path.rsplit("/", 1)[-1].rsplit(".", 2)[:2]
+        if batch not in earlier:
+            done += int(count)
+    return lifecycle.Progress(done, listing.files_to_process(plan["staging"], patterns), "files")
 
 
 def main():

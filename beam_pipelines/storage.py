@@ -165,6 +165,17 @@ def read_bytes(path: str, limit: int | None = None) -> bytes:
     return data
 
 
+def read_range(path: str, start: int, length: int) -> bytes:
+    """`length` bytes of a file from byte `start` (one ranged request on GCS)."""
+    if length <= 0:
+        return b""
+    if is_remote(path):
+        return _blob(path).download_as_bytes(start=start, end=start + length - 1, retry=_retry())
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        return handle.read(length)
+
+
 def write_bytes(path: str, data: bytes) -> None:
     """Writes a whole file. Locally through a temporary file and a rename, so readers never see part of it."""
     if is_remote(path):

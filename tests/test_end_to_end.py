@@ -54,6 +54,7 @@ def test_make_train_then_make_score(tmp_path):
     model_dir = workdir / "model"
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["accuracy"] >= 0.85, metrics  # chance is 0.5
+    assert metrics["promotion"]["decision"] == "blessed" and metrics["promotion"]["baseline"] is None  # the first
     assert (model_dir / "report.png").stat().st_size > 10_000
     version = json.loads((model_dir / "export" / "latest").read_text())["version"]
     assert (model_dir / "export" / version / "saved_model.pb").is_file()
@@ -61,7 +62,12 @@ def test_make_train_then_make_score(tmp_path):
     score_images = tmp_path / "to_score"
     new_paths = corpus.write_easy_dataset(score_images, per_class=10, size=48, seed=1)
     (score_images / "notes.txt").write_text("not an image")
-    make("score", *common, f"SCORE_IMAGES={score_images}", "SCORE_ARGS=--run_id e2e --format csv")
+    refused = subprocess.run(["make", "--no-print-directory", "score", *common, f"SCORE_IMAGES={score_images}",
+                              f"ALLOWED_MODEL_PREFIX={tmp_path / 'elsewhere'}"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)
+    assert refused.returncode != 0 and "outside --allowed_model_prefix" in refused.stderr
+    make("score", *common, f"SCORE_IMAGES={score_images}", "SCORE_ARGS=--run_id e2e --format csv",
+         f"ALLOWED_MODEL_PREFIX={model_dir / 'export'}")
 
     run_dir = workdir / "scores" / "e2e"
     rows = [row for path in sorted(run_dir.glob("predictions-*.csv")) for row in csv.DictReader(path.open())]
@@ -73,6 +79,17 @@ def test_make_train_then_make_score(tmp_path):
     assert [Path(row["path"]).name for row in errors] == ["notes.txt"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["matched"] == len(new_paths) + 1
+
+    # `make train` again in a fresh MODEL_DIR, publishing into (and gated against) the first run's export root.
+    second = subprocess.run(["make", "--no-print-directory", "train", *common, f"MODEL_DIR={workdir / 'model-2'}",
+                             f"EXPORT_DIR={model_dir / 'export'}", "EPOCHS=2", "ARCH=seed_cnn",
+                             "PREPROCESS_ARGS=--image_size 32", "TRAIN_ARGS=--batch_size 16 --warmup_epochs 0"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert second.returncode in (0, 4), second.stderr[-4000:]  # published, or not blessed: both are decisions
+    recorded = json.loads((workdir / "model-2" / "metrics.json").read_text())["promotion"]
+    assert recorded["baseline"]["version"] == version and recorded["baseline"]["metrics"]["accuracy"] is not None
+    assert recorded["published"] == (second.returncode == 0)
+    assert f"baseline (latest: version {version}) on the same split" in second.stdout
 
 
 def test_make_train_without_images_fails_fast_with_advice(tmp_path):

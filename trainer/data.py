@@ -37,6 +37,15 @@ def read_metadata(data_dir: str) -> dict:
     return {**metadata, "version_dir": version_dir}
 
 
+LINEAGE_KEYS = ("version", "version_dir", "written", "counts", "image_size", "class_names", "inputs", "options",
+                "code_version", "finished_at")
+
+
+def lineage(metadata: dict) -> dict:
+    """What a model records of the dataset it was trained on (its model_info.json `training_data`)."""
+    return {key: metadata[key] for key in LINEAGE_KEYS if key in metadata}
+
+
 def shard_files(data_dir: str, split: str) -> list[str]:
     version_dir, metadata = _locate(data_dir)
     files = [path for path, _ in dataset_contract.split_shards(metadata, version_dir, split)]

@@ -5,7 +5,7 @@ The contract (trainer/model_contract.py; docs/ARCHITECTURE.md, "Model directory"
     serving_default(image_bytes: tf.string [None]) -> {probability: float32 [None], class_name: tf.string [None]}
     serve_pixels(pixels: uint8 [None, h, w, 3])    -> the same outputs
 
-`probability` is the probability of `class_names[1]` (dog). The bytes path decodes any JPEG/PNG/GIF/BMP with
+`probability` is the probability of `class_names[1]` (dog). The bytes path decodes any JPEG/PNG/GIF/BMP/WebP with
 `tf.io.decode_image`, resizes with bilinear antialiased interpolation to `input_size` (squashed, like the training
 records) and rounds to 8-bit values, as `beam_pipelines.imaging.decode_image` (Pillow) does for the pixels path. The
 Keras model takes float pixels in [0, 255] and scales them itself. Before decoding, the bytes path reads each image's

@@ -68,6 +68,8 @@ def validate_class_names(class_names) -> tuple[str, ...]:
 
 
 def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _SMALL[value]
     if value < 0:
         value += 1 << 64  # int64 is encoded as its two's complement, ten bytes long
     out = bytearray()
@@ -97,10 +99,21 @@ def _feature(value) -> bytes:
     return _length_delimited(3, _length_delimited(1, _varint(value)))
 
 
+_SMALL = [bytes((value,)) for value in range(0x80)]
+_KEYS = {}  # key -> its encoded map-entry key field (the same few keys, for every record)
+
+
+def _key_field(key: str) -> bytes:
+    field = _KEYS.get(key)
+    if field is None:
+        field = _KEYS[key] = _length_delimited(1, key.encode("utf-8"))
+    return field
+
+
 def encode_example(features: dict) -> bytes:
     """Serialises {key: bytes | str | int | float} as a `tf.train.Example` (one value per key)."""
     entries = b"".join(
-        _length_delimited(1, _length_delimited(1, key.encode("utf-8")) + _length_delimited(2, _feature(value)))
+        _length_delimited(1, _key_field(key) + _length_delimited(2, _feature(value)))
         for key, value in sorted(features.items())
     )
     return _length_delimited(1, entries)

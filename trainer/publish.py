@@ -14,6 +14,8 @@ the caller saw (`expected`), so a trainer gated against one `latest` never repla
 
 Reading a version back (`check_version`, `fetch_version`) verifies it against its model_info.json; the operator's
 `python -m trainer.rollback` and the promotion gate use them. Standard library and google-cloud-storage only.
+(Just over 400 lines: writing versions and reading them back share the helpers of both storage stacks, local files
+and google-cloud-storage; split in two, one half would import the other's private helpers.)
 """
 
 import dataclasses
@@ -209,20 +211,14 @@ def _same_content(blob, path: str) -> bool:
 
 # ---- the `latest` pointer ----------------------------------------------------------------------------------------
 
-def _parse(data: bytes | None, where: str) -> Pointer | None:
-    if data is None:
-        return None
+def _parse(data: bytes | None, where: str, damaged: bool = False) -> Pointer | str | None:
+    """The pointer in data, None when there is none; an unparsable one raises PublishError, or gives DAMAGED."""
     try:
-        return model_contract.parse_pointer(data, where)
+        return None if data is None else model_contract.parse_pointer(data, where)
     except ModelError as error:
+        if damaged:
+            return DAMAGED
         raise PublishError(str(error)) from None
-
-
-def _parse_or_damaged(data: bytes | None, where: str) -> Pointer | str | None:
-    try:
-        return _parse(data, where)
-    except PublishError:
-        return DAMAGED
 
 
 def read_latest(export_root: str) -> Pointer | None:
@@ -259,24 +255,20 @@ def _read_latest_gcs(export_root: str, client=None, attempts: int = 5) -> tuple[
         if not generation:
             # Without it the conditional write below would become an unconditional overwrite.
             raise PublishError(f"{where}: the server reports no object generation")
-        return _parse_or_damaged(content, where), int(generation)
+        return _parse(content, where, damaged=True), int(generation)
     raise PublishError(f"{where} kept changing while being read ({attempts} attempts)")
 
 
 def _refusal(current, new: Pointer, expected, where: str) -> str:
     """Why `latest` must not move from current to new ("" when it may). Raises PublishError for a damaged
     `latest` unless the caller means to repair it."""
-    if current == DAMAGED or expected == DAMAGED:
-        if current == DAMAGED and expected == DAMAGED:
-            return ""
-        if current == DAMAGED:
-            read_latest(where.rsplit("/", 1)[0])  # raises, saying what is wrong and what to do
-        return f"latest is readable now ({describe(current)}): nothing to repair"
+    if current == DAMAGED and expected != DAMAGED:
+        read_latest(where.rsplit("/", 1)[0])  # raises, saying what is wrong and what to do
+    if expected == DAMAGED:
+        return "" if current == DAMAGED else f"latest is readable now ({describe(current)}): nothing to repair"
     if expected == FORWARD:
-        if current is not None and model_contract.version_key(current.version) >= model_contract.version_key(
-                new.version):
-            return f"latest names version {current.version}, not older than {new.version}"
-        return ""
+        newer = current is not None and int(current.version) >= int(new.version)
+        return f"latest names version {current.version}, not older than {new.version}" if newer else ""
     if current != expected:
         return (f"latest names {describe(current)}, not {describe(expected)} as it did when this publish started: "
                 f"another publisher or a rollback moved it meanwhile")
@@ -284,8 +276,7 @@ def _refusal(current, new: Pointer, expected, where: str) -> str:
 
 
 def describe(pointer) -> str:
-    return "nothing" if pointer is None else "an unreadable pointer" if pointer == DAMAGED else \
-        f"version {pointer.version}"
+    return {None: "nothing", DAMAGED: "an unreadable pointer"}.get(pointer) or f"version {pointer.version}"
 
 
 def move_latest(export_root: str, new: Pointer, *, expected=FORWARD, attempts: int = 20) -> LatestMove:
@@ -299,7 +290,7 @@ def move_latest(export_root: str, new: Pointer, *, expected=FORWARD, attempts: i
         with open(os.path.join(export_root, ".latest.lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             where = os.path.join(export_root, LATEST)
-            current = _parse_or_damaged(_read(where), where)
+            current = _parse(_read(where), where, damaged=True)
             if current == new:
                 return LatestMove(True, current)  # ours already: a retry
             refusal = _refusal(current, new, expected, where)
@@ -344,13 +335,13 @@ def resolve_model(uri: str) -> str:
     """A version directory as given, or the one a root's `latest` names (for local tools; the scorer resolves and
     verifies with beam_pipelines.model_handler.resolve_and_check_model)."""
     uri = uri.rstrip("/")
-    if _read(model_contract.join(uri, model_contract.SAVED_MODEL)) is not None:
-        return uri
     pointer = read_latest(uri)
-    if pointer is None:
-        raise PublishError(f"{uri} is neither a model export (no saved_model.pb) nor an export root with a "
+    if pointer is not None:
+        return model_contract.join(uri, pointer.version)
+    if _read(model_contract.join(uri, MODEL_INFO)) is None:  # small, unlike saved_model.pb
+        raise PublishError(f"{uri} is neither a model version (no {MODEL_INFO}) nor an export root with a "
                            f"'{LATEST}' file; pass MODEL=<model_dir>/export or MODEL=<model_dir>/export/<version>")
-    return model_contract.join(uri, pointer.version)
+    return uri
 
 
 # ---- reading a published version back ----------------------------------------------------------------------------

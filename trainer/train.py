@@ -103,7 +103,8 @@ def run(cfg: config_lib.TrainConfig) -> int:
     stop = backup.StopRequest(cfg.time_budget_minutes)
     stop.install()
     metadata = data.read_metadata(cfg.data_dir)
-    placement = distribute.choose(cfg.mixed_precision)
+    placement = distribute.choose(cfg.mixed_precision)  # first: MultiWorkerMirroredStrategy must precede any TF work
+    data.check_record_counts(cfg.data_dir)  # a missing, truncated or foreign shard stops the run here
     previous = model_dir.check_config(cfg.model_dir, cfg.to_dict())
     finished = promotion.recorded_exit_code(join(cfg.model_dir, model_dir.METRICS_FILE)) if previous else None
     if finished is not None:
@@ -351,7 +352,7 @@ def export_and_promote(model, cfg, plan: Plan, metadata: dict, metrics: dict) ->
         float32_copy(model, cfg, plan.image_size), export_root=cfg.export_dir or join(cfg.model_dir,
                                                                                       model_dir.EXPORT_DIR),
         data_dir=cfg.data_dir, split=metrics["split"], image_size=plan.image_size, class_names=plan.class_names,
-        model_name=cfg.model, metrics=metrics, training_data=metadata,
+        model_name=cfg.model, metrics=metrics, training_data=data.lineage(metadata),
         gate=promotion.Gate(cfg.min_accuracy, cfg.min_roc_auc, cfg.max_regression, cfg.force_publish))
     evaluate.write_metrics(join(cfg.model_dir, model_dir.METRICS_FILE), {**metrics, "promotion": outcome.record})
     return outcome

@@ -80,3 +80,19 @@ def test_gcs_model_is_copied_locally_verified_and_a_tampered_copy_refused(gcs_bu
         model_handler.fetch_model(remote, info)
     with pytest.raises(model_handler.ModelError, match="has sha256"):
         handler.load_model()
+
+
+def test_lineage_names_the_model_and_the_dataset_it_was_trained_on():
+    training_data = {"version": "2026-01-01T00:00:00Z-abc", "finished_at": "2026-01-01T00:05:00Z",
+                     "code_version": "abc123", "counts": {"train": {"total": 10}}}
+    info = {"model_name": "resnet_lite", "model_version": "1700000000", "created_at": "2026-01-02T00:00:00Z",
+            "code_version": "def456", "training_data": training_data}
+    assert model_handler.lineage(info) == {
+        "model_name": "resnet_lite", "model_version": "1700000000", "model_created_at": "2026-01-02T00:00:00Z",
+        "model_code_version": "def456",
+        "dataset": {"version": "2026-01-01T00:00:00Z-abc", "finished_at": "2026-01-01T00:05:00Z",
+                    "code_version": "abc123"}}
+    # an export made from a dataset that records no version (preprocessing before it did) still says what it knows
+    older = model_handler.lineage({**info, "model_version": 5, "training_data": {"finished_at": "t"}})
+    assert older["model_version"] == "5" and older["dataset"] == {"version": None, "finished_at": "t",
+                                                                   "code_version": None}

@@ -221,24 +221,28 @@ def test_a_grown_folder_keeps_every_old_photo_in_its_split_and_accounts_for_ever
     assert third["skipped"] and third["version"] == "v00002"  # nothing changed: no new version
 
 
-def test_a_new_near_copy_of_photos_in_two_splits_is_left_out_with_its_reason():
-    """DecideSplits alone, in a TestPipeline: a new photo linked to a train photo and a test photo."""
+def test_a_new_near_copy_of_photos_in_two_splits_is_left_out_with_its_reason(tmp_path):
+    """The grouping stages alone, in a TestPipeline: a new photo linked to a train photo and a test photo of an
+    earlier version, and an exact copy of the train photo."""
     import apache_beam as beam
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    def fact(content_id, phash, split, fixed, batch="b1"):
-        return grouping.Fact(content_id, phash, f"/{content_id}.jpg", 0, batch, split, 0, fixed)
+    def fact(content_id, phash, split, fixed, batch="b1", path=None):
+        return grouping.Fact(content_id, phash, path or f"/{content_id}.jpg", 0, batch, split, 0, fixed)
 
-    nodes = [fact("a" * 64, 0b0000, "train", True), fact("b" * 64, 0b1111 << 40, "test", True),
-             fact("c" * 64, 0b11 | 0b11 << 40, "validation", False, batch="b2")]
+    facts = [fact("a" * 64, 0b0000, "train", True), fact("b" * 64, 0b1111 << 40, "test", True),
+             fact("c" * 64, 0b11 | 0b11 << 40, "validation", False, batch="b2"),
+             fact("a" * 64, 0b0000, "train", False, batch="b3", path="/copy-of-a.jpg")]
+    spilled = grouping.spill_bands(str(tmp_path / "bands.spill"), facts, 4)
     with TestPipeline() as pipeline:
-        created = pipeline | beam.Create(nodes)
-        linked = created | grouping.LinkNearCopies(4)
-        groups = linked | grouping.PropagateGroups(4)
-        decided = (created, groups) | grouping.DecideSplits((0.8, 0.1, 0.1))
+        grouped = pipeline | beam.Create(spilled) | grouping.GroupBands(4)
+        groups = grouped["neighbours"] | grouping.PropagateGroups(4)
+        decided = (grouped["neighbours"], groups) | grouping.DecideSplits((0.8, 0.1, 0.1))
         assert_that(decided["changes"] | beam.Map(lambda c: (c.batch, c.action, c.reason, c.fact.content_id[0])),
                     equal_to([("b2", "reject", grouping.ACROSS_SPLITS, "c")]), label="CheckChanges")
+        assert_that(grouped["drops"] | beam.Map(lambda c: (c.batch, c.fact.path)),
+                    equal_to([("b3", "/copy-of-a.jpg")]), label="CheckDrops")
 
 
 def test_labels_from_file_name_prefix_and_custom_class_names(tmp_path):
@@ -264,7 +268,7 @@ def test_gcs_input_and_output_through_the_emulator(gcs_bucket, tmp_path):
 
     names = sorted(ref.path for ref in storage.list_files(f"{output_dir}/"))
     assert f"{output_dir}/latest" in names and f"{output_dir}/v00001/metadata.json" in names
-    assert not [n for n in names if "lease" in n or "_counts" in n or "beam-temp" in n], names
+    assert not [n for n in names if "lease" in n or "/_" in n or "beam-temp" in n], names
     version_dir, stored = _version(output_dir)
     assert stored["counts"] == metadata["counts"] and version_dir == f"{output_dir}/v00001"
     assert _rejections(output_dir)[f"{gcs_bucket}/raw/dog/notes.jpg"]["reason"] == imaging.NOT_AN_IMAGE
@@ -310,8 +314,8 @@ def test_the_dataflow_job_graph_carries_no_record_bytes_through_a_shuffle(duplic
     result = pipeline.run()
     transforms = result.job.proto_pipeline.components.transforms
     top = {t.unique_name for t in transforms.values() if "/" not in t.unique_name}
-    assert {"ListImages", "DecodeAndWrite", "GroupExactCopies", "LinkNearCopies", "PropagateGroups", "DecideSplits",
-            "RewriteBatches", "CountOutcomes"} <= top
+    assert {"ListImages", "DecodeAndWrite", "GroupBands", "PropagateGroups", "DecideSplits", "RewriteBatches",
+            "CountOutcomes"} <= top
     shuffles = [t.unique_name for t in transforms.values() if t.spec.urn == "beam:transform:group_by_key:v1"]
     # Record bytes are written by DecodeAndWrite and read back only by RewriteBatches: no shuffle is downstream of
     # DecodeAndWrite's output except on facts (GroupExactCopies onwards) and changes (GroupByBatch).
@@ -378,9 +382,13 @@ def test_hash_bands_find_every_pair_within_the_threshold():
         flips = rng.choice(64, size=int(rng.integers(0, 5)), replace=False)
         b = a ^ sum(1 << int(bit) for bit in flips)
         assert any(x == y for x, y in zip(grouping.hash_bands(a, 4), grouping.hash_bands(b, 4), strict=True))
-    members = [("x", (0b1111, "")), ("y", (0b0000, "test")), ("z", (0b11111, ""))]
-    links = list(grouping.link_bucket(((0, 0), members), 4))
-    assert sorted(links) == [("x", ("y", "")), ("x", ("z", "")), ("y", ("x", "test")), ("z", ("x", ""))]
+    def fact(content_id, phash, fixed=""):
+        return grouping.Fact(content_id, phash, f"/{content_id}", 0, "b", fixed or "train", 0, bool(fixed))
+
+    members = [fact("x", 0b1111), fact("y", 0b0000, "test"), fact("z", 0b11111)]
+    links = sorted((a, b, fixed) for kind, (a, (b, fixed, _)) in grouping.link_bucket((0, 0), members, 4)
+                   if kind == "link")
+    assert links == [("x", "y", ""), ("x", "z", ""), ("y", "x", "test"), ("z", "x", "")]
 
 
 def test_split_for_group_follows_ratios():

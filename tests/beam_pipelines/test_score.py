@@ -132,8 +132,9 @@ def test_mixed_folder_scores_good_files_and_rejects_each_bad_one_with_its_reason
     assert summary["class_counts"] == {name: sum(r["predicted_class"] == name for r in predictions.values())
                                        for name in ("cat", "dog")}
     assert sum(summary["probability_histogram"]["counts"]) == len(good)
-    assert summary["row_schema"] == {"version": score.ROW_SCHEMA_VERSION, "fields": list(score.row_fields(
-        ["cat", "dog"]))}
+    contract = score.predictions
+    assert summary["row_schema"] == {"version": contract.ROW_SCHEMA_VERSION,
+                                     "fields": list(contract.row_fields(["cat", "dog"]))}
     folders = {path: Path(path).parent.name.lower().rstrip("s") for path in predictions}
     labelled = [path for path, folder in folders.items() if folder in ("cat", "dog")]
     agree = sum(predictions[path]["predicted_class"] == folders[path] for path in labelled)
@@ -423,5 +424,5 @@ def test_build_alone_runs_in_a_test_pipeline_and_counts_outcomes(export_root, im
                 result.metrics().query(MetricsFilter().with_namespace(score.NAMESPACE))["counters"]}
     assert counters["scored"] == counts["scored"]
     assert counters["class_cat"] + counters["class_dog"] == counters["scored"]
-    markers = list((tmp_path / ".staging-built" / score.COMMITTED).iterdir())
+    markers = list((tmp_path / ".staging-built" / score.predictions.COMMITTED).iterdir())
     assert len(markers) == sum(1 for _ in (tmp_path / ".staging-built").glob("predictions-*")) >= len(expected) // 5

@@ -103,8 +103,8 @@ MUTATIONS = [
       "retry.append(storage.display_path(ref.path))", "retry.append(ref.path)",
       R + "test_odd_names.py::test_names_that_are_not_utf8_are_scored_or_dead_lettered_and_every_output_is_valid_utf8",
       "the retry list in valid UTF-8 (a non-UTF-8 name failing transiently failed the job)"),
-    M("join_on_path_bytes", "beam_pipelines/preprocess.py", "ClassifyChanges.expand",
-      "(storage.path_key(ref.path), (ref, batch.batch_id))", "(ref.path, (ref, batch.batch_id))",
+    M("join_on_path_bytes", "beam_pipelines/changes.py", "_path_key", "return storage.path_key(entry[0])",
+      "return entry[0].encode()",
       R + "test_odd_names.py::test_preprocessing_carries_names_that_are_not_utf8_into_valid_records_and_grows_the_"
           "dataset_over_them", "joining a grown folder with the dataset on the path's bytes"),
     # ---- transient GCS errors and ambiguous writes

@@ -1,4 +1,4 @@
-"""Case 11: what the trainer publishes for the scoring CronJob to follow (`latest`), driven as `make train` drives it.
+"""Case 14: what the trainer publishes for the scoring CronJob to follow (`latest`), driven as `make train` drives it.
 
 A worse model than the current `latest` is kept but not published and the trainer exits 4; a better one replaces it;
 the first model needs no baseline; a version made on a machine whose clock is an hour behind still becomes `latest`.

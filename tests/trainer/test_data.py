@@ -80,3 +80,16 @@ def test_shard_policy_and_cache_choice():
     assert not data.should_cache("auto", metadata, ("train", "validation"), limit_mb=1024)
     assert data.should_cache("on", metadata, ("train",), limit_mb=0)
     assert not data.should_cache("off", metadata, ("train",), limit_mb=4096)
+
+
+def test_record_counts_are_checked_against_metadata_before_training(tmp_path):
+    root = write_dataset(tmp_path / "data", size=32, per_class={"train": 6, "validation": 2, "test": 2},
+                         num_shards=2)
+    data.check_record_counts(str(root))  # as written: passes
+    shard = root / "v00001" / dataset_contract.shard_name("train", "s001")
+    records = list(tf.data.TFRecordDataset(str(shard)))
+    with tf.io.TFRecordWriter(str(shard)) as writer:  # one record lost, every remaining one intact
+        for record in records[:-1]:
+            writer.write(record.numpy())
+    with pytest.raises(data.DatasetMissing, match="train split holds 11 records but metadata.json lists 12"):
+        data.check_record_counts(str(root))
