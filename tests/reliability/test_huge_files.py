@@ -6,6 +6,7 @@ The allocating decoder is a stand-in (tests/reliability/faulty.py): it asks for 
 it, so the test costs no real memory; only the limit stands between it and success. The 3 GiB file is sparse.
 """
 
+import concurrent.futures
 import contextlib
 import io
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beam_pipelines import imaging, isolation, reading
+from beam_pipelines import imaging, isolation, reading, storage
 from tests import corpus
 from tests.conftest import point_gcs_at, upload_tree
 from tests.gcs_servers import FaultyProxy
@@ -110,6 +111,25 @@ def test_files_in_flight_behind_a_decoder_out_of_memory_get_their_own_pixels(tmp
         if tag != "allocates":
             expected = imaging.decode_image(data, (24, 24)).pixels
             assert outcome[0] == "ok" and np.array_equal(outcome[1].pixels, expected), tag
+
+
+def test_a_file_that_grew_past_the_cap_after_it_was_listed_is_read_no_further_than_the_cap(tmp_path):
+    """The decoder child reads local files itself: one listed small that is now 4 GiB (sparse) is refused as
+    file_too_large after reading the cap and one byte; read whole, it would not even fit the child's address space."""
+    grown = tmp_path / "grown.jpg"
+    with open(grown, "wb") as handle:
+        handle.truncate(4 * GIB)
+    listed = storage.FileRef(str(grown), 1000, 0.0, 1)  # what the listing saw before it grew
+    cap = 2**20
+    decoder = isolation.DecodeRunner(60, memory_limit_bytes=isolation.memory_limit(10**6, cap))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        try:
+            [(_, outcome)] = reading.decoded([listed], decoders=[decoder], pool=pool, size=(24, 24),
+                                             max_pixels=10**6, max_bytes=cap)
+        finally:
+            decoder.close()
+    assert outcome[:2] == ("rejected", reading.FILE_TOO_LARGE), outcome
+    assert "grew after it was listed" in outcome[2]
 
 
 def test_a_photo_at_the_pixel_limit_still_decodes_under_the_address_space_limit():
