@@ -112,8 +112,11 @@ MUTATIONS = [
       R + "test_odd_names.py::test_preprocessing_carries_names_that_are_not_utf8_into_valid_records_and_grows_the_"
           "dataset_over_them", "joining a grown folder with the dataset on the path's bytes"),
     # ---- transient GCS errors and ambiguous writes
-    M("gcs_retry", "beam_pipelines/storage.py", "_retry", "return DEFAULT_RETRY.with_timeout(RETRY_SECONDS)",
-      "return None", R + "test_transient_io.py", "google-cloud-storage's retry policy on every GCS call"),
+    M("gcs_retry", "beam_pipelines/storage.py", "_retry", "return DEFAULT_RETRY.with_timeout(",
+      "return None and (", R + "test_transient_io.py", "google-cloud-storage's retry policy on every GCS call"),
+    M("preflight_retry", "beam_pipelines/preflight.py", "check_reachable", "retry=storage._retry(seconds)",
+      "retry=None", R + "test_transient_io.py::test_transient_gcs_errors_are_retried_and_a_deleted_object_is_dead_"
+                        "lettered", "retrying a transient error while checking at launch that a bucket is reachable"),
     M("gcs_publish_own_write", "trainer/publish.py", "_upload", "if _same_content(blob, path):", "if False:",
       R + "test_gcs_ambiguous_write.py::test_gcs_publish_survives_lost_replies_without_overwriting",
       "recognising our own completed write after a 412 (trainer publish)"),

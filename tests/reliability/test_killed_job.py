@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from beam_pipelines import score, storage
+from beam_pipelines import predictions, score, storage
 from tests import corpus
 from tests.conftest import upload_tree
 from tests.reliability import faulty
@@ -39,7 +39,7 @@ FILES_PER_BATCH = 10
 
 def _committed_files(staging) -> int:
     """Files accounted for by the commit markers present (each marker's name ends in .<files>.json)."""
-    return sum(int(path.name.rsplit(".", 2)[-2]) for path in (staging / score.COMMITTED).glob("*.json"))
+    return sum(int(path.name.rsplit(".", 2)[-2]) for path in (staging / predictions.COMMITTED).glob("*.json"))
 
 
 def _rows_written(staging) -> set:
@@ -57,8 +57,8 @@ def _assert_one_complete_set(output, run_id, files):
     run_dir = output / run_id
     summary = json.loads((run_dir / score.SUMMARY_FILE).read_text())
     assert sorted(path.name for path in run_dir.iterdir()) == sorted([*summary["output_files"], score.SUMMARY_FILE])
-    predictions, errors = read_outcomes(run_dir)
-    assert set(predictions) | set(errors) == {str(path) for path in files}
+    scored, errors = read_outcomes(run_dir)
+    assert set(scored) | set(errors) == {str(path) for path in files}
     assert summary["matched"] == len(files) == summary["scored"] + summary["failed"]
     return summary
 
@@ -76,7 +76,7 @@ def test_a_run_killed_half_way_resumes_without_scoring_again_what_it_had_committ
     try:
         deadline = time.monotonic() + 300
         while process.poll() is None and time.monotonic() < deadline:
-            if len(list((staging / score.COMMITTED).glob("*.json"))) >= batches // 2:
+            if len(list((staging / predictions.COMMITTED).glob("*.json"))) >= batches // 2:
                 process.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.005)

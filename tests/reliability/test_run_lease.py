@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from beam_pipelines import lifecycle, score
+from beam_pipelines import lifecycle, predictions, score
 from tests import corpus
 from tests.reliability import faulty
 from tests.reliability.conftest import (
@@ -32,14 +32,15 @@ def test_a_second_run_of_a_run_id_refuses_while_the_first_runs_and_takes_over_on
     images, output = tmp_path / "images", tmp_path / "scores"
     files = corpus.write_easy_dataset(images, per_class=20, size=24)
     command = score_command("--model", tiny_export, "--input", images, "--output_dir", output, "--run_id", "hourly",
-                            "--files_per_batch", 4)
+                            "--files_per_batch", 2)
     staging = output / ".staging-hourly"
-    # Half a second per file: the first run would score for 20 s; it is killed long before.
-    first = subprocess.Popen(command, cwd=REPO, env=job_env(**{faulty.SLOW_ENV: 0.5}), stdout=subprocess.DEVNULL,
+    # 1.5 s per file: the first run would score for a minute, so it still runs when the second (a process starting
+    # TensorFlow on a busy machine) gets to its lease; it is killed long before it ends.
+    first = subprocess.Popen(command, cwd=REPO, env=job_env(**{faulty.SLOW_ENV: 1.5}), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
-        while not list((staging / score.COMMITTED).glob("*.json")) and first.poll() is None:
+        while not list((staging / predictions.COMMITTED).glob("*.json")) and first.poll() is None:
             assert time.monotonic() < deadline, "the first run committed nothing within 300 s"
             time.sleep(0.05)
         attempt = (staging / lifecycle.ATTEMPT_FILE).read_bytes()
@@ -54,16 +55,16 @@ def test_a_second_run_of_a_run_id_refuses_while_the_first_runs_and_takes_over_on
     finally:
         if first.poll() is None:
             first.kill()
-    committed = len(list((staging / score.COMMITTED).glob("*.json")))
+    committed = len(list((staging / predictions.COMMITTED).glob("*.json")))
 
     with caplog.at_level("WARNING", logger="beam_pipelines.lifecycle"):
         score_here(*command[command.index("--model"):])  # the same command, in this process
     [takeover] = [message for message in caplog.messages if "took over the lease" in message]
     assert f"pid {first.pid}" in takeover  # logged, naming the dead run
     summary = json.loads((output / "hourly" / score.SUMMARY_FILE).read_text())
-    predictions, errors = read_outcomes(output / "hourly")
-    assert set(predictions) == {str(path) for path in files} and not errors
-    assert summary["resumed"] == committed * 4 > 0  # it finished the dead run's work instead of starting over
+    scored, errors = read_outcomes(output / "hourly")
+    assert set(scored) == {str(path) for path in files} and not errors
+    assert summary["resumed"] == committed * 2 > 0  # it finished the dead run's work instead of starting over
     assert sorted(path.name for path in output.iterdir()) == ["_incremental", "hourly"]
 
 
@@ -73,7 +74,7 @@ def test_a_second_preprocessing_run_on_a_dataset_refuses_while_the_first_runs_an
     files = corpus.write_easy_dataset(images, per_class=20, size=32)
     flags = ["--input", images, "--output_dir", output, "--image_size", 32, "--files_per_batch", 4,
              "--skip_if_current"]
-    first = subprocess.Popen(preprocess_command(*flags), cwd=REPO, env=job_env(**{faulty.SLOW_ENV: 0.5}),
+    first = subprocess.Popen(preprocess_command(*flags), cwd=REPO, env=job_env(**{faulty.SLOW_ENV: 1.5}),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
