@@ -133,8 +133,8 @@ class JoinPartitionFn(beam.DoFn):
                 yield "bands", pair
         refs = sorted((ref for batch_refs in decode.values() for ref in batch_refs), key=lambda ref: ref.path)
         for sequence, start in enumerate(range(0, len(refs), self._size)):
-            yield "batch", listing.FileBatch(f"{self._prefix}-j{partition:03d}-{sequence:05d}",
-                                             tuple(refs[start:start + self._size]), {})
+            yield "batch", listing.FileBatch.of(f"{self._prefix}-j{partition:03d}-{sequence:05d}",
+                                                refs[start:start + self._size], {})
         yield "tally", {"counts": dict(counts), "batches": [], "replaced": []}
 
 

@@ -15,9 +15,9 @@ import json
 import logging
 import sys
 
-from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, _BeamArgumentParser
 
-from beam_pipelines import dask_compat
+from beam_pipelines import dask_compat, options
 
 EXIT_USAGE = 2
 # Harmless messages Beam repeats from every worker: they name nothing the user can act on.
@@ -84,6 +84,20 @@ def check_flags(argv, prog: str, *own_classes) -> None:
     if positional:
         raise UsageError(f"unexpected argument(s) {positional}: every value needs its flag, e.g. --input "
                          f"{positional[0]}")
+
+
+def parse_job(argv, prog: str, own_options, make_config):
+    """A Beam job's flags -> (PipelineOptions, its validated config, the runner's name); UsageError on any problem.
+    The runner defaults to the DirectRunner (left unset, Beam 2.77 tries Prism, which needs a download)."""
+    check_flags(argv, prog, options.JobOptions, own_options)
+    pipeline_options = PipelineOptions(argv)
+    standard = pipeline_options.view_as(StandardOptions)
+    standard.runner = dask_compat.resolve_runner(standard.runner or "DirectRunner")
+    try:
+        config = make_config(pipeline_options)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return pipeline_options, config, str(standard.runner)
 
 
 def _option_strings(cls) -> list[str]:

@@ -102,7 +102,7 @@ class FilesModelHandler(ModelHandler[listing.FileBatch, BatchOutcome, Any]):
         return [(ref, probability) for (ref, _), probability in zip(pending, probabilities, strict=True)]
 
     def get_num_bytes(self, batch: listing.FileBatch) -> int:
-        return sum(ref.size for ref in batch.files)
+        return len(batch.packed)  # what RunInference moved; the files' own sizes are read, not moved
 
     def get_metrics_namespace(self) -> str:
         return "catsdogs.score.inference"

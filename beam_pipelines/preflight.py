@@ -1,8 +1,5 @@
-"""Checks both Beam jobs run before they build a pipeline: every gs:// path reachable within 15 s, and --check_only.
-
-A gs:// path with broken credentials used to look like a hung job: Google's auth libraries retry for about half a
-minute, then "connect anonymously" and wait again. `check_reachable` asks each bucket for one object name, in a
-thread, and fails after REACH_SECONDS with one message naming the three usual causes.
+"""Checks both Beam jobs run before they build a pipeline: every gs:// path reachable within 15 s
+(trainer/credentials.py, shared with the trainer), and --check_only.
 
 `--check_only` (`run_checks`) validates everything a run would need and writes nothing: the flags (already parsed by
 then), the credentials, the inputs (counted, a few decoded), write access to the output (without writing: IAM's
@@ -11,56 +8,22 @@ testPermissions on GCS, os.access locally) and, for scoring, the model (already 
 
 import logging
 import os
-import threading
 
-from beam_pipelines import imaging, reading, storage
+from beam_pipelines import cli, imaging, reading, storage
+from trainer import credentials
 
-REACH_SECONDS = 15.0
 SAMPLE_FILES = 5
 
 _LOG = logging.getLogger(__name__)
 
 
-class Unreachable(RuntimeError):
-    """A gs:// path that cannot be read with the credentials this process has; the message says what to check."""
-
-
-def _advice(bucket: str, what: str) -> str:
-    return (f"cannot reach gs://{bucket} ({what}). Check the credentials this process has: Application Default "
-            f"Credentials (gcloud auth application-default login, or GOOGLE_APPLICATION_CREDENTIALS naming a key "
-            f"file), Workload Identity on GKE (the pod's Kubernetes service account must be bound to a Google service "
-            f"account with access to the bucket), or STORAGE_EMULATOR_HOST when testing against an emulator")
-
-
-def check_reachable(paths, seconds: float | None = None) -> None:
-    """Raises Unreachable unless every bucket the gs:// paths name answers a one-object listing within `seconds`
-    (default REACH_SECONDS)."""
-    seconds = REACH_SECONDS if seconds is None else seconds
-    buckets = {}
-    for path in paths:
-        if path and storage.is_remote(path):
-            bucket, _, name = path[len(storage.GCS_PREFIX):].partition("/")
-            buckets.setdefault(bucket, name.split("*")[0])
-    for bucket, prefix in sorted(buckets.items()):
-        outcome = {}
-
-        def probe(bucket=bucket, prefix=prefix, outcome=outcome):
-            try:
-                # Transient errors (429, 503, a dropped connection) are retried within the same deadline: only a
-                # bucket that stays out of reach fails the launch, not one busy moment of GCS.
-                list(storage.gcs_client().list_blobs(bucket, prefix=prefix, max_results=1,
-                                                     retry=storage._retry(seconds)))
-                outcome["ok"] = True
-            except Exception as error:  # noqa: BLE001 - any failure here is reported as unreachable
-                outcome["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
-
-        thread = threading.Thread(target=probe, name=f"reach-{bucket}", daemon=True)
-        thread.start()
-        thread.join(seconds)
-        if thread.is_alive():
-            raise Unreachable(_advice(bucket, f"no answer within {seconds:g} s"))
-        if "error" in outcome:
-            raise Unreachable(_advice(bucket, outcome["error"]))
+def require_reachable(paths) -> None:
+    """credentials.check_reachable, as a usage error (exit 2): what both launchers run before anything reads from
+    GCS."""
+    try:
+        credentials.check_reachable(paths)
+    except credentials.Unreachable as error:
+        raise cli.UsageError(str(error)) from None
 
 
 def writable(path: str) -> str | None:

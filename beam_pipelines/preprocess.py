@@ -34,9 +34,9 @@ import time
 import uuid
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipelines import changes, cli, dask_compat, grouping, lifecycle, listing, options, preflight, records, storage
+from beam_pipelines import changes, cli, grouping, lifecycle, listing, options, preflight, records, storage
 from trainer import dataset_contract, features, provenance
 
 NAMESPACE = records.NAMESPACE
@@ -280,22 +280,13 @@ def publish(output_dir: str, version: str, metadata_bytes: bytes) -> None:
 
 
 def _resolve(argv) -> tuple[PipelineOptions, options.PreprocessConfig, str]:
-    cli.check_flags(argv, "catsdogs-preprocess", options.JobOptions, options.PreprocessOptions)
-    pipeline_options = PipelineOptions(argv)
-    standard = pipeline_options.view_as(StandardOptions)
-    standard.runner = dask_compat.resolve_runner(standard.runner or "DirectRunner")  # unset, Beam would try Prism
-    try:
-        config = options.preprocess_config(pipeline_options)
-    except ValueError as error:
-        raise cli.UsageError(str(error)) from None
+    pipeline_options, config, runner = cli.parse_job(argv, "catsdogs-preprocess", options.PreprocessOptions,
+                                                     options.preprocess_config)
     config = dataclasses.replace(config, inputs=tuple(storage.absolute(p) for p in config.inputs),
                                  output_dir=storage.absolute(config.output_dir).rstrip("/"))
-    try:  # before anything reads from GCS: broken credentials fail here, in seconds, not as a hang
-        preflight.check_reachable([*config.inputs, config.output_dir])
-    except preflight.Unreachable as error:
-        raise cli.UsageError(str(error)) from None
+    preflight.require_reachable([*config.inputs, config.output_dir])  # before anything reads from GCS
     storage.check_patterns_match(config.inputs)
-    return pipeline_options, config, str(standard.runner)
+    return pipeline_options, config, runner
 
 
 def run(argv=None, test_pipeline=None) -> dict:

@@ -158,10 +158,10 @@ class DecodeAndWriteFn(beam.DoFn):
         if rejected:
             storage.write_bytes(storage.join(self._version_dir, dataset_contract.rejected_name(batch.batch_id)),
                                 "".join(line + "\n" for line in rejected).encode("utf-8"))
-        counts["read"] += len(batch.files)
+        counts["read"] += len(batch)
         for key, value in counts.items():
             beam.metrics.Metrics.counter(NAMESPACE, key.replace("/", "_")).inc(value)
-        self._log_progress(len(batch.files))
+        self._log_progress(len(batch))
         yield "tally", {"counts": dict(counts), "batches": [entry] if entry else [], "replaced": []}
         if facts:  # the grouping reads them from disk, a partition at a time: no element per photo
             spilled = storage.join(work_dir(self._version_dir), f"bands-{batch.batch_id}.spill")

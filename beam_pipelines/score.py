@@ -35,11 +35,10 @@ from collections import Counter
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from beam_pipelines import (
     cli,
-    dask_compat,
     incremental,
     inference,
     lifecycle,
@@ -280,21 +279,12 @@ def finish(config, model_info, plan, runner, started_at, seconds) -> dict:
 
 def _resolve(argv) -> tuple[PipelineOptions, options.ScoreConfig, dict, str]:
     """Parses and checks every flag, the model and the inputs: everything that can fail before scoring."""
-    cli.check_flags(argv, "catsdogs-score", options.JobOptions, options.ScoreOptions)
-    pipeline_options = PipelineOptions(argv)
-    standard = pipeline_options.view_as(StandardOptions)
-    standard.runner = dask_compat.resolve_runner(standard.runner or "DirectRunner")  # unset, Beam would try Prism
-    try:
-        config = options.score_config(pipeline_options)
-    except ValueError as error:
-        raise cli.UsageError(str(error)) from None
+    pipeline_options, config, runner = cli.parse_job(argv, "catsdogs-score", options.ScoreOptions,
+                                                     options.score_config)
     inputs = tuple(storage.absolute(p) for p in config.inputs)
     output_dir = storage.absolute(config.output_dir)
     skip = tuple(storage.absolute(p) for p in config.skip_scored)
-    try:  # before anything reads from GCS: broken credentials fail here, in seconds, not as a hang
-        preflight.check_reachable([*inputs, output_dir, *skip, config.model])
-    except preflight.Unreachable as error:
-        raise cli.UsageError(str(error)) from None
+    preflight.require_reachable([*inputs, output_dir, *skip, config.model])  # before anything reads from GCS
     try:
         model, info = model_handler.resolve_and_check_model(config.model, config.allowed_model_prefix)
     except model_handler.ModelError as error:
@@ -304,7 +294,7 @@ def _resolve(argv) -> tuple[PipelineOptions, options.ScoreConfig, dict, str]:
 
     config = dataclasses.replace(config, inputs=inputs, output_dir=output_dir, skip_scored=skip, model=model,
                                  run_id=config.run_id or default_run_id())
-    return pipeline_options, config, info, str(standard.runner)
+    return pipeline_options, config, info, runner
 
 
 def run(argv=None, test_pipeline=None) -> dict:

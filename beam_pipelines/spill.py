@@ -17,7 +17,7 @@ import zlib
 
 from beam_pipelines import storage
 
-PARTITIONS = 32
+PARTITIONS = 64
 MAGIC = b"CDSPILL1"
 
 

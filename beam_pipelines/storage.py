@@ -119,11 +119,11 @@ def _blob(uri: str):
     return gcs_client().bucket(bucket).blob(name)
 
 
-def _retry(seconds: float | None = None):
-    """google-cloud-storage's own retry policy (429, 5xx, dropped connections) for up to `seconds` (RETRY_SECONDS)."""
+def _retry():
+    """google-cloud-storage's own retry policy (429, 5xx, dropped connections) for up to RETRY_SECONDS."""
     from google.cloud.storage.retry import DEFAULT_RETRY
 
-    return DEFAULT_RETRY.with_timeout(RETRY_SECONDS if seconds is None else seconds)
+    return DEFAULT_RETRY.with_timeout(RETRY_SECONDS)
 
 
 def _not_found():

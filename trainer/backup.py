@@ -12,16 +12,15 @@ import hashlib
 import json
 import shutil
 import signal
-import sys
 import tempfile
-import time
 
 import keras
 import tensorflow as tf
 
-from trainer import evaluate
+from trainer import evaluate, logger
 from trainer.paths import join
 
+log = logger.get()
 BACKUP_WEIGHTS = "latest.weights.h5"  # in <model_dir>/backup, next to BACKUP_METADATA: Keras's names
 BACKUP_METADATA = "training_metadata.json"
 
@@ -35,25 +34,17 @@ class BackupUnusable(RuntimeError):
 
 
 class StopRequest:
-    """Set by the SIGTERM handler or when the time budget runs out; read by the backup callback after each step."""
+    """Set by the SIGTERM handler; read by the backup callback after each step."""
 
-    def __init__(self, time_budget_minutes: float | None):
+    def __init__(self):
         self.signal_name = None
-        self.budget_seconds = None if time_budget_minutes is None else time_budget_minutes * 60.0
-        self.training_started = None
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
 
     def _on_signal(self, signum, frame):
         self.signal_name = signal.Signals(signum).name
-        print(f"catsdogs-train: received {self.signal_name}: writing a backup at the end of this step, then exiting",
-              file=sys.stderr, flush=True)
-
-    def budget_used(self) -> bool:
-        if self.budget_seconds is None or self.training_started is None:
-            return False
-        return time.monotonic() - self.training_started >= self.budget_seconds
+        log.warning(f"received {self.signal_name}: writing a backup at the end of this step, then exiting")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +55,7 @@ class Backup:
     epoch: int
     which: str  # "latest", or "previous" when the latest one was unusable
     skipped: str = ""  # why the latest one was unusable
+    trained_seconds: float = 0.0  # training time used before it (what the time budget counts)
 
 
 def sha256(path: str) -> str:
@@ -89,8 +81,8 @@ def load_weights_file(model, path: str) -> None:
         shutil.rmtree(local_dir, ignore_errors=True)
 
 
-def _check_backup(weights: str, metadata: str) -> tuple[int | None, str]:
-    """(epoch, "") for a usable weights + metadata pair, else (None, why not)."""
+def _check_backup(weights: str, metadata: str) -> tuple[dict | None, str]:
+    """(the metadata, "") for a usable weights + metadata pair, else (None, why not)."""
     if not tf.io.gfile.exists(metadata):
         return None, f"{metadata} is missing"
     try:
@@ -106,7 +98,7 @@ def _check_backup(weights: str, metadata: str) -> tuple[int | None, str]:
     expected = recorded.get("weights_sha256")  # absent only in backups written before checksums were recorded
     if expected is not None and sha256(weights) != expected:
         return None, f"{weights} does not match the sha256 recorded in {metadata}: it is truncated or corrupt"
-    return epoch, ""
+    return recorded, ""
 
 
 def choose_backup(backup_dir: str) -> Backup | None:
@@ -122,9 +114,10 @@ def choose_backup(backup_dir: str) -> Backup | None:
         return None
     problems = []
     for which, (weights, metadata) in (("latest", latest), ("previous", previous)):
-        epoch, problem = _check_backup(weights, metadata)
-        if epoch is not None:
-            return Backup(weights, epoch, which, skipped="; ".join(problems))
+        recorded, problem = _check_backup(weights, metadata)
+        if recorded is not None:
+            return Backup(weights, recorded["epoch"], which, skipped="; ".join(problems),
+                          trained_seconds=float(recorded.get("trained_seconds", 0.0)))
         problems.append(problem)
     raise BackupUnusable(
         f"the backup in {backup_dir} cannot be restored (latest: {problems[0]}; previous: {problems[1]}). Not "
@@ -139,8 +132,8 @@ def backup_epoch(backup_dir: str) -> int:
     if backup is None:
         return 0
     if backup.which == "previous":
-        print(f"catsdogs-train: the latest backup is unusable ({backup.skipped}); resuming from the previous backup, "
-              f"at epoch {backup.epoch}", file=sys.stderr, flush=True)
+        log.warning(f"the latest backup is unusable ({backup.skipped}); resuming from the previous backup, "
+                    f"at epoch {backup.epoch}")
     return backup.epoch
 
 
@@ -151,14 +144,16 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     Restores the weights and optimizer state of the newest intact backup (`choose_backup`: the sha256 of the
     weights file is recorded in the metadata written after it), then Keras replays the interrupted epoch from its
     start. Every worker of a multi-worker run restores from the chief's backup; only the chief writes there.
+    With a `clock` (the time budget's, trainer/schedules.py), the training time used is saved and restored too.
     Relies on BackupAndRestore's `_save_model` hook and path attributes (keras 3.15, pinned in setup.py).
     """
 
-    def __init__(self, backup_dir: str, save_freq: int, stop: StopRequest, write_dir: str | None = None):
+    def __init__(self, backup_dir: str, save_freq: int, stop: StopRequest, write_dir: str | None = None,
+                 clock=None):
         super().__init__(backup_dir, save_freq=save_freq, double_checkpoint=True, delete_checkpoint=False)
         self.stop = stop
         self.write_dir = write_dir
-        self.stopped_by = None
+        self.clock = clock
         self._latest_is_intact = False  # only an intact latest pair becomes the previous one at the next save
 
     def on_train_begin(self, logs=None):
@@ -171,6 +166,8 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             load_weights_file(self.model, backup.weights)
             self.model._initial_epoch = backup.epoch
             self._latest_is_intact = backup.which == "latest"
+            if self.clock is not None:
+                self.clock.seconds_before = backup.trained_seconds
         if self.write_dir:
             # Non-chief workers of a multi-worker run still save (saving can create variables, which under
             # MultiWorkerMirroredStrategy is a collective every worker must join) but into their own temp dir.
@@ -180,7 +177,6 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             self._prev_weights_path = self._weights_path + ".bkp"
             self._prev_training_metadata_path = self._training_metadata_path + ".bkp"
             self._latest_is_intact = False
-        self.stop.training_started = time.monotonic()
 
     def _save_model(self):
         """Keras's double checkpoint, plus the weights' sha256 in the metadata (written last); a latest pair that
@@ -199,7 +195,8 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             shutil.rmtree(local_dir, ignore_errors=True)
         with tf.io.gfile.GFile(self._training_metadata_path, "w") as handle:
             handle.write(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen,
-                                     "weights_sha256": checksum}))
+                                     "weights_sha256": checksum,
+                                     "trained_seconds": self.clock.elapsed() if self.clock is not None else 0.0}))
         self._latest_is_intact = True
 
     def on_train_batch_end(self, batch, logs=None):
@@ -208,9 +205,6 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             self._save_model()
             raise Interrupted(f"stopped by {self.stop.signal_name} at epoch {self._current_epoch} step {batch + 1}; "
                               f"backup written to {self.backup_dir}")
-        if self.stop.budget_used() and not self.model.stop_training:
-            self.stopped_by = "time_budget"
-            self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
@@ -218,7 +212,8 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
 
 def keep_history_before(path: str, epoch: int) -> list[dict]:
-    """Drops history.csv rows of epochs that will be replayed (>= epoch), so each epoch appears once."""
+    """Keeps the history.csv rows of the `epoch` epochs completed before a resume (numbered from 1, as the log
+    counts them) and drops those that will be replayed, so each epoch appears once."""
     if not tf.io.gfile.exists(path):
         return []
     with tf.io.gfile.GFile(path) as handle:
@@ -229,7 +224,7 @@ def keep_history_before(path: str, epoch: int) -> list[dict]:
     column = header.split(",").index("epoch") if "epoch" in header.split(",") else 0
     for line in lines[1:]:
         try:
-            if int(float(line.split(",")[column])) < epoch:
+            if int(float(line.split(",")[column])) <= epoch:
                 kept.append(line)
         except (ValueError, IndexError):
             continue

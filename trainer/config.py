@@ -7,6 +7,7 @@ config (these fields plus what was derived at run time: replicas, global batch, 
 
 import argparse
 import dataclasses
+import difflib
 import typing
 
 SEED_CNN = "seed_cnn"
@@ -23,6 +24,7 @@ DEFAULT_INPUT_SIZE = 128
 MODELS = (RESNET_LITE, SEED_CNN, *APPLICATIONS)
 MIXED_PRECISION = ("auto", "on", "off")
 CACHE = ("auto", "on", "off")
+TTA = ("none", "flip")  # test-time augmentation of the export: "flip" averages the photo and its mirror image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,9 +40,12 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     weight_decay: float = 0.01  # AdamW; seed_cnn keeps the original recipe's plain Adam
     label_smoothing: float = 0.0
+    ema_momentum: float = 0.0  # exponential moving average of the weights per step; 0: off
     width: int = 32  # resnet_lite: filters of the first stage, doubled at each later stage
     depth: int = 2  # resnet_lite: residual blocks per stage
     input_size: int | None = None  # side the network sees; None: 128 for resnet_lite (capped), else the dataset's
+    eval_input_size: int | None = None  # side at evaluation and in the export; None: the training side
+    tta: str = "none"  # test-time augmentation in evaluation and in the export (TTA)
     stages: int = 4  # resnet_lite: stages, each halving the resolution
     dropout: float = 0.2  # before the classifier (resnet_lite and backbones)
     augment: bool = True
@@ -95,6 +100,15 @@ class TrainConfig:
         need(self.input_size is None or (_is_int(self.input_size) and 16 <= self.input_size <= 1024),
              f"--input_size must be an integer in 16..1024 (got {self.input_size!r}); "
              f"leave it out for the model's default")
+        need(self.eval_input_size is None or (_is_int(self.eval_input_size) and 16 <= self.eval_input_size <= 1024),
+             f"--eval_input_size must be an integer in 16..1024 (got {self.eval_input_size!r}); "
+             f"leave it out to evaluate and serve at the training size")
+        need(self.eval_input_size is None or self.model != SEED_CNN,
+             f"--eval_input_size needs a network that ends in global pooling; {SEED_CNN} flattens a fixed size")
+        need(self.tta in TTA, f"--tta must be one of {', '.join(TTA)} (got {self.tta!r})")
+        need(_is_number(self.ema_momentum) and (self.ema_momentum == 0 or 0.5 <= self.ema_momentum < 1),
+             f"--ema_momentum must be 0 (off) or in [0.5, 1) (got {self.ema_momentum!r}); 0.999 averages about "
+             f"the last 1000 steps")
         need(_is_number(self.dropout) and 0 <= self.dropout < 1, f"--dropout must be in [0, 1) (got {self.dropout!r})")
         need(self.mixed_precision in MIXED_PRECISION,
              f"--mixed_precision must be one of {', '.join(MIXED_PRECISION)} (got {self.mixed_precision!r})")
@@ -145,6 +159,13 @@ class TrainConfig:
             side = min(DEFAULT_INPUT_SIZE, height, width)
         return [height, width] if side is None else [side, side]
 
+    def eval_size(self, image_size) -> list[int]:
+        """The (h, w) the network works at in evaluation and in the export: --eval_input_size, else the training
+        size (model_input_size)."""
+        if self.eval_input_size is None:
+            return self.model_input_size(image_size)
+        return [self.eval_input_size, self.eval_input_size]
+
     def head_only_epochs(self) -> int:
         """Epochs that train the new head alone, the backbone frozen: the fine-tuning schedule's first phase."""
         if self.model not in APPLICATIONS:
@@ -181,52 +202,100 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+# One line of --help per flag: what it does and its unit; build_parser adds the default.
 HELP = {
     "data_dir": "preprocessed dataset: TFRecord shards + metadata.json (local path or gs://)",
-    "model_dir": "output: config.json, history.csv, metrics.json, report.png, logs/, backup/, checkpoints/, export/",
+    "model_dir": "output directory (local path or gs://): config.json, history.csv, metrics.json, report.png, "
+                 "mistakes.png, logs/, backup/, checkpoints/, export/",
     "model": f"architecture: {', '.join(MODELS)}",
+    "epochs": "maximum epochs (passes over the training split); the epoch schedule anneals at the last one",
     "batch_size": "images per replica per step; global batch = batch_size x replicas",
     "learning_rate": "peak learning rate for ONE replica at --batch_size; multiplied by the number of replicas",
-    "warmup_epochs": "linear warm-up from 0 to the peak rate, then cosine decay to 0",
-    "weights": "keras.applications weights file (local or gs://; no download at run time), e.g. *_notop.h5",
+    "warmup_epochs": "epochs (fractions allowed) of linear warm-up from 0 to the peak rate, then cosine decay to 0",
+    "weight_decay": "AdamW decoupled weight decay per step, relative to the learning rate (0: plain Adam)",
+    "label_smoothing": "binary cross-entropy label smoothing, 0 to 0.5 (0.1 trains towards 0.05/0.95)",
+    "ema_momentum": "momentum per step of an exponential moving average of the weights (e.g. 0.999 averages about "
+                    "the last 1000 steps); at the end the average and the best checkpoint are compared on the "
+                    "validation split and the more accurate one is kept; 0: off",
+    "width": "resnet_lite: filters of the first stage, doubled at each later stage",
+    "depth": "resnet_lite: residual blocks per stage",
+    "input_size": "side in pixels the network works at: images are resized to it inside the model (so serving at "
+                  "the dataset's size stays consistent); none: 128 for resnet_lite (capped at the dataset size), "
+                  "the dataset's size for the others",
+    "eval_input_size": "side in pixels the network works at in evaluation and in the export; none: --input_size. "
+                       "A little above it can pay (train-test resolution discrepancy)",
+    "tta": "test-time augmentation in the evaluation and the export: none, or flip (the mean over each photo and "
+           "its mirror image: twice the inference cost)",
+    "stages": "resnet_lite: stages, each halving the resolution",
+    "dropout": "dropout rate before the classifier, 0 to 1",
+    "augment": "random flips, zoom-in crops, small rotations and colour changes of the training images (true/false)",
+    "weights": "keras.applications weights file (local or gs://; nothing is downloaded at run time), e.g. "
+               "efficientnetb0_notop.h5; none: random initialisation",
     "freeze_backbone_epochs": "backbones: epochs that train the new head alone before the whole network is "
-                              "fine-tuned (default: 2 with --weights, else 0)",
+                              "fine-tuned; none: 2 with --weights, else 0",
     "fine_tune_factor": "backbones: after the head-only epochs, the whole network trains at --learning_rate x this, "
                         "cosine-decayed to 0",
     "mixed_precision": "float16 compute: auto (on with GPUs, off on CPU), on, off",
-    "time_budget_minutes": "stop training gracefully after this many minutes, then evaluate and export",
-    "steps_per_epoch": "cap on training steps per epoch (default: one pass over the training split)",
-    "input_size": "side (pixels) the network works at: images are resized to it inside the model, so serving at the "
-                  "dataset's size stays consistent; default 128 for resnet_lite (capped at the dataset size), "
-                  "the dataset size for the others",
-    "worker_timeout_minutes": "multi-worker only: when no training step finishes for this long (a worker died or "
-                              "hangs), exit with status 5 so the Job restarts every worker from the backup",
+    "time_budget_minutes": "minutes of training: the learning rate warms up, then decays to 0 exactly when they "
+                           "are used (or at the last epoch, if sooner); then evaluate and export. Early stopping is "
+                           "off with a budget. none: no budget, the epoch schedule",
+    "steps_per_epoch": "cap on training steps per epoch; none: one pass over the training split",
+    "early_stopping_patience": "epochs without a better validation loss before training stops (without a time "
+                               "budget); 0: never",
+    "backup_every_steps": "steps between fault-tolerance backups (also at every epoch end and on SIGTERM)",
+    "worker_timeout_minutes": "multi-worker only: minutes without a finished training step (a worker died or "
+                              "hangs) after which a worker exits with status 5, so the Job restarts every worker "
+                              "from the backup",
+    "shuffle_buffer": "images in the shuffle buffer (the whole training split when it is cached)",
     "cache": "keep decoded images in memory: auto (when they fit in --cache_limit_mb), on, off",
-    "export_dir": "export root the model is published to, and whose `latest` it is gated against (local or gs://; "
-                  "default <model_dir>/export)",
-    "min_accuracy": "promotion gate: the lowest test accuracy that may become `latest` (0: no check)",
-    "min_roc_auc": "promotion gate: the lowest test ROC AUC that may become `latest` (0: no check)",
-    "max_regression": "promotion gate: how far below the current `latest` (scored on the same test split) the new "
-                      "model's accuracy and ROC AUC may be",
+    "cache_limit_mb": "megabytes of decoded images --cache auto keeps in memory",
+    "seed": "random seed (initialisation, shuffling, augmentation)",
+    "export_dir": "export root the model is published to, and whose `latest` it is gated against (local or gs://); "
+                  "none: <model_dir>/export",
+    "min_accuracy": "promotion gate: the lowest test accuracy, 0 to 1, that may become `latest` (0: no check)",
+    "min_roc_auc": "promotion gate: the lowest test ROC AUC, 0 to 1, that may become `latest` (0: no check)",
+    "max_regression": "promotion gate: how far below the current `latest` (scored on the same test split), as a "
+                      "fraction (0.01 = 1 point), the new model's accuracy and ROC AUC may be",
     "force_publish": "publish as `latest` even when the promotion gate refuses (the first model when the thresholds "
-                     "cannot be met, emergencies); said loudly in the log",
+                     "cannot be met, emergencies); said loudly in the log. Alone it means true",
 }
+EXIT_USAGE = 2  # argparse's convention for a usage error, kept for bad values too
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse without abbreviations (allow_abbrev=False: `--epoch 1` is refused, not taken for --epochs) and
+    with a "did you mean" for an unknown flag."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            word = unknown[0].split("=", 1)[0]
+            flags = [option for action in self._actions for option in action.option_strings]
+            close = difflib.get_close_matches(word, flags, n=1, cutoff=0.6) if word.startswith("-") else []
+            hint = f"did you mean {close[0]}?" if close else f"see {self.prog} --help"
+            self.error(f"unrecognized argument {unknown[0]!r}: {hint}")
+        return parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="catsdogs-train", description="Train, evaluate and export a classifier.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = _Parser(prog="catsdogs-train", allow_abbrev=False,
+                     description="Train, evaluate and export a cats-vs-dogs classifier from a preprocessed dataset. "
+                                 "Exit status: 0 success, 2 usage or config error, 3 damaged dataset, 5 lost a "
+                                 "worker (restart to resume), 143 interrupted by SIGTERM (re-run to resume).")
     for field in dataclasses.fields(TrainConfig):
         required = field.default is dataclasses.MISSING
         default = None if required else field.default
         kinds = [kind for kind in typing.get_args(field.type) if kind is not type(None)] or [field.type]
         kind = {int: int, float: float, str: str, bool: _boolean}[kinds[0]]
+        metavar = {int: "INT", float: "FLOAT", str: "TEXT", bool: "{true,false}"}[kinds[0]]
         if type(None) in typing.get_args(field.type):
             kind = _optional(kind)
+        shown = "required" if required else "default: " + ("none" if default is None else str(default).lower()
+                                                           if isinstance(default, bool) else str(default))
         # A boolean flag alone means true (--force_publish); it also takes a value (--augment false).
         boolean = {"nargs": "?", "const": True} if kind is _boolean else {}
-        parser.add_argument(f"--{field.name}", type=kind, default=default, required=required, **boolean,
-                            help=HELP.get(field.name, field.name.replace("_", " ")))
+        parser.add_argument(f"--{field.name}", type=kind, default=default, required=required, metavar=metavar,
+                            **boolean, help=f"{HELP[field.name]} ({shown})")
     return parser
 
 

@@ -29,10 +29,14 @@ import contextlib
 import dataclasses
 import json
 import os
-import sys
+import shutil
+import subprocess
 import threading
 import time
 
+from trainer import logger
+
+log = logger.get()
 EXIT_LOST_WORKER = 5
 
 
@@ -114,6 +118,8 @@ def choose(mixed_precision: str = "auto") -> Placement:
             strategy, kind, devices = tf.distribute.get_strategy(), "default", tuple(d.name for d in cpus)
         workers = 1
     has_gpu = bool(tf.config.list_logical_devices("GPU"))
+    if not has_gpu:
+        warn_if_gpus_unused()
     use_mixed = {"on": True, "off": False, "auto": has_gpu}[mixed_precision]
     keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
     return Placement(strategy=strategy, kind=kind, num_replicas=int(strategy.num_replicas_in_sync),
@@ -121,9 +127,47 @@ def choose(mixed_precision: str = "auto") -> Placement:
                      is_chief=cluster.is_chief, mixed_precision=use_mixed, devices=devices)
 
 
+def nvidia_gpus() -> list[str]:
+    """The GPUs `nvidia-smi -L` lists ("GPU 0: NVIDIA L4 (UUID: ...)"); none when it is absent or fails."""
+    command = shutil.which("nvidia-smi")
+    if command is None:
+        return []
+    try:
+        listed = subprocess.run([command, "-L"], capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in listed.stdout.splitlines() if line.strip().startswith("GPU ")]
+
+
+def warn_if_gpus_unused() -> None:
+    """A loud warning when the machine has NVIDIA GPUs that TensorFlow does not see: training would run on the CPU,
+    one or two orders of magnitude slower, without saying so."""
+    gpus = nvidia_gpus()
+    if gpus:
+        log.warning(f"nvidia-smi lists {len(gpus)} GPU(s) ({'; '.join(gpus)}) but TensorFlow sees none: THIS RUN "
+                    f"TRAINS ON THE CPU. Install the GPU build of TensorFlow (tensorflow[and-cuda] instead of "
+                    f"tensorflow-cpu), and check CUDA_VISIBLE_DEVICES and the NVIDIA driver.")
+
+
 def scaled_learning_rate(per_replica_rate: float, num_replicas: int) -> float:
     """Linear scaling: N replicas take steps N times as large as the global batch is N times larger."""
     return per_replica_rate * num_replicas
+
+
+def agreement(placement: Placement):
+    """A function value -> the mean of value over all replicas (multi-worker: one tiny all-reduce per call, made by
+    every worker at the same point; tf.distribute reduces by SUM or MEAN only), so decisions taken from each
+    worker's own clock come out the same everywhere; the identity otherwise."""
+    if not placement.multi_worker:
+        return float
+    import tensorflow as tf
+
+    strategy = placement.strategy
+
+    def mean(value: float) -> float:
+        return float(strategy.reduce("MEAN", strategy.run(lambda: tf.constant(float(value))), axis=None))
+
+    return mean
 
 
 def fit_scope(model, placement: Placement):
@@ -202,16 +246,15 @@ class Watchdog:
             idle = time.monotonic() - self._last
             if idle < self.timeout_seconds:
                 continue
-            print(f"catsdogs-train: no training step finished for {idle / 60:.1f} min (--worker_timeout_minutes): "
-                  f"lost a worker; aborting. Restart every worker to resume from the backup.",
-                  file=sys.stderr, flush=True)
+            log.error(f"no training step finished for {idle / 60:.1f} min (--worker_timeout_minutes): lost a "
+                      f"worker; aborting. Restart every worker to resume from the backup.")
             try:  # tf.distribute's own way to fail every pending collective (its health check uses it)
                 from tensorflow.python.eager import context
                 from tensorflow.python.framework import errors
 
                 context.context().abort_collective_ops(errors.UNAVAILABLE, "catsdogs watchdog: no step in time")
             except Exception as error:  # noqa: BLE001 (exiting below either way)
-                print(f"catsdogs-train: could not abort the collectives ({error})", file=sys.stderr, flush=True)
+                log.error(f"could not abort the collectives ({error})")
             if not self._stopped.wait(self.grace_seconds):
                 os._exit(EXIT_LOST_WORKER)  # the main thread is stuck where no exception reaches it
             return

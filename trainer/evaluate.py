@@ -1,8 +1,9 @@
-"""Evaluation on the test split: metrics.json and report.png.
+"""Evaluation on the test split: metrics.json, report.png and mistakes.png.
 
 Metrics (numpy only, threshold 0.5 on the probability of class_names[1]): accuracy, precision, recall, ROC AUC,
-log loss and the confusion matrix. report.png shows the training curves (loss and accuracy, train vs validation),
-the confusion matrix and the ROC curve.
+log loss and the confusion matrix. report.png shows the training curves (loss and accuracy, train vs validation,
+by epoch numbered from 1), the confusion matrix and the ROC curve. mistakes.png shows the photos the model gets
+most wrong, each with its label and probability: where label noise and real failures show at a glance.
 """
 
 import csv
@@ -14,13 +15,18 @@ import numpy as np
 EPSILON = 1e-7
 
 
-def predict(model, dataset):
-    """(labels, probabilities) as float numpy arrays, from a plain loop: no distribution strategy involved."""
+def predict(model, dataset, tta: str = "none"):
+    """(labels, probabilities) as float numpy arrays, from a plain loop: no distribution strategy involved.
+    tta "flip": the mean of the probabilities of each image and its mirror image, as the export computes it."""
     import tensorflow as tf
 
     @tf.function(reduce_retracing=True)
     def forward(images):
-        return tf.reshape(tf.cast(model(images, training=False), tf.float32), [-1])
+        probability = tf.reshape(tf.cast(model(images, training=False), tf.float32), [-1])
+        if tta == "flip":
+            mirrored = tf.reshape(tf.cast(model(tf.reverse(images, axis=[2]), training=False), tf.float32), [-1])
+            probability = (probability + mirrored) / 2
+        return probability
 
     labels, probabilities = [], []
     for images, batch_labels in dataset:
@@ -116,7 +122,7 @@ def write_report(path: str, history: list[dict], metrics: dict, labels, probabil
     import tensorflow as tf
 
     figure, axes = plt.subplots(2, 2, figsize=(11, 9))
-    epochs = [row.get("epoch", i) + 1 for i, row in enumerate(history)]
+    epochs = [int(row.get("epoch", i + 1)) for i, row in enumerate(history)]  # history.csv counts from 1
     for ax, key, label in ((axes[0, 0], "loss", "loss (binary cross-entropy)"), (axes[0, 1], "accuracy", "accuracy")):
         for prefix, style, name in (("", "o-", "train"), ("val_", "s--", "validation")):
             values = [row.get(prefix + key, math.nan) for row in history]
@@ -168,3 +174,50 @@ def write_report(path: str, history: list[dict], metrics: dict, labels, probabil
     plt.close(figure)
     with tf.io.gfile.GFile(path, "wb") as handle:
         handle.write(buffer.getvalue())
+
+
+def most_wrong(labels, probabilities, count: int) -> np.ndarray:
+    """Indices of the `count` examples whose probability is furthest from their label, the worst first."""
+    wrongness = np.abs(np.asarray(labels, np.float64) - np.asarray(probabilities, np.float64))
+    return np.argsort(-wrongness, kind="stable")[:count]
+
+
+def write_mistakes(path: str, dataset, labels, probabilities, class_names, count: int = 24, title: str = "") -> list:
+    """A grid of the `count` photos of dataset (the same deterministic pass that gave labels and probabilities)
+    the model gets most wrong, each titled with its label and the probability of class_names[1]. Returns their
+    indices in the split."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import tensorflow as tf
+
+    chosen = [int(i) for i in most_wrong(labels, probabilities, count)]
+    wanted, images, index = set(chosen), {}, 0
+    for batch, _ in dataset:
+        for image in batch.numpy():
+            if index in wanted:
+                images[index] = np.clip(image, 0, 255).astype(np.uint8)
+            index += 1
+    columns = 6
+    rows = max(1, math.ceil(len(chosen) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, chosen, strict=False):
+        ax.imshow(images[i])
+        actual = class_names[int(labels[i] >= 0.5)]
+        wrong = (probabilities[i] >= 0.5) != (labels[i] >= 0.5)
+        ax.set_title(f"#{i}: actually {actual}\nP({class_names[1]}) = {probabilities[i]:.2f}", fontsize=9,
+                     color="firebrick" if wrong else "black")
+    figure.suptitle(f"the {len(chosen)} photos the model gets most wrong (label, probability; red: misclassified)"
+                    + (f"\n{title}" if title else ""), fontsize=10)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    plt.close(figure)
+    with tf.io.gfile.GFile(path, "wb") as handle:
+        handle.write(buffer.getvalue())
+    return chosen

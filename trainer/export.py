@@ -58,8 +58,9 @@ def _model_input_dtype(model) -> str:
     return "float32"
 
 
-def build_archive(model, *, class_names, input_size):
-    """A keras.export.ExportArchive tracking model, with the two signatures of the contract."""
+def build_archive(model, *, class_names, input_size, tta: str = "none"):
+    """A keras.export.ExportArchive tracking model, with the two signatures of the contract. tta "flip": each
+    probability is the mean of the model's on the picture and on its mirror image (twice the inference cost)."""
     import keras
     import tensorflow as tf
 
@@ -68,8 +69,10 @@ def build_archive(model, *, class_names, input_size):
     input_dtype = tf.as_dtype(_model_input_dtype(model))
 
     def predict(pixels):  # float32 [None, h, w, 3] with integral values in [0, 255]
-        probability = model(tf.cast(pixels, input_dtype), training=False)
-        probability = tf.reshape(tf.cast(probability, tf.float32), [-1])
+        probability = tf.reshape(tf.cast(model(tf.cast(pixels, input_dtype), training=False), tf.float32), [-1])
+        if tta == "flip":
+            mirrored = model(tf.cast(tf.reverse(pixels, axis=[2]), input_dtype), training=False)
+            probability = (probability + tf.reshape(tf.cast(mirrored, tf.float32), [-1])) / 2
         class_name = tf.gather(names, tf.cast(probability >= THRESHOLD, tf.int32))
         return {"probability": probability, "class_name": class_name}
 
@@ -117,12 +120,13 @@ def _check_signatures(saved_model_dir: str, input_size) -> None:
         raise RuntimeError(f"export check failed: the two signatures disagree by {difference} on the same PNG")
 
 
-def stage_export(model, *, class_names, input_size) -> str:
+def stage_export(model, *, class_names, input_size, tta: str = "none") -> str:
     """A local temporary directory holding model as a SavedModel whose two signatures were loaded back and checked
     (no model_info.json yet). The caller removes it."""
     staging = tempfile.mkdtemp(prefix="catsdogs-export-")
     try:
-        build_archive(model, class_names=class_names, input_size=input_size).write_out(staging, verbose=False)
+        build_archive(model, class_names=class_names, input_size=input_size, tta=tta).write_out(staging,
+                                                                                                verbose=False)
         _check_signatures(staging, input_size)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -133,7 +137,7 @@ def stage_export(model, *, class_names, input_size) -> str:
 def publish_staged(staging: str, export_root: str, *, model_name: str, class_names, input_size,
                    metrics: dict | None = None, training_data: dict | None = None, promotion: dict | None = None,
                    version: str | None = None, move_latest: bool = True,
-                   expected=publish.FORWARD) -> publish.Published:
+                   expected=publish.FORWARD, tta: str = "none") -> publish.Published:
     """Writes model_info.json into a staged export and publishes it as a new version of export_root; moves
     `latest` to it (by publish.move_latest with `expected`) when move_latest. The version is `version`, or one newer
     than every version already there (a later one when another publisher takes it first). The result's `move` (None
@@ -142,7 +146,7 @@ def publish_staged(staging: str, export_root: str, *, model_name: str, class_nam
         "model_name": model_name, "class_names": [str(name) for name in class_names],
         "input_size": [int(v) for v in input_size], "files": file_hashes(staging), "metrics": metrics or {},
         "training_data": training_data or {}, "code_version": provenance.code_version(),
-        "created_at": provenance.utc_now(), "promotion": promotion,
+        "created_at": provenance.utc_now(), "promotion": promotion, "tta": tta,
     }
     if len(fields["class_names"]) != 2:
         raise ValueError(f"exactly two class names are supported, got {fields['class_names']}")
@@ -167,15 +171,15 @@ def publish_staged(staging: str, export_root: str, *, model_name: str, class_nam
 
 def export_model(model, export_root: str, *, class_names, input_size, model_name: str,
                  metrics: dict | None = None, training_data: dict | None = None,
-                 version: str | None = None) -> str:
+                 version: str | None = None, tta: str = "none") -> str:
     """Writes model as a SavedModel plus model_info.json, checks it loads, publishes it to <export_root>/<version>
     and moves `latest` forward to it, ungated (tests, benchmarks, a model of your own). Returns the published path
     or URI; raises PublishError when `latest` could not be moved to it."""
-    staging = stage_export(model, class_names=class_names, input_size=[int(v) for v in input_size])
+    staging = stage_export(model, class_names=class_names, input_size=[int(v) for v in input_size], tta=tta)
     try:
         published = publish_staged(staging, export_root, model_name=model_name, class_names=class_names,
                                    input_size=input_size, metrics=metrics, training_data=training_data,
-                                   version=version)
+                                   version=version, tta=tta)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if not published.move.moved:

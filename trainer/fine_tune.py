@@ -5,7 +5,9 @@ BatchNormalization layers stay in inference mode throughout, keeping the ImageNe
 import keras
 
 from trainer import config as config_lib
-from trainer import models
+from trainer import logger, models
+
+log = logger.get()
 
 
 class FreezeBackbone(keras.callbacks.Callback):
@@ -25,8 +27,7 @@ class FreezeBackbone(keras.callbacks.Callback):
             models.set_backbone_trainable(self.backbone, trainable, self.freeze_batch_norm)
             self.model.make_train_function(force=True)
             self.trainable = trainable
-            print(f"catsdogs-train: epoch {epoch + 1}: backbone {'trainable' if trainable else 'frozen'}",
-                  flush=True)
+            log.info(f"epoch {epoch + 1}: backbone {'trainable' if trainable else 'frozen'}")
 
 
 def prepare_fine_tuning(model, cfg: config_lib.TrainConfig, head_epochs: int) -> FreezeBackbone | None:

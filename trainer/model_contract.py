@@ -219,7 +219,8 @@ def format_model_info(info: dict) -> bytes:
 
 
 def build_model_info(*, version: str, model_name: str, class_names, input_size, files: dict, metrics: dict,
-                     training_data: dict, code_version: str, created_at: str, promotion: dict | None = None) -> dict:
+                     training_data: dict, code_version: str, created_at: str, promotion: dict | None = None,
+                     tta: str = "none") -> dict:
     info = {
         "format_version": FORMAT_VERSION,
         "model_version": version,
@@ -228,6 +229,7 @@ def build_model_info(*, version: str, model_name: str, class_names, input_size, 
         "input_size": list(input_size),
         "signatures": dict(SIGNATURES),
         "threshold": THRESHOLD,
+        "tta": tta,  # test-time augmentation inside the signatures: "none", or "flip" (photo and mirror image)
         "max_image_pixels": MAX_IMAGE_PIXELS,
         "metrics": metrics,
         "training_data": training_data,

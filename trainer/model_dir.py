@@ -11,7 +11,9 @@ CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.png"
+MISTAKES_FILE = "mistakes.png"  # the test photos the model gets most wrong
 BEST_WEIGHTS = "checkpoints/best.weights.h5"
+EMA_WEIGHTS = "checkpoints/ema.weights.h5"  # the moving average at the end of training (with --ema_momentum)
 BACKUP_DIR = "backup"
 EXPORT_DIR = "export"
 

@@ -149,10 +149,10 @@ def read_baseline(export_root: str, *, data_dir: str, split: str, image_size, cl
 
 
 def promote(model, *, export_root: str, data_dir: str, split: str, image_size, class_names, model_name: str,
-            metrics: dict, training_data: dict, gate: Gate) -> Outcome:
+            metrics: dict, training_data: dict, gate: Gate, tta: str = "none") -> Outcome:
     """Stages the export, gates it against `latest`, publishes it (moving `latest` only when blessed or forced)
     and logs every step. Returns the exit code and the record for metrics.json."""
-    staging = export.stage_export(model, class_names=class_names, input_size=image_size)
+    staging = export.stage_export(model, class_names=class_names, input_size=image_size, tta=tta)
     try:
         candidate = _summary(score_export(staging, data_dir=data_dir, split=split, image_size=image_size,
                                           class_names=class_names))
@@ -189,7 +189,7 @@ def promote(model, *, export_root: str, data_dir: str, split: str, image_size, c
         published = export.publish_staged(staging, export_root, model_name=model_name, class_names=class_names,
                                           input_size=image_size, metrics=metrics, training_data=training_data,
                                           promotion=promotion, move_latest=movable and (blessed or gate.force_publish),
-                                          expected=pointer)
+                                          expected=pointer, tta=tta)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return _report(published, promotion, export_root, pointer)

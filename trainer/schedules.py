@@ -1,12 +1,20 @@
-"""Learning-rate schedules, as functions of the optimizer's step counter (restored with the backup, so a resumed
-run continues the schedule where it stopped).
+"""Learning-rate schedules, and the time budget's clock.
 
-- `learning_rate_schedule`: linear warm-up to the peak, then cosine decay to 0 at the last step of --epochs.
+- `learning_rate_schedule` (no time budget): linear warm-up to the peak, then cosine decay to 0 at the last step of
+  --epochs.
+- `BudgetSchedule` (with --time_budget_minutes): the same warm-up, then cosine decay over the fraction of the budget
+  used, so the rate reaches 0 exactly when the budget ends (or at the last step of --epochs, whichever comes first):
+  a run anneals fully on a slow or busy machine too. `TimeBudget` measures that fraction before every step, writes
+  it where the schedule reads it, and stops training when it reaches 1.
 - `FineTuneSchedule`: a pretrained backbone's two phases: the new head alone at the peak, then the whole network
   at peak x --fine_tune_factor, cosine-decayed to 0.
+
+The step-based schedules read the optimizer's step counter and the budget's clock is saved with every backup
+(trainer/backup.py), so a resumed run continues its schedule where it stopped.
 """
 
 import math
+import time
 
 import keras
 
@@ -39,3 +47,61 @@ class FineTuneSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         return {"peak": self.peak, "warmup_steps": self.warmup_steps, "head_steps": self.head_steps,
                 "total_steps": self.total_steps, "factor": self.factor}
+
+
+class BudgetClock:
+    """Training time used, across restarts: the seconds recorded in the backup plus this process's training time."""
+
+    def __init__(self, budget_minutes: float | None):
+        self.budget_seconds = None if budget_minutes is None else budget_minutes * 60.0
+        self.seconds_before = 0.0  # restored from the backup
+        self.started = None
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return self.seconds_before + (0.0 if self.started is None else time.monotonic() - self.started)
+
+    def fraction_used(self) -> float:
+        return 0.0 if not self.budget_seconds else self.elapsed() / self.budget_seconds
+
+
+@keras.saving.register_keras_serializable(package="catsdogs")
+class BudgetSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to peak over warmup_steps, times a cosine over `progress` (0 -> 1, the fraction of the time
+    budget used, a variable TimeBudget sets before every step): 0 exactly when the budget ends."""
+
+    def __init__(self, peak: float, warmup_steps: int, progress):
+        self.peak, self.warmup_steps, self.progress = float(peak), int(warmup_steps), progress
+
+    def __call__(self, step):
+        ops = keras.ops
+        warm = ops.minimum(1.0, (ops.cast(step, "float32") + 1.0) / max(self.warmup_steps, 1))
+        fraction = ops.clip(ops.cast(ops.convert_to_tensor(self.progress), "float32"), 0.0, 1.0)
+        return self.peak * warm * 0.5 * (1.0 + ops.cos(math.pi * fraction))
+
+    def get_config(self):  # the progress variable is state, not config: it is set before every step
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "progress": 0.0}
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Before every step: progress = max(fraction of the budget used, fraction of --epochs' steps done), agreed by
+    every worker (`agree`: the mean across workers, so their rates and their last step match); training stops once
+    it reaches 1. That last step runs at rate 0."""
+
+    def __init__(self, clock: BudgetClock, progress, total_steps: int, agree=float):
+        super().__init__()
+        self.clock, self.progress, self.total_steps, self.agree = clock, progress, max(int(total_steps), 1), agree
+        self.stopped = False
+
+    def on_train_begin(self, logs=None):
+        self.clock.start()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        steps_done = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        fraction = self.agree(max(self.clock.fraction_used(), steps_done / self.total_steps))
+        self.progress.assign(min(fraction, 1.0))
+        if fraction >= 1.0 and not self.model.stop_training:
+            self.stopped = True
+            self.model.stop_training = True

@@ -1,12 +1,13 @@
 """Train, evaluate and export a cats-vs-dogs classifier from a preprocessed TFRecord dataset.
 
 `run()` is the list of steps: read the dataset's metadata.json -> choose the distribution strategy
-(trainer/distribute.py) -> check <model_dir>/config.json -> plan the run (batch, learning rate, steps) -> find the
-backup to resume from (trainer/backup.py) -> write config.json -> input pipelines (trainer/data.py) -> build and
-compile the model (trainer/models.py, trainer/schedules.py) -> fit with early stopping, best checkpoint, TensorBoard,
-history.csv and backups -> evaluate the best weights on the test split (metrics.json, report.png) -> export the
-SavedModel, gate it against the current `latest` and publish it to <export_dir>/<version>, moving `latest` only when
-blessed (trainer/promotion.py).
+(trainer/distribute.py) -> check <model_dir>/config.json -> plan the run (trainer/plan.py: batch, learning rate,
+steps) -> find the backup to resume from (trainer/backup.py) -> write config.json -> input pipelines
+(trainer/data.py) -> build and compile the model (trainer/models.py, learning rate from trainer/schedules.py) -> fit
+with the time budget (or early stopping), best checkpoint, TensorBoard, history.csv and backups -> on the chief:
+choose the weights, evaluate them on the test split as served, write metrics.json, report.png and mistakes.png,
+export, gate it against the current `latest` and publish it to <export_dir>/<version>, moving `latest` only when
+blessed (trainer/final_model.py, trainer/promotion.py).
 
     python -m trainer.train --data_dir work/data --model_dir work/model            # or: catsdogs-train ...
     python -m trainer.train --data_dir work/data --model_dir work/seed --model seed_cnn --epochs 15
@@ -18,8 +19,8 @@ same model_dir is refused. A run that already finished (its metrics.json records
 repeated: it exits as it did.
 
 Exit status: 0 success, 2 usage or config error, 3 damaged dataset, 4 model not blessed by the promotion gate (kept
-under export/, `latest` unchanged), 5 lost a worker of a multi-worker run (restart
-every worker to resume from the backup), 143 interrupted by SIGTERM (re-run to resume).
+under export/, `latest` unchanged), 5 lost a worker of a multi-worker run (restart every worker to resume from the
+backup), 143 interrupted by SIGTERM (re-run to resume).
 
 Cost, measured on the 2-core development CPU: the default resnet_lite (width 32, depth 2) at 128x128 trains ~200
 images/s with the real input pipeline, ~90 s per epoch of pets-180's 18,368 training images, so the default 40
@@ -30,18 +31,32 @@ validation at 128x128: about 1 GB).
 
 import dataclasses
 import importlib.util
-import math
 import shutil
 import sys
-import tempfile
 import time
 
 import keras
 import tensorflow as tf
 
-from trainer import backup, data, distribute, evaluate, fine_tune, model_dir, models, promotion, provenance, schedules
+from trainer import (
+    backup,
+    data,
+    distribute,
+    final_model,
+    fine_tune,
+    logger,
+    model_dir,
+    models,
+    promotion,
+    provenance,
+    schedules,
+)
 from trainer import config as config_lib
+from trainer import plan as plans
 from trainer.paths import join, write_json
+from trainer.plan import Outputs, Plan
+
+log = logger.get()
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # a bad flag, a missing dataset, another run's model_dir, an unusable backup
@@ -50,57 +65,29 @@ EXIT_LOST_WORKER = distribute.EXIT_LOST_WORKER  # 5: a multi-worker peer is gone
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what Kubernetes expects from a process it terminated
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """What a run derives from its config, the dataset and the placement; recorded in config.json."""
-
-    image_size: list  # the dataset's (h, w)
-    network_size: list  # the (h, w) the network works at
-    class_names: list
-    global_batch: int
-    peak_rate: float
-    train_count: int
-    validation_count: int
-    steps_per_epoch: int
-    warmup_steps: int
-    total_steps: int
-    head_epochs: int
-    cache: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class Outputs:
-    """Where this process writes: the chief into model_dir, other workers into a temp dir of their own."""
-
-    out_dir: str
-    backup_dir: str  # the chief's: every worker resumes from it
-    history: str
-    best_weights: str
-
-
 def main(argv=None) -> int:
     cfg = config_lib.parse_args(argv)
     try:
         return run(cfg)
     except (data.DatasetMissing, model_dir.ConfigMismatch, backup.BackupUnusable, FileNotFoundError) as error:
-        print(f"catsdogs-train: {error}", file=sys.stderr, flush=True)
+        log.error(str(error))
         return EXIT_USAGE
     except distribute.LostWorker as error:
-        print(f"catsdogs-train: {error}", file=sys.stderr, flush=True)
+        log.error(str(error))
         return EXIT_LOST_WORKER
     except tf.errors.DataLossError as error:
         # A record failed its CRC: stop rather than train on damaged data (records are never skipped), and name
         # the files, which TensorFlow's message does not.
         damaged = data.corrupt_shards(cfg.data_dir)
         where = "; ".join(f"{path}: {message}" for path, message in sorted(damaged.items())) or error.message
-        print(f"catsdogs-train: the dataset in {cfg.data_dir} is damaged (TFRecord CRC mismatch: {where}). Training "
-              f"stopped instead of learning from wrong data; re-run preprocessing into a new DATASET (or restore "
-              f"the damaged shards from a copy), then train again.", file=sys.stderr, flush=True)
+        log.error(f"the dataset in {cfg.data_dir} is damaged (TFRecord CRC mismatch: {where}). Training stopped "
+                  f"instead of learning from wrong data; re-run preprocessing into a new DATASET (or restore the "
+                  f"damaged shards from a copy), then train again.")
         return EXIT_DAMAGED_DATA
 
 
 def run(cfg: config_lib.TrainConfig) -> int:
-    stop = backup.StopRequest(cfg.time_budget_minutes)
+    stop = backup.StopRequest()
     stop.install()
     metadata = data.read_metadata(cfg.data_dir)
     placement = distribute.choose(cfg.mixed_precision)  # first: MultiWorkerMirroredStrategy must precede any TF work
@@ -108,11 +95,11 @@ def run(cfg: config_lib.TrainConfig) -> int:
     previous = model_dir.check_config(cfg.model_dir, cfg.to_dict())
     finished = promotion.recorded_exit_code(join(cfg.model_dir, model_dir.METRICS_FILE)) if previous else None
     if finished is not None:
-        print(f"catsdogs-train: {cfg.model_dir} already holds a finished run with this config (its metrics.json "
-              f"records the promotion decision); nothing to do, exiting {finished} as it did", flush=True)
+        log.info(f"{cfg.model_dir} already holds a finished run with this config (its metrics.json records the "
+                 f"promotion decision); nothing to do, exiting {finished} as it did")
         return finished
-    plan = plan_run(cfg, metadata, placement)
-    outputs = prepare_outputs(cfg, placement)
+    plan = plans.plan_run(cfg, metadata, placement)
+    outputs = plans.prepare_outputs(cfg, placement)
     resume_epoch = backup.backup_epoch(outputs.backup_dir)
     earlier_history = backup.keep_history_before(outputs.history, resume_epoch) if placement.is_chief else []
     if placement.is_chief:
@@ -122,60 +109,38 @@ def run(cfg: config_lib.TrainConfig) -> int:
 
     keras.utils.set_random_seed(cfg.seed)
     train_data, validation_data = input_pipelines(cfg, plan, placement)
-    model, freeze = build_model(cfg, plan, placement)
+    model, freeze, progress = build_model(cfg, plan, placement)
     monitor = "val_loss" if validation_data is not None else "loss"
-    backups = backup.ResumableBackup(outputs.backup_dir, cfg.backup_every_steps, stop,
+    clock = schedules.BudgetClock(cfg.time_budget_minutes)
+    budget = (schedules.TimeBudget(clock, progress, plan.total_steps, agree=distribute.agreement(placement))
+              if cfg.time_budget_minutes else None)
+    backups = backup.ResumableBackup(outputs.backup_dir, cfg.backup_every_steps, stop, clock=clock,
                                      write_dir=None if placement.is_chief else join(outputs.out_dir, "backup"))
     with distribute.watch_workers(placement, cfg.worker_timeout_minutes) as watch_callbacks:
-        callbacks = watch_callbacks + make_callbacks(cfg, outputs, monitor, earlier_history, freeze, backups)
+        callbacks = watch_callbacks + make_callbacks(cfg, outputs, monitor, earlier_history, freeze, budget, backups)
         try:
             trained = fit_model(model, cfg, plan, placement, train_data, validation_data, callbacks, stop)
         except backup.Interrupted as interruption:
-            print(f"catsdogs-train: {interruption}; run the same command again to resume", file=sys.stderr,
-                  flush=True)
+            log.warning(f"{interruption}; run the same command again to resume")
             return EXIT_INTERRUPTED
         if not placement.is_chief:
             distribute.barrier(placement)
             shutil.rmtree(outputs.out_dir, ignore_errors=True)
             return EXIT_OK
-        stopped_by = backups.stopped_by or ("early_stopping" if resume_epoch + trained.epochs < cfg.epochs
-                                            else "epochs")
-        metrics, labels, probabilities = evaluate_best(model, cfg, plan, metadata, outputs, monitor)
+        stopped_by = ("time_budget" if budget is not None and budget.stopped else
+                      "early_stopping" if resume_epoch + trained.epochs < cfg.epochs else "epochs")
+        chosen = final_model.choose_weights(model, cfg, plan, outputs, validation_data)
+        serving = final_model.float32_copy(model, cfg, plan.image_size)
+        metrics, labels, probabilities = final_model.evaluate_on_test(serving, cfg, plan, metadata, outputs, monitor)
+        metrics.update(chosen)
         metrics.update(training_facts(trained, plan, placement, stopped_by))
-        write_reports(cfg, plan, outputs, metrics, labels, probabilities)
-        outcome = export_and_promote(model, cfg, plan, metadata, metrics)
+        final_model.write_reports(cfg, plan, outputs, metrics, labels, probabilities)
+        outcome = final_model.export_and_promote(serving, cfg, plan, metadata, metrics)
         if tf.io.gfile.exists(outputs.backup_dir):
             tf.io.gfile.rmtree(outputs.backup_dir)  # the run is complete: a restart must not resume it
         distribute.barrier(placement)
     summarize(cfg, metrics, trained.seconds, outputs, outcome.uri)
     return outcome.exit_code
-
-
-def plan_run(cfg: config_lib.TrainConfig, metadata: dict, placement: distribute.Placement) -> Plan:
-    image_size = [int(v) for v in metadata["image_size"]]
-    train_count, validation_count = data.split_size(metadata, "train"), data.split_size(metadata, "validation")
-    if train_count == 0:
-        raise data.DatasetMissing(f"{cfg.data_dir} has no training examples (metadata counts: {metadata['counts']})")
-    global_batch = cfg.batch_size * placement.num_replicas
-    steps_per_epoch = max(1, math.ceil(train_count / global_batch))
-    if cfg.steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
-    network_size = cfg.model_input_size(image_size)
-    return Plan(
-        image_size=image_size, network_size=network_size, class_names=list(metadata["class_names"]),
-        global_batch=global_batch, peak_rate=distribute.scaled_learning_rate(cfg.learning_rate, placement.num_replicas),
-        train_count=train_count, validation_count=validation_count, steps_per_epoch=steps_per_epoch,
-        warmup_steps=round(cfg.warmup_epochs * steps_per_epoch), total_steps=cfg.epochs * steps_per_epoch,
-        head_epochs=cfg.head_only_epochs(),
-        cache=data.should_cache(cfg.cache, metadata, ("train", "validation"), cfg.cache_limit_mb, size=network_size))
-
-
-def prepare_outputs(cfg: config_lib.TrainConfig, placement: distribute.Placement) -> Outputs:
-    # Only the chief writes into model_dir; other workers write their copies of logs and checkpoints to a temp dir.
-    out_dir = cfg.model_dir if placement.is_chief else tempfile.mkdtemp(prefix="catsdogs-worker-")
-    tf.io.gfile.makedirs(join(out_dir, "checkpoints"))
-    return Outputs(out_dir=out_dir, backup_dir=join(cfg.model_dir, model_dir.BACKUP_DIR),
-                   history=join(out_dir, model_dir.HISTORY_FILE), best_weights=join(out_dir, model_dir.BEST_WEIGHTS))
 
 
 def resolved_config(cfg, plan: Plan, placement, metadata: dict, previous: dict | None, resume_epoch: int) -> dict:
@@ -204,13 +169,17 @@ def resolved_config(cfg, plan: Plan, placement, metadata: dict, previous: dict |
 
 def announce(cfg, plan: Plan, placement, resume_epoch: int) -> None:
     height, width = plan.network_size
-    print(f"catsdogs-train: {cfg.model} at {height}x{width} on {plan.image_size[0]}x{plan.image_size[1]} "
-          f"images, {placement.kind} strategy, "
-          f"{placement.num_replicas} replica(s), global batch {plan.global_batch}, peak lr {plan.peak_rate:g}, "
-          f"mixed precision {'on' if placement.mixed_precision else 'off'}, {plan.steps_per_epoch} steps/epoch, "
-          f"cache {'on' if plan.cache else 'off'}", flush=True)
+    log.info(f"{cfg.model} at {height}x{width} on {plan.image_size[0]}x{plan.image_size[1]} images, "
+             f"{placement.kind} strategy, {placement.num_replicas} replica(s), global batch {plan.global_batch}, "
+             f"peak lr {plan.peak_rate:g}, mixed precision {'on' if placement.mixed_precision else 'off'}, "
+             f"{plan.steps_per_epoch} steps/epoch, cache {'on' if plan.cache else 'off'}")
+    log.info(f"training on {', '.join(placement.devices)}"
+             + (f" (worker {placement.task_id} of {placement.num_workers})" if placement.multi_worker else ""))
+    if cfg.time_budget_minutes:
+        log.info(f"time budget {cfg.time_budget_minutes:g} min: the learning rate decays to 0 when it is used "
+                 f"(or after {cfg.epochs} epochs); early stopping off")
     if resume_epoch:
-        print(f"catsdogs-train: resuming from backup at epoch {resume_epoch} (of {cfg.epochs})", flush=True)
+        log.info(f"resuming from backup at epoch {resume_epoch} (of {cfg.epochs})")
 
 
 def input_pipelines(cfg, plan: Plan, placement):
@@ -229,34 +198,49 @@ def input_pipelines(cfg, plan: Plan, placement):
 
 
 def build_model(cfg, plan: Plan, placement):
-    """(compiled model, the fine-tuning callback or None), built inside the strategy's scope."""
+    """(compiled model, the fine-tuning callback or None, the time budget's progress variable), built inside the
+    strategy's scope. The learning rate follows the time budget when there is one (schedules.BudgetSchedule),
+    else the epochs; a backbone's fine-tuning schedule is in steps either way."""
     with placement.strategy.scope():
         model = models.build_model(cfg, plan.image_size)
+        progress = keras.Variable(0.0, dtype="float32", trainable=False, name="budget_progress")
         if plan.head_epochs:
             schedule = schedules.FineTuneSchedule(plan.peak_rate, plan.warmup_steps,
                                                   plan.head_epochs * plan.steps_per_epoch, plan.total_steps,
                                                   cfg.fine_tune_factor)
+        elif cfg.time_budget_minutes:
+            schedule = schedules.BudgetSchedule(plan.peak_rate, plan.warmup_steps, progress)
         else:
             schedule = schedules.learning_rate_schedule(plan.peak_rate, plan.warmup_steps, plan.total_steps)
         compile_model(model, cfg, schedule)
         freeze = fine_tune.prepare_fine_tuning(model, cfg, plan.head_epochs)
-    return model, freeze
+    return model, freeze, progress
 
 
 def compile_model(model, cfg: config_lib.TrainConfig, schedule) -> None:
+    # With use_ema, Keras keeps the average in the optimizer (saved with every backup) and writes it into the model's
+    # trainable weights when fit ends (finalize_variable_values).
+    ema = {"use_ema": bool(cfg.ema_momentum), "ema_momentum": cfg.ema_momentum or 0.99}
     if models.uses_plain_adam(cfg):
-        optimizer = keras.optimizers.Adam(schedule)
+        optimizer = keras.optimizers.Adam(schedule, **ema)
     else:
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay, **ema)
     model.compile(optimizer=optimizer,
                   loss=keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing),
                   metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")])
 
 
-def make_callbacks(cfg, outputs: Outputs, monitor: str, earlier_history: list, freeze, backups) -> list:
+class EpochLogger(keras.callbacks.CSVLogger):
+    """history.csv with epochs numbered from 1, as the log ("Epoch 1/40") and report.png count them."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch + 1, logs)
+
+
+def make_callbacks(cfg, outputs: Outputs, monitor: str, earlier_history: list, freeze, budget, backups) -> list:
     best_so_far = min((row[monitor] for row in earlier_history if monitor in row), default=None)
     callbacks = [
-        keras.callbacks.CSVLogger(outputs.history, append=True),
+        EpochLogger(outputs.history, append=True),
         keras.callbacks.ModelCheckpoint(outputs.best_weights, monitor=monitor, save_best_only=True,
                                         save_weights_only=True, initial_value_threshold=best_so_far),
         backups,  # last: an epoch's history row and checkpoint are written before its backup
@@ -265,9 +249,11 @@ def make_callbacks(cfg, outputs: Outputs, monitor: str, earlier_history: list, f
         callbacks.insert(-1, keras.callbacks.TensorBoard(join(outputs.out_dir, "logs"), update_freq="epoch",
                                                          profile_batch=0))
     else:
-        print("catsdogs-train: the tensorboard package is not installed: no TensorBoard logs "
-              "(pip install tensorboard to get them); history.csv and report.png still record the curves", flush=True)
-    if cfg.early_stopping_patience:
+        log.warning("the tensorboard package is not installed: no TensorBoard logs (pip install tensorboard to get "
+                    "them); history.csv and report.png still record the curves")
+    if budget is not None:
+        callbacks.insert(0, budget)
+    elif cfg.early_stopping_patience:  # with a budget the rate anneals to its end: noise must not cut that short
         callbacks.insert(0, keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.early_stopping_patience))
     if freeze is not None:
         callbacks.insert(0, freeze)
@@ -306,68 +292,17 @@ def training_facts(trained: Trained, plan: Plan, placement, stopped_by: str) -> 
     }
 
 
-def evaluate_best(model, cfg, plan: Plan, metadata: dict, outputs: Outputs, monitor: str):
-    """(metrics, labels, probabilities) of the best checkpoint on the test split (validation when there is none)."""
-    if tf.io.gfile.exists(outputs.best_weights):
-        model.load_weights(outputs.best_weights)
-    split = "test" if data.split_size(metadata, "test") else "validation"
-    batches = data.make_dataset(cfg.data_dir, split, training=False, image_size=plan.image_size,
-                                batch_size=plan.global_batch)
-    labels, probabilities = evaluate.predict(model, batches)
-    metrics = evaluate.compute_metrics(labels, probabilities, plan.class_names)
-    history = evaluate.read_history(outputs.history)
-    metrics.update({
-        "split": split,
-        "model": cfg.model,
-        "epochs_completed": int(history[-1]["epoch"]) + 1 if history else 0,
-        "best_" + monitor: min((row[monitor] for row in history if monitor in row), default=None),
-    })
-    return metrics, labels, probabilities
-
-
-def write_reports(cfg, plan: Plan, outputs: Outputs, metrics: dict, labels, probabilities) -> None:
-    evaluate.write_metrics(join(cfg.model_dir, model_dir.METRICS_FILE), metrics)
-    height, width = plan.network_size
-    evaluate.write_report(join(cfg.model_dir, model_dir.REPORT_FILE), evaluate.read_history(outputs.history),
-                          metrics, labels, probabilities, title=f"{cfg.model} at {height}x{width}: {cfg.model_dir}")
-
-
-def float32_copy(model, cfg: config_lib.TrainConfig, image_size):
-    """The trained model rebuilt in float32, outside any strategy: what gets exported and served."""
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        copy = models.build_model(dataclasses.replace(cfg, weights=None), image_size)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def export_and_promote(model, cfg, plan: Plan, metadata: dict, metrics: dict) -> promotion.Outcome:
-    """Exports the model, then publishes it as `latest` only when the promotion gate blesses it; metrics.json records
-    the decision (and the exit code a re-run of this finished run returns)."""
-    fine_tune.unfreeze_for_export(model)
-    outcome = promotion.promote(
-        float32_copy(model, cfg, plan.image_size), export_root=cfg.export_dir or join(cfg.model_dir,
-                                                                                      model_dir.EXPORT_DIR),
-        data_dir=cfg.data_dir, split=metrics["split"], image_size=plan.image_size, class_names=plan.class_names,
-        model_name=cfg.model, metrics=metrics, training_data=data.lineage(metadata),
-        gate=promotion.Gate(cfg.min_accuracy, cfg.min_roc_auc, cfg.max_regression, cfg.force_publish))
-    evaluate.write_metrics(join(cfg.model_dir, model_dir.METRICS_FILE), {**metrics, "promotion": outcome.record})
-    return outcome
-
-
 def summarize(cfg, metrics: dict, train_seconds: float, outputs: Outputs, published: str) -> None:
     def fmt(value):
         return "n/a" if value is None else f"{value:.4f}"
 
-    print(f"catsdogs-train: done in {train_seconds / 60:.1f} min of training ({metrics['stopped_by']}); "
-          f"{metrics['split']} accuracy {fmt(metrics['accuracy'])}, precision {fmt(metrics['precision'])}, "
-          f"recall {fmt(metrics['recall'])}, ROC AUC {fmt(metrics['roc_auc'])}, log loss {fmt(metrics['log_loss'])} "
-          f"on {metrics['examples']} images", flush=True)
-    print(f"catsdogs-train: metrics {join(cfg.model_dir, model_dir.METRICS_FILE)}, report "
-          f"{join(cfg.model_dir, model_dir.REPORT_FILE)}, history {outputs.history}, export {published}", flush=True)
+    log.info(f"done in {train_seconds / 60:.1f} min of training ({metrics['stopped_by']}); {metrics['split']} "
+             f"accuracy {fmt(metrics['accuracy'])}, precision {fmt(metrics['precision'])}, recall "
+             f"{fmt(metrics['recall'])}, ROC AUC {fmt(metrics['roc_auc'])}, log loss {fmt(metrics['log_loss'])} on "
+             f"{metrics['examples']} images")
+    written = (join(cfg.model_dir, name) for name in (model_dir.METRICS_FILE, model_dir.REPORT_FILE,
+                                                       model_dir.MISTAKES_FILE))
+    log.info("metrics {}, report {}, mistakes {}".format(*written) + f", history {outputs.history}, export {published}")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ import threading
 
 import pytest
 
-from beam_pipelines import preflight, preprocess, score
+from beam_pipelines import preprocess, score
 from tests.beam_pipelines.test_score import export_tiny_model
 from tests.corpus import write_easy_dataset
+from trainer import credentials
 
 
 @pytest.fixture
@@ -34,7 +35,6 @@ def silent_endpoint(monkeypatch):
     thread.start()
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.getsockname()[1]}")
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "catsdogs-test")
-    monkeypatch.setattr(preflight.storage, "_local", threading.local())  # no client made for another endpoint
     yield
     stop.set()
     thread.join()
@@ -49,14 +49,14 @@ def test_an_unreachable_bucket_fails_the_scoring_launch_within_its_deadline_nami
         score.run(["--runner", "DirectRunner", "--model", "gs://models/export", "--input", "gs://images/incoming/",
                    "--output_dir", str(tmp_path / "scores")])
     message = str(failure.value)
-    assert failure.value.code == 2 and f"no answer within {preflight.REACH_SECONDS:g} s" in message
+    assert failure.value.code == 2 and f"no answer within {credentials.REACH_SECONDS:g} s" in message
     for cause in ("Application Default Credentials", "Workload Identity", "STORAGE_EMULATOR_HOST"):
         assert cause in message
     assert not (tmp_path / "scores").exists()
 
 
 def test_preprocessing_checks_its_gcs_output_the_same_way(silent_endpoint, monkeypatch, tmp_path):
-    monkeypatch.setattr(preflight, "REACH_SECONDS", 2.0)
+    monkeypatch.setattr(credentials, "REACH_SECONDS", 2.0)
     write_easy_dataset(tmp_path / "in", per_class=1, size=16)
     with pytest.raises(SystemExit, match=r"cannot reach gs://datasets \(no answer within 2 s\)") as failure:
         preprocess.run([f"--input={tmp_path / 'in'}", "--output_dir=gs://datasets/pets", "--runner=DirectRunner"])

@@ -112,9 +112,9 @@ MUTATIONS = [
       R + "test_odd_names.py::test_preprocessing_carries_names_that_are_not_utf8_into_valid_records_and_grows_the_"
           "dataset_over_them", "joining a grown folder with the dataset on the path's bytes"),
     # ---- transient GCS errors and ambiguous writes
-    M("gcs_retry", "beam_pipelines/storage.py", "_retry", "return DEFAULT_RETRY.with_timeout(",
-      "return None and (", R + "test_transient_io.py", "google-cloud-storage's retry policy on every GCS call"),
-    M("preflight_retry", "beam_pipelines/preflight.py", "check_reachable", "retry=storage._retry(seconds)",
+    M("gcs_retry", "beam_pipelines/storage.py", "_retry", "return DEFAULT_RETRY.with_timeout(RETRY_SECONDS)",
+      "return None", R + "test_transient_io.py", "google-cloud-storage's retry policy on every GCS call"),
+    M("preflight_retry", "trainer/credentials.py", "check_reachable", "retry=DEFAULT_RETRY.with_timeout(seconds)",
       "retry=None", R + "test_transient_io.py::test_transient_gcs_errors_are_retried_and_a_deleted_object_is_dead_"
                         "lettered", "retrying a transient error while checking at launch that a bucket is reachable"),
     M("gcs_publish_own_write", "trainer/publish.py", "_upload", "if _same_content(blob, path):", "if False:",
@@ -181,6 +181,20 @@ MUTATIONS = [
       "if idle < self.timeout_seconds:\n                continue", "if True:\n                continue",
       R + "test_lost_worker.py::test_the_watchdog_ends_a_process_whose_steps_stopped",
       "the watchdog for a worker stuck without a step"),
+    M("budget_schedule", "trainer/schedules.py", "TimeBudget.on_train_batch_begin",
+      "self.progress.assign(min(fraction, 1.0))", "pass",
+      "tests/trainer/test_schedules.py::test_time_budget_anneals_to_zero_and_stops_exactly_when_the_budget_is_used",
+      "the learning rate following the time budget"),
+    M("no_early_stop_in_budget", "trainer/train.py", "make_callbacks", "elif cfg.early_stopping_patience:",
+      "if cfg.early_stopping_patience:",
+      "tests/trainer/test_train.py::test_early_stopping_never_cuts_a_budget_run_short",
+      "early stopping off while the budget schedule anneals"),
+    M("flip_tta", "trainer/export.py", "build_archive.predict", 'if tta == "flip":', "if False:",
+      "tests/trainer/test_export.py::test_flip_tta_serves_the_mean_of_the_photo_and_its_mirror_image",
+      "flip test-time augmentation in the export"),
+    M("no_abbreviated_flags", "trainer/config.py", "build_parser", "allow_abbrev=False,", "allow_abbrev=True,",
+      "tests/trainer/test_config.py::test_unknown_and_abbreviated_flags_exit_2_with_a_suggestion",
+      "refusing abbreviated flags (--epoch 1 taken for --epochs)"),
     # ---- models: provenance and promotion
     M("model_checksums", "beam_pipelines/model_handler.py", "check_model", "verify_files(model_dir, info)", "pass",
       R + "test_untrusted_models.py::test_a_valid_model_with_swapped_weights_is_refused_by_its_checksums",

@@ -73,8 +73,8 @@ def test_a_corrupt_latest_backup_falls_back_to_the_previous_one_and_two_corrupt_
     resumed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "the latest backup is unusable" in resumed.stderr and "truncated or corrupt" in resumed.stderr
-    assert f"resuming from backup at epoch {previous_epoch} (of 3)" in resumed.stdout
+    assert f"resuming from backup at epoch {previous_epoch} (of 3)" in resumed.stderr
     epochs_run = [line for line in resumed.stdout.splitlines() if line.startswith("Epoch ")]
     assert epochs_run[0] == f"Epoch {previous_epoch + 1}/3"
-    assert [row["epoch"] for row in history(model_dir)] == [0, 1, 2]
+    assert [row["epoch"] for row in history(model_dir)] == [1, 2, 3]
     assert (model_dir / "metrics.json").exists()

@@ -53,7 +53,7 @@ def test_a_worse_model_is_not_published_and_the_trainer_exits_4(dataset, tmp_pat
 
     # Run again (a Job retry): nothing is trained or published again, and the exit status says the same.
     assert run_trainer(dataset, tmp_path / "model", root) == promotion.EXIT_NOT_BLESSED
-    assert "already holds a finished run" in capsys.readouterr().out
+    assert "already holds a finished run" in capsys.readouterr().err
     assert publish.list_versions(str(root)) == ["1700000000", recorded["version"]]
 
 

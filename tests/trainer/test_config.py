@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -50,3 +51,31 @@ def test_cli_reports_every_problem_and_exits_2(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--epochs must be an integer >= 1" in err and "--model 'nope' is unknown" in err
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["--epoch", "1"], "did you mean --epochs?"),  # an abbreviation is refused, not taken for --epochs
+    (["--learning_rat", "0.1"], "did you mean --learning_rate?"),
+    (["--batchsize=8"], "did you mean --batch_size?"),
+    (["--colour", "red"], "see catsdogs-train --help"),
+])
+def test_unknown_and_abbreviated_flags_exit_2_with_a_suggestion(argv, hint, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        config.parse_args(["--data_dir", "d", "--model_dir", "m", *argv])
+    assert exit_info.value.code == config.EXIT_USAGE == 2
+    err = capsys.readouterr().err
+    assert f"unrecognized argument {argv[0]!r}" in err and hint in err
+
+
+def test_help_lists_every_flag_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        config.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for field in dataclasses.fields(config.TrainConfig):
+        assert f"--{field.name}" in text
+    assert "--epochs INT maximum epochs" in text and "(default: 40)" in text
+    assert "--augment [{true,false}]" in text and "(default: true)" in text
+    budget_help = text.split("--time_budget_minutes FLOAT minutes of training")[1].split(" --steps_per_epoch")[0]
+    assert budget_help.endswith("(default: none)")
+    assert "--data_dir TEXT" in text and "(required)" in text

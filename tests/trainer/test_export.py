@@ -150,3 +150,21 @@ def test_bytes_and_pillow_pixels_agree_on_real_photos(shared_data, tmp_path):
     assert len(by_bytes) == len(photos) == 50
     assert np.ptp(by_pixels) > 0.02, "the model should not answer the same for every photo"
     assert difference.max() < 0.05
+
+
+def test_flip_tta_serves_the_mean_of_the_photo_and_its_mirror_image(tmp_path):
+    model = tiny_model()
+    pixels = np.stack([easy_pixels(label, seed, SIZE) for label, seed in ((0, 1), (1, 2), (1, 3))])
+    published = export.export_model(model, str(tmp_path / "export"), class_names=["cat", "dog"],
+                                    input_size=[SIZE, SIZE], model_name="tiny", version="2", tta="flip")
+    info = json.loads((tmp_path / "export" / "2" / publish.MODEL_INFO).read_text())
+    assert info["tta"] == "flip"
+    files = [tmp_path / f"{i}.png" for i in range(len(pixels))]
+    for path, image in zip(files, pixels, strict=True):
+        path.write_bytes(encode(image, "PNG"))
+    scored = score_in_fresh_process(published, files, pixels=pixels, tmp_path=tmp_path)
+    plain = model.predict(pixels.astype("float32"), verbose=0).reshape(-1)
+    mirrored = model.predict(pixels[:, :, ::-1].astype("float32"), verbose=0).reshape(-1)
+    assert not np.allclose(plain, mirrored, atol=1e-3)  # the mirror image really scores differently
+    np.testing.assert_allclose(scored["pixels_probability"], (plain + mirrored) / 2, atol=1e-5)
+    np.testing.assert_allclose(scored["bytes_probability"], (plain + mirrored) / 2, atol=1e-5)

@@ -80,7 +80,7 @@ def test_the_trainer_fine_tunes_a_backbone_from_a_weights_file(weights_file, tmp
     assert train.main(["--data_dir", str(dataset), "--model_dir", str(model_dir), "--model", BACKBONE,
                        "--weights", str(weights_file), "--epochs", "3", "--batch_size", "8",
                        "--learning_rate", "0.001", *NO_GATE]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "epoch 3: backbone trainable" in out  # the default with --weights: two head-only epochs
     resolved = json.loads((model_dir / "config.json").read_text())
     assert resolved["head_only_epochs"] == 2

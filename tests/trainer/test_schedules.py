@@ -1,5 +1,8 @@
-"""Learning-rate schedules: values at the points that define them."""
+"""Learning-rate schedules: values at the points that define them; the time budget drives its schedule and stops
+training once used."""
 
+import keras
+import numpy as np
 import pytest
 
 from trainer import schedules
@@ -27,3 +30,41 @@ def test_fine_tune_schedule_head_at_the_peak_then_the_whole_network_lower():
     assert warm == pytest.approx(0.005) and head == pytest.approx(0.01)
     assert switch == pytest.approx(0.001) and middle == pytest.approx(0.0005) and end == pytest.approx(0, abs=1e-9)
     assert schedules.FineTuneSchedule(**schedule.get_config()).get_config() == schedule.get_config()
+
+
+def test_budget_schedule_follows_the_fraction_of_the_budget_used():
+    progress = keras.Variable(0.0, trainable=False)
+    schedule = schedules.BudgetSchedule(0.01, warmup_steps=10, progress=progress)
+    assert float(schedule(0)) == pytest.approx(0.001) and float(schedule(9)) == pytest.approx(0.01)
+    for fraction, expected in ((0.5, 0.005), (1.0, 0.0), (1.5, 0.0)):
+        progress.assign(fraction)
+        assert float(schedule(1000)) == pytest.approx(expected, abs=1e-9)
+
+
+class FakeClock(schedules.BudgetClock):
+    """A budget of 10 "minutes" in which each step costs one minute: no sleeping, no timing."""
+
+    def __init__(self):
+        super().__init__(budget_minutes=10)
+        self.minutes = 0
+
+    def elapsed(self):
+        return self.minutes * 60.0
+
+
+def test_time_budget_anneals_to_zero_and_stops_exactly_when_the_budget_is_used():
+    clock, progress, rates = FakeClock(), keras.Variable(0.0, trainable=False), []
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(schedules.BudgetSchedule(0.1, warmup_steps=0, progress=progress)),
+                  loss="mse")
+
+    class Step(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            rates.append(float(model.optimizer.learning_rate))
+            clock.minutes += 1
+
+    budget = schedules.TimeBudget(clock, progress, total_steps=1000)
+    fit = model.fit(np.zeros((4, 2)), np.zeros((4, 1)), batch_size=1, epochs=100, verbose=0, callbacks=[budget, Step()])
+    assert budget.stopped and len(rates) == 11 and len(fit.epoch) == 3  # steps at 0..10 "minutes"
+    assert rates[0] == pytest.approx(0.1) and rates[5] == pytest.approx(0.05) and rates[-1] == pytest.approx(0)
+    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))

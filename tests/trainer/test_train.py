@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.trainer.datasets import REPO, run_python, write_dataset
-from trainer import backup, publish, train
+from trainer import backup, plan, publish, train
 
 pytestmark = pytest.mark.slow
 
@@ -46,11 +46,13 @@ def test_default_model_learns_the_easy_task_and_writes_every_output(dataset, tmp
     assert metrics["split"] == "test" and metrics["examples"] == 32
     assert metrics["accuracy"] >= 0.85, metrics  # chance is 0.5; typically 0.95-1.0 here
     rows = history(model_dir)
-    assert [row["epoch"] for row in rows] == list(range(len(rows))) and rows[-1]["loss"] < rows[0]["loss"]
+    assert [row["epoch"] for row in rows] == list(range(1, len(rows) + 1))  # counted as the log counts them
+    assert rows[-1]["loss"] < rows[0]["loss"] and metrics["epochs_completed"] == len(rows)
     resolved = json.loads((model_dir / "config.json").read_text())
     assert resolved["config"]["model"] == "resnet_lite" and resolved["code_version"]
     assert resolved["placement"]["num_replicas"] == 1 and resolved["global_batch_size"] == 16
     assert (model_dir / "report.png").stat().st_size > 10_000
+    assert (model_dir / "mistakes.png").stat().st_size > 10_000  # the 24 test photos furthest from their label
     assert (model_dir / "checkpoints" / "best.weights.h5").exists()
     assert not (model_dir / "backup").exists()  # a finished run leaves nothing to resume
     version = publish.read_latest(str(model_dir / "export")).version
@@ -60,7 +62,7 @@ def test_default_model_learns_the_easy_task_and_writes_every_output(dataset, tmp
 
     capsys.readouterr()
     assert train.main(argv) == 0  # the same command again: nothing to redo
-    assert "already holds a finished run" in capsys.readouterr().out
+    assert "already holds a finished run" in capsys.readouterr().err
     assert train.main([*argv[:-1], "0.2"]) == 2  # another config in the same model_dir is refused
     err = capsys.readouterr().err
     assert "different config" in err and "--warmup_epochs 0.5 -> 0.2" in err
@@ -105,7 +107,8 @@ def test_multi_worker_mirrored_strategy_with_two_local_workers(dataset, tmp_path
         log = open(tmp_path / f"worker{index}.log", "w")  # noqa: SIM115 (closed below)
         processes.append((subprocess.Popen(
             command(dataset, model_dir, "--model", "seed_cnn", *NO_GATE, "--epochs", "3", "--batch_size", "8",
-                    "--warmup_epochs", "0"), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+                    "--warmup_epochs", "0", "--time_budget_minutes", "30"),  # workers agree on the budget each step
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     try:
         codes = [process.wait(timeout=400) for process, _ in processes]
     finally:
@@ -169,11 +172,14 @@ def test_sigkill_mid_epoch_then_same_command_resumes_from_backup(dataset, tmp_pa
         if first.poll() is None:
             first.kill()
     assert first.returncode == -signal.SIGKILL
-    backed_up = json.loads((model_dir / "backup" / "training_metadata.json").read_text())
+    # A kill while the latest backup was being written leaves it truncated: then the previous one is the one to
+    # resume from (its sha256 is checked; test_corrupt_backup.py covers that choice).
+    chosen = backup.choose_backup(str(model_dir / "backup"))
+    backed_up = {"epoch": chosen.epoch}
     assert backed_up["epoch"] >= 1
-    print(f"killed with a backup at epoch {backed_up['epoch']} step {backed_up['batch']}")
+    print(f"killed with a usable {chosen.which} backup at epoch {chosen.epoch}")
     assert not (model_dir / "metrics.json").exists()
-    saved = weight_arrays(model_dir / "backup" / "latest.weights.h5")
+    saved = weight_arrays(chosen.weights)
 
     # The same command again, in this process so the model can be read right after the restore.
     restored = []
@@ -186,13 +192,14 @@ def test_sigkill_mid_epoch_then_same_command_resumes_from_backup(dataset, tmp_pa
     monkeypatch.setattr(backup.ResumableBackup, "on_train_begin", on_train_begin)
     capsys.readouterr()
     assert train.main(cmd[cmd.index("--data_dir"):]) == 0
-    out = capsys.readouterr().out
-    assert f"resuming from backup at epoch {backed_up['epoch']} (of 6)" in out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert f"resuming from backup at epoch {backed_up['epoch']} (of 6)" in captured.err
     # every variable of the model and the optimizer (step counter, moments) holds exactly the backup's values
     assert sorted(restored[0]) == saved
     epochs_run = [line for line in out.splitlines() if line.startswith("Epoch ")]
     assert epochs_run[0] == f"Epoch {backed_up['epoch'] + 1}/6"  # not "Epoch 1/6"
-    assert [row["epoch"] for row in history(model_dir)] == list(range(6))  # each epoch once
+    assert [row["epoch"] for row in history(model_dir)] == list(range(1, 7))  # each epoch once
     assert json.loads((model_dir / "config.json").read_text())["resumed_at_epoch"] == backed_up["epoch"]
     assert (model_dir / "metrics.json").exists() and not (model_dir / "backup").exists()
 
@@ -228,3 +235,43 @@ def test_time_budget_stops_training_gracefully_then_evaluates_and_exports(datase
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["stopped_by"] == "time_budget" and 1 <= metrics["epochs_completed"] < 200
     assert publish.read_latest(str(model_dir / "export"))
+
+
+def test_recipe_options_ema_flip_tta_and_a_larger_evaluation_size(dataset, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    assert train.main(["--data_dir", str(dataset), "--model_dir", str(model_dir), *SMALL_NET, *NO_GATE, "--epochs", "3",
+                       "--batch_size", "16", "--ema_momentum", "0.9", "--tta", "flip", "--eval_input_size", "40",
+                       "--label_smoothing", "0.1", "--time_budget_minutes", "5"]) == 0
+    out = capsys.readouterr().err
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    # both candidates were scored on the validation split and the better one kept
+    assert set(metrics["validation_by_weights"]) == {"ema", "best_checkpoint"}
+    assert metrics["weights"] in ("ema", "best_checkpoint") and f"keeping the {metrics['weights']} weights" in out
+    assert (model_dir / "checkpoints" / "ema.weights.h5").exists()
+    assert metrics["tta"] == "flip" and metrics["eval_input_size"] == [40, 40]
+    assert metrics["stopped_by"] == "epochs"  # the epochs ran out before the 5-minute budget
+    version = publish.read_latest(str(model_dir / "export")).version
+    info = json.loads((model_dir / "export" / version / "model_info.json").read_text())
+    assert info["tta"] == "flip" and info["input_size"] == [32, 32]  # served at the dataset's size
+
+
+def test_early_stopping_never_cuts_a_budget_run_short(tmp_path):
+    import keras
+
+    from trainer import config as config_lib
+    from trainer import schedules
+
+    cfg = config_lib.TrainConfig(data_dir="unused", model_dir=str(tmp_path), early_stopping_patience=2,
+                                 time_budget_minutes=30)
+    outputs = plan.Outputs(out_dir=str(tmp_path), backup_dir=str(tmp_path / "backup"),
+                            history=str(tmp_path / "history.csv"), best_weights=str(tmp_path / "best.weights.h5"))
+    backups = backup.ResumableBackup(outputs.backup_dir, 100, backup.StopRequest())
+    budget = schedules.TimeBudget(schedules.BudgetClock(30), keras.Variable(0.0), total_steps=100)
+
+    def kinds(callbacks):
+        return {type(callback).__name__ for callback in callbacks}
+
+    with_budget = kinds(train.make_callbacks(cfg, outputs, "val_loss", [], None, budget, backups))
+    without = kinds(train.make_callbacks(cfg, outputs, "val_loss", [], None, None, backups))
+    assert "TimeBudget" in with_budget and "EarlyStopping" not in with_budget
+    assert "EarlyStopping" in without and "TimeBudget" not in without
