@@ -56,8 +56,8 @@ DATA_URL := https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-836
 DEFAULT_IMAGES := $(WORKDIR)/raw/PetImages
 HELP_VARS := $(shell grep -hE '^[A-Z0-9_]+ \?=.*## ' $(MAKEFILE_LIST) | cut -d' ' -f1)
 
-.PHONY: help setup test lint data preprocess train train-only baseline score versions rollback tensorboard bench \
-  clean image k8s-render k8s-validate hadolint
+.PHONY: help setup test mutations lint data preprocess train train-only baseline score versions rollback tensorboard \
+  bench clean image k8s-render k8s-validate hadolint
 
 help: ## show this help
 	@echo "Usage: make <target> [VARIABLE=value ...]"
@@ -90,6 +90,9 @@ setup: $(STAMP) ## create .venv and install the project, TensorFlow's ACCEL buil
 
 test: setup ## run the test suite (unit, pipeline, training and end-to-end tests)
 	$(BIN)/python -m pytest
+
+mutations: setup ## remove each protection in turn and check its reliability test fails (tests/reliability/mutations.py, ~25 min)
+	$(BIN)/python -m tests.reliability.mutations
 
 lint: setup hadolint ## ruff over the code, hadolint over the Dockerfile
 	$(BIN)/ruff check .

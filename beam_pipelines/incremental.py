@@ -5,7 +5,8 @@ each successful run under a compare-and-swap (GCS generation precondition; an ex
 
     watermark   seconds since the epoch, W
     recent      keys (path, size, content version) of files with FileRef.mtime >= W that were accounted for
-    retry       paths that failed for a reason that may go away (read errors, decoder timeouts)
+    retry       paths that failed for a reason that may go away (read errors, decoder timeouts), as
+                storage.display_path shows them (valid UTF-8 even for local names that are not)
     class_shares of the run that wrote it (for the drift warning)
 
 Its claim: every file that appeared before W was listed, and scored or dead-lettered, by the run that wrote it or by
@@ -120,7 +121,7 @@ class SkipAccounted(listing.Selector):
             return DONE_BEFORE
         key = None
         for state, recent, retry in zip(self._states, self._recent, self._retry, strict=True):
-            if ref.path in retry:
+            if retry and storage.display_path(ref.path) in retry:
                 continue
             if ref.mtime < state.watermark:
                 return SKIPPED

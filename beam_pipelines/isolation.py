@@ -269,9 +269,9 @@ class DecodeRunner:
             tag, _ = sent.popleft()
             outcome = self._reply(head_started)
             head_started = time.monotonic()
-            if outcome[0] == "rejected" and outcome[1] in REASONS:
-                resend.extendleft(reversed(sent))
-                sent.clear()
+            if self._process is None:  # _reply stopped the child (a timeout, or it died): the next one gets the rest.
+                resend.extendleft(reversed(sent))  # Not on a decoder_crash the child itself answered (a MemoryError
+                sent.clear()  # under its limit): it is alive and will answer for these files in order.
             yield tag, outcome
 
     def _reply(self, head_started: float):

@@ -63,11 +63,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _parse(content: bytes | None) -> dict | None:
+    """A lease record; {} for one that cannot be read (it has no renewal time, so it counts as dead)."""
+    if content is None:
+        return None
+    try:
+        return json.loads(content)
+    except ValueError:
+        return {}
+
+
 class Lease:
     """An exclusive claim on one output (a scoring run id, a dataset), held in a small object next to it.
 
     Acquired by creating the object only if it does not exist (`if_generation_match=0` on GCS, an exclusive lock
-    locally); renewed every ttl/4 seconds by a background thread, under the generation it last wrote. Another run
+    locally); renewed every ttl/4 seconds by a background thread, under the generation it last read. The record
+    names its owner (a random id per Lease), which is how a run recognises its own write when GCS made it but the
+    reply was lost (the client's retry then meets it: HTTP 412), instead of refusing itself. Another run
     finding a live lease refuses to start (LeaseHeld). A lease whose holder stopped renewing it for `ttl` seconds, or
     whose process is gone from this very host, belongs to a dead run: it is taken over, and the takeover is logged.
     `lost` is set when a renewal finds that somebody else took the lease: the job must then not publish.
@@ -80,7 +92,6 @@ class Lease:
         self.owner = uuid.uuid4().hex
         self.lost = threading.Event()
         self.took_over = None  # the dead holder's record, when this lease was taken over
-        self._generation = 0
         self._stop = threading.Event()
         self._thread = None
 
@@ -99,45 +110,50 @@ class Lease:
 
     def acquire(self) -> "Lease":
         started = _now()
+        dead = None  # (record, why) of the dead holder this run replaces
         for _ in range(10):
             content, generation = storage.read_versioned(self.path)
-            if content is not None:
-                try:
-                    holder = json.loads(content)
-                except ValueError:
-                    holder = {}
+            holder = _parse(content)
+            if holder is None:
+                dead = None
+            elif holder.get("owner") == self.owner:
+                break  # our own write: GCS made it but its reply was lost, and the client's retry met it (412)
+            else:
                 why = self._is_dead(holder)
                 if why is None:
                     raise LeaseHeld(
                         f"error: another run holds {self.what} (lease {self.path}: host {holder.get('host')}, pid "
                         f"{holder.get('pid')}, since {holder.get('acquired_at')}). Wait for it to finish, or use "
                         f"another run id / output. A lease not renewed for {self.ttl:.0f} s is taken over.")
+                dead = (holder, why)
             if storage.write_if_generation(self.path, self._record(started), generation):
-                if content is not None:
-                    self.took_over = holder
-                    _LOG.warning("took over the lease on %s from a dead run (host %s, pid %s: %s)", self.what,
-                                 holder.get("host"), holder.get("pid"), why)
-                self._generation = storage.read_versioned(self.path)[1]
-                self._acquired_at = started
-                return self
-        raise LeaseHeld(f"error: could not take the lease {self.path}: it kept changing; another run is starting")
+                break
+        else:
+            raise LeaseHeld(f"error: could not take the lease {self.path}: it kept changing; another run is starting")
+        if dead is not None:
+            self.took_over = dead[0]
+            _LOG.warning("took over the lease on %s from a dead run (host %s, pid %s: %s)", self.what,
+                         dead[0].get("host"), dead[0].get("pid"), dead[1])
+        self._acquired_at = started
+        return self
 
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl / 4):
             content, generation = storage.read_versioned(self.path)
-            if content is None or json.loads(content).get("owner") != self.owner or generation != self._generation:
+            if (_parse(content) or {}).get("owner") != self.owner:
                 _LOG.error("the lease on %s was taken by another run: this run will not publish", self.what)
                 self.lost.set()
                 return
-            if storage.write_if_generation(self.path, self._record(self._acquired_at), generation):
-                self._generation = storage.read_versioned(self.path)[1]
+            storage.write_if_generation(self.path, self._record(self._acquired_at), generation)
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         if not self.lost.is_set():
-            storage.delete_if_generation(self.path, self._generation)
+            content, generation = storage.read_versioned(self.path)
+            if (_parse(content) or {}).get("owner") == self.owner:
+                storage.delete_if_generation(self.path, generation)
 
     def __enter__(self) -> "Lease":
         self.acquire()
@@ -290,7 +306,8 @@ def publish_directory(staging: str, final: str, marker: str | None = None, exclu
             if name.startswith(exclude):
                 path = os.path.join(staging, name)
                 storage.delete_tree(path) if os.path.isdir(path) else storage.delete(path)
-        aside = f"{final}.old-{os.getpid()}"
+        aside = f"{final}.old"  # one name, not one per process: a publish killed before removing it leaves it to
+        storage.delete_tree(aside)  # the next publish, instead of a stale copy of the old set for ever
         if os.path.exists(final):
             os.rename(final, aside)
         os.makedirs(os.path.dirname(os.path.abspath(final)), exist_ok=True)

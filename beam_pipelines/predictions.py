@@ -128,7 +128,7 @@ class CommitBatchFn(beam.DoFn):
             errors.append({"path": storage.display_path(ref.path), "reason": reason, "detail": detail})
             counts["failed:" + reason] += 1
             if reason in incremental.TRANSIENT_REASONS:
-                retry.append(ref.path)
+                retry.append(storage.display_path(ref.path))  # JSON-safe: a name that is not UTF-8 is escaped
             elif ref.mtime >= self._new_watermark:
                 recent.append(incremental.record_key(ref))
         files = []

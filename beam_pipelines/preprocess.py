@@ -271,7 +271,10 @@ def publish(output_dir: str, version: str, metadata_bytes: bytes) -> None:
     precondition also stops a writer that lost it)."""
     path = storage.join(output_dir, dataset_contract.LATEST)
     _, generation = storage.read_versioned(path)
-    if not storage.write_if_generation(path, dataset_contract.pointer(version, metadata_bytes), generation):
+    pointer = dataset_contract.pointer(version, metadata_bytes)
+    # A refused write that left exactly this pointer is this run's own: GCS made it, the reply was lost, and the
+    # client's retry met it (HTTP 412).
+    if not storage.write_if_generation(path, pointer, generation) and storage.read_versioned(path)[0] != pointer:
         raise cli.JobFailed(f"{path} was changed by another writer while this run published {version}; {version} is "
                             f"complete but not current: re-run to publish")
 

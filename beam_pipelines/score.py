@@ -96,11 +96,18 @@ def build(pipeline, config: options.ScoreConfig, model_info: dict, plan: dict):
 
 # ---- the launcher -------------------------------------------------------------------------------------------------
 
+def _marker_paths(staging: str) -> list[str]:
+    """The commit markers in a staging dir; not the temporary file of a marker whose write was killed (locally,
+    storage.write_bytes writes `.tmp-*` first), which may be empty."""
+    return [ref.path for ref in storage.list_files(storage.join(staging, predictions.COMMITTED) + "/")
+            if not ref.path.rsplit("/", 1)[-1].startswith(".")]
+
+
 def _read_markers(staging: str) -> list[dict]:
     """The commit markers an earlier attempt of this run left (a resume), read in parallel."""
     import concurrent.futures
 
-    paths = [ref.path for ref in storage.list_files(storage.join(staging, predictions.COMMITTED) + "/")]
+    paths = _marker_paths(staging)
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         return list(pool.map(storage.read_json, paths))
 
@@ -351,8 +358,8 @@ def _progress(plan: dict, patterns: int) -> lifecycle.Progress:
     files its listing found to score."""
     earlier = {f"{marker['batch']}" for marker in plan["markers"]}
     done = 0
-    for ref in storage.list_files(storage.join(plan["staging"], predictions.COMMITTED) + "/"):
-        batch, count = ref.path.rsplit("/", 1)[-1].rsplit(".", 2)[:2]
+    for path in _marker_paths(plan["staging"]):
+        batch, count = path.rsplit("/", 1)[-1].rsplit(".", 2)[:2]
         if batch not in earlier:
             done += int(count)
     return lifecycle.Progress(done, listing.files_to_process(plan["staging"], patterns), "files")

@@ -120,6 +120,7 @@ def _blob(uri: str):
 
 
 def _retry():
+    """google-cloud-storage's own retry policy (429, 5xx, dropped connections) for up to RETRY_SECONDS."""
     from google.cloud.storage.retry import DEFAULT_RETRY
 
     return DEFAULT_RETRY.with_timeout(RETRY_SECONDS)
@@ -376,7 +377,9 @@ def list_files(pattern: str) -> Iterator[FileRef]:
     order. Local paths come out absolute."""
     pattern = absolute(pattern)
     prefix, regex = _split_pattern(pattern)
-    listing = _list_gcs(prefix, regex is not None) if is_remote(prefix) else _list_local(prefix, descend=True)
+    raw_prefix = regex is not None
+    listing = (_list_gcs(prefix, raw_prefix) if is_remote(prefix)
+               else _list_local(prefix, descend=True, raw_prefix=raw_prefix))
     for ref in listing:
         if regex is None or regex.match(ref.path):
             yield ref
@@ -417,9 +420,10 @@ def _entry_ref(path: str, link: os.stat_result, target: os.stat_result | None) -
     return FileRef(path, target.st_size, changed, target.st_mtime_ns)
 
 
-def _list_local(prefix: str, descend: bool) -> Iterator[FileRef]:
-    """A local file, or a folder walked depth-first with os.scandir; for a prefix that is neither (a glob's text
-    before its first wildcard, e.g. /data/cat_ of /data/cat_*.jpg), the folder it starts in."""
+def _list_local(prefix: str, descend: bool, raw_prefix: bool = False) -> Iterator[FileRef]:
+    """A local file, or a folder walked depth-first with os.scandir; for a glob's text before its first wildcard
+    (`raw_prefix`) that is neither (e.g. /data/cat_ of /data/cat_*.jpg), the folder it starts in. A path that does not
+    exist lists nothing (not its parent folder)."""
     if not prefix.endswith("/") and os.path.lexists(prefix) and not os.path.isdir(prefix):
         link = os.lstat(prefix)
         try:
@@ -428,7 +432,8 @@ def _list_local(prefix: str, descend: bool) -> Iterator[FileRef]:
             target = None
         yield _entry_ref(prefix, link, target)
         return
-    folder = prefix if prefix.endswith("/") or os.path.isdir(prefix) else os.path.dirname(prefix) + "/"
+    folder = (prefix if prefix.endswith("/") or os.path.isdir(prefix) or not raw_prefix
+              else os.path.dirname(prefix) + "/")
     folder = folder.rstrip("/") or "/"
     try:
         root = os.stat(folder)
@@ -463,6 +468,9 @@ def _list_local(prefix: str, descend: bool) -> Iterator[FileRef]:
                     yield _entry_ref(path, link, target)
                 except FileNotFoundError:  # removed between the directory read and its stat: not there to process
                     continue
+                except OSError:  # e.g. a folder that can be read but not searched (mode 644): no entry can be looked
+                    yield FileRef(current, 0, 0.0, 0, UNREADABLE_FOLDER)  # up; reported as one, not a failed job
+                    break
 
 
 def check_patterns_match(patterns) -> None:

@@ -37,11 +37,29 @@ def gcs_bucket(gcs_emulator_host, monkeypatch):
     """A fresh bucket on the emulator; returns its gs:// URI (no trailing slash)."""
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator_host)
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "catsdogs-test")
+    fresh_storage_clients(monkeypatch)
     from google.cloud import storage
 
     name = f"test-{uuid.uuid4().hex[:12]}"
     storage.Client().create_bucket(name)
     return f"gs://{name}"
+
+
+def fresh_storage_clients(monkeypatch) -> None:
+    """beam_pipelines.storage keeps one GCS client per thread, made for the STORAGE_EMULATOR_HOST of its time: a test
+    that points GCS elsewhere (another emulator, a proxy) must start from new clients, or an earlier test's client
+    would send its requests to that test's server."""
+    import threading
+
+    from beam_pipelines import storage
+
+    monkeypatch.setattr(storage, "_local", threading.local())
+
+
+def point_gcs_at(monkeypatch, url: str) -> None:
+    """Sends this process's GCS calls to url from now on (an emulator, or a proxy in front of one)."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+    fresh_storage_clients(monkeypatch)
 
 
 def upload_tree(local_root: Path, gcs_prefix: str) -> list[str]:

@@ -38,8 +38,12 @@ def check_reachable(paths, seconds: float | None = None) -> None:
         def probe(bucket=bucket, prefix=prefix, outcome=outcome):
             try:
                 from google.cloud import storage
+                from google.cloud.storage.retry import DEFAULT_RETRY
 
-                list(storage.Client().list_blobs(bucket, prefix=prefix, max_results=1, retry=None))
+                # Transient errors (429, 503, a dropped connection) are retried within the same deadline: only a
+                # bucket that stays out of reach fails the launch, not one busy moment of GCS.
+                list(storage.Client().list_blobs(bucket, prefix=prefix, max_results=1,
+                                                 retry=DEFAULT_RETRY.with_timeout(seconds)))
                 outcome["ok"] = True
             except Exception as error:  # noqa: BLE001 - any failure here is reported as unreachable
                 outcome["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"

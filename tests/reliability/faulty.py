@@ -1,58 +1,99 @@
-"""Fault injection for the reliability tests: a decoder that hangs or aborts, a reader whose reads fail once.
+"""Fault injection for the reliability tests: a stand-in decoder, and a launcher that SIGKILLs a job at a chosen point.
 
-They are named by import path on the command line (`--decode_fn tests.reliability.faulty:decode`,
-`--read_fn tests.reliability.faulty:read_flaky`), so they run wherever the job runs them: in the decoder's
-child process, in Beam worker processes. Nothing here is used unless a flag names it.
+The stand-in decoder is named by CATSDOGS_TEST_DECODE_FN (isolation.FAULT_INJECTION_ENV), which only tests set:
+
+    CATSDOGS_TEST_DECODE_FN=tests.reliability.faulty:decode python -m beam_pipelines.score ...
+
+It runs where the job runs its decoder (the decoder's child process) and misbehaves on files that start with a marker.
+
+The launcher runs a job's entry point with one function wrapped, so that the process SIGKILLs itself (no clean-up
+at all, as when a pod is evicted or the OOM killer strikes) right before or after the n-th call whose arguments
+contain a given text:
+
+    python -m tests.reliability.faulty --kill_before beam_pipelines.storage:write_json:summary.json \\
+        -- beam_pipelines.score --model ... --run_id r1
+
+A test checks that the process died of SIGKILL: when the code no longer calls that function, the job finishes
+normally and the test fails, instead of passing without having killed anything.
 """
 
-import hashlib
+import argparse
+import functools
+import importlib
 import os
+import signal
+import sys
 import time
-from pathlib import Path
 
-from beam_pipelines import imaging, storage
+import numpy as np
+
+from beam_pipelines import imaging
 
 HANG = b"HANG-THE-DECODER"
 CRASH = b"CRASH-THE-DECODER"
-MARKER_DIR_ENV = "CATSDOGS_FAULTY_MARKER_DIR"  # where the readers note which files already failed once
-FLAKY = "flaky"  # read_flaky fails the bundle of files whose name contains this, once
+ALLOCATE = b"ALLOCATE-HUGE"  # followed by a real picture
+SLOW_ENV = "CATSDOGS_TEST_DECODE_SECONDS"  # every file then takes this long to decode: a job that runs for seconds
+HUGE_ALLOCATION = 8 * 2**30  # far above the decoder child's address-space limit, below what the kernel grants
 
 
 def decode(data: bytes, size, max_pixels: int):
-    """imaging.decode_image, except that a file starting with HANG sleeps for an hour and one starting with CRASH
-    kills its process with SIGABRT, as a codec bug would (an infinite loop, a failed assertion in C)."""
+    """imaging.decode_image, except that a file starting with HANG sleeps for an hour, one starting with CRASH kills
+    its process with SIGABRT (a codec's infinite loop, a failed assertion in C), and one starting with ALLOCATE first
+    asks for 8 GiB of memory, as a codec tricked by a hostile header would. The allocation is never touched, so it
+    costs address space only: under the child's RLIMIT_AS it fails, without it the picture behind the marker is
+    decoded as if nothing happened."""
     if data.startswith(HANG):
         time.sleep(3600)
     if data.startswith(CRASH):
         os.abort()
+    if data.startswith(ALLOCATE):
+        np.empty(HUGE_ALLOCATION, np.uint8)
+        data = data[len(ALLOCATE):]
+    delay = float(os.environ.get(SLOW_ENV) or 0)
+    if delay:
+        time.sleep(delay)
     return imaging.decode_image(data, size, max_pixels)
 
 
-def _first_time(path: str, what: str) -> bool:
-    """True the first time any process asks about (path, what): an O_EXCL marker file in $CATSDOGS_FAULTY_MARKER_DIR,
-    so the answer survives bundle retries and crosses worker processes."""
-    digest = hashlib.sha256(f"{what}:{path}".encode()).hexdigest()[:16]
-    try:
-        (Path(os.environ[MARKER_DIR_ENV]) / f"{what}-{digest}").open("x").close()
-    except FileExistsError:
-        return False
-    return True
+def _kill_point(spec: str, after: bool):
+    """Wraps module:function so that the process SIGKILLs itself at its n-th call (default 1) whose arguments contain
+    `text`. Spec: module:function[:text[:n]]."""
+    module_name, function_name, text, nth = (spec.split(":", 3) + ["", "1"])[:4]
+    module = importlib.import_module(module_name)
+    original = getattr(module, function_name)
+    calls = [0]
+
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        matches = any(text in str(value) for value in (*args, *kwargs.values()))
+        if matches:
+            calls[0] += 1
+        die = matches and calls[0] == int(nth or 1)
+        if die and not after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        result = original(*args, **kwargs)
+        if die:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    setattr(module, function_name, wrapper)
 
 
-class InjectedWorkerFailure(RuntimeError):
-    """Not an OSError, so the job's own read retries don't catch it: it fails the whole bundle, as a lost worker
-    or an out-of-memory kill would, and only the runner can retry it."""
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--")
+    parser = argparse.ArgumentParser(prog="python -m tests.reliability.faulty")
+    parser.add_argument("--kill_before", help="module:function[:text[:n]]: SIGKILL right before that call")
+    parser.add_argument("--kill_after", help="module:function[:text[:n]]: SIGKILL right after that call returns")
+    flags = parser.parse_args(argv[:split])
+    entry, *job_args = argv[split + 1:]
+    if flags.kill_before:
+        _kill_point(flags.kill_before, after=False)
+    if flags.kill_after:
+        _kill_point(flags.kill_after, after=True)
+    sys.argv = [entry, *job_args]
+    importlib.import_module(entry).main()
 
 
-def read_flaky(path: str) -> bytes:
-    """storage.read_bytes behind two injected faults. Every file's first read raises ConnectionResetError (a
-    transient I/O error). For files whose name contains FLAKY the next read then fails the whole bundle. Every read
-    that gets through is logged to reads.log in the marker directory, so a test can see which files were read twice."""
-    if _first_time(path, "io"):
-        raise ConnectionResetError(f"injected transient error reading {path}")
-    if FLAKY in Path(path).name and _first_time(path, "bundle"):
-        raise InjectedWorkerFailure(f"injected worker failure reading {path}")
-    data = storage.read_bytes(path)
-    with open(Path(os.environ[MARKER_DIR_ENV]) / "reads.log", "a", encoding="utf-8") as log:
-        log.write(path + "\n")
-    return data
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,6 @@
-"""Case 9: a GCS write retried after an ambiguous success is recognised as already done: no overwrite, no crash.
+"""Case 9: a GCS write retried after an ambiguous success is recognised as already done: no overwrite, no crash; for
+the trainer's publish and for the dataset's lease and `latest` pointer (the scoring lease: tests/beam_pipelines/
+test_lifecycle.py).
 
 The server commits the first upload of a marker object and of `latest`, but the client never sees the reply (HTTP 503
 instead). google-cloud-storage retries the conditional write (`if_generation_match`), the server answers 412
@@ -34,3 +36,26 @@ def test_gcs_publish_survives_lost_replies_without_overwriting(fake_gcs_server, 
 
     marker = storage.Client().bucket(bucket_name).get_blob("export/800/model_info.json")
     assert marker.generation == objects["model_info.json"][1] and marker.metageneration == 1
+
+
+def test_preprocessing_publishes_once_when_the_replies_to_its_lease_and_pointer_writes_are_lost(
+        fake_gcs_server, fake_gcs_bucket, tmp_path, monkeypatch):
+    """The dataset's `latest` moves by compare-and-swap, and the lease is created the same way: a lost reply makes
+    the client's retry meet the run's own write (412), which must count as done, not as another writer."""
+    from tests import corpus
+    from tests.conftest import point_gcs_at
+    from tests.reliability.conftest import preprocess_here, read_dataset
+
+    images = tmp_path / "images"
+    files = corpus.write_easy_dataset(images, per_class=3, size=32)
+    output = f"{fake_gcs_bucket}/data"
+    lost = {"data/latest", "data/.lease.json"}
+    with LostReplyProxy(fake_gcs_server, lose_reply_for=lost) as proxy:
+        point_gcs_at(monkeypatch, proxy.url)
+        metadata = preprocess_here("--input", images, "--output_dir", output, "--image_size", 32)
+    point_gcs_at(monkeypatch, fake_gcs_server)
+
+    assert proxy.pending == set()  # both replies really were lost
+    assert metadata["version"] == "v00001"
+    sources, _ = read_dataset(output)
+    assert len(sources) == len(files)

@@ -59,7 +59,8 @@ def launch(model, images, output, *flags) -> str:
         score.run(["--runner", "DirectRunner", "--model", str(model), "--input", str(images),
                    "--output_dir", str(output), *map(str, flags)])
     assert not output.exists(), "the job wrote output for a refused model"
-    return str(refused.value.code)
+    assert refused.value.code == 2
+    return str(refused.value)
 
 
 def test_a_valid_model_with_swapped_weights_is_refused_by_its_checksums(export_root, images, tmp_path):

@@ -1,0 +1,97 @@
+"""reading.py: every file of a batch comes out exactly once, decoded or rejected with its reason; listing problems,
+files over the byte cap (by their listed size, or grown since), vanished files and read errors become rejections,
+and nothing about one file raises. A FIFO is never opened."""
+
+import concurrent.futures
+import os
+import threading
+
+import pytest
+
+from beam_pipelines import imaging, isolation, reading, storage
+from tests import corpus
+
+SIZE = (16, 16)
+
+
+@pytest.fixture(params=[(0, 1), (30, 1), (30, 2)], ids=["in_process", "one_child", "two_children"])
+def decoders(request):
+    timeout, children = request.param
+    runners = [isolation.DecodeRunner(timeout) for _ in range(children)]
+    yield runners
+    for runner in runners:
+        runner.close()
+
+
+@pytest.fixture
+def pool():
+    with concurrent.futures.ThreadPoolExecutor(reading.READ_THREADS) as executor:
+        yield executor
+
+
+def _outcomes(refs, decoders, pool, max_bytes=10_000) -> dict:
+    results = list(reading.decoded(refs, decoders=decoders, pool=pool, size=SIZE, max_pixels=10**6,
+                                   max_bytes=max_bytes))
+    paths = [ref.path for ref, _ in results]
+    assert sorted(paths) == sorted(ref.path for ref in refs), "a file lost or given twice"
+    return {ref.path: outcome for ref, outcome in results}
+
+
+def _ref(path) -> storage.FileRef:
+    info = os.stat(path)
+    return storage.FileRef(str(path), info.st_size, info.st_mtime, info.st_mtime_ns)
+
+
+def test_every_file_comes_out_once_decoded_or_rejected_with_its_reason(tmp_path, decoders, pool):
+    good = [_ref(path) for path in corpus.write_easy_dataset(tmp_path, per_class=3, size=24)]
+    (tmp_path / "text.jpg").write_bytes(b"not a picture")
+    grown = tmp_path / "grown.jpg"
+    grown.write_bytes(corpus.encode(corpus.easy_pixels(0, 1, 24)))
+    grown_ref = _ref(grown)
+    grown.write_bytes(grown.read_bytes() + bytes(20_000))  # it grew after it was listed
+    vanished = _ref(good[0].path)._replace(path=str(tmp_path / "vanished.jpg"))
+    huge = tmp_path / "huge.jpg"
+    huge.write_bytes(corpus.encode(corpus.easy_pixels(1, 2, 24)))  # small: only its listed size is huge
+    problems = [storage.FileRef(str(tmp_path / name), 0, 0.0, 0, problem)
+                for name, problem in (("link.jpg", storage.BROKEN_SYMLINK), ("loop", storage.SYMLINK_LOOP),
+                                      ("locked", storage.UNREADABLE_FOLDER))]
+    refs = [*good, _ref(tmp_path / "text.jpg"), grown_ref, vanished, *problems,
+            storage.FileRef(str(huge), 10**9, 0.0, 1),  # listed as huge: refused from its size, never read
+            storage.FileRef(str(tmp_path), 4096, 0.0, 1)]  # a folder where a file was listed
+
+    outcomes = _outcomes(refs, decoders, pool)
+
+    for ref in good:
+        assert outcomes[ref.path][0] == "ok" and outcomes[ref.path][1].pixels.shape == (*SIZE, 3)
+    reasons = {path: outcome[1] for path, outcome in outcomes.items() if outcome[0] == "rejected"}
+    assert reasons == {str(tmp_path / "text.jpg"): imaging.NOT_AN_IMAGE, str(grown): reading.FILE_TOO_LARGE,
+                       vanished.path: reading.READ_ERROR, **{ref.path: ref.problem for ref in problems},
+                       str(huge): reading.FILE_TOO_LARGE, str(tmp_path): reading.READ_ERROR}
+    details = {path: outcome[2] for path, outcome in outcomes.items() if outcome[0] == "rejected"}
+    assert "grew after it was listed" in details[str(grown)]
+    assert "1,000,000,000 bytes is over the cap of 10,000" in details[str(huge)]
+    assert details[vanished.path].startswith("FileNotFoundError")
+    assert details[str(tmp_path)].startswith("IsADirectoryError")
+    assert "does not exist" in details[str(tmp_path / "link.jpg")]
+
+
+def test_a_fifo_listed_among_the_files_is_never_opened(tmp_path, pool):
+    fifo = tmp_path / "camera.jpg"
+    os.mkfifo(fifo)
+    [listed] = list(storage.list_files(str(tmp_path)))
+    results = []
+
+    def read():
+        with isolation.DecodeRunner(0) as runner:
+            results.extend(reading.decoded([listed], decoders=[runner], pool=pool, size=SIZE, max_pixels=10**6,
+                                           max_bytes=10_000))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    if thread.is_alive():  # the FIFO was opened and the read waits for a writer: give it one, then fail
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("the FIFO was opened: a worker reading it would block for ever")
+    [(_, outcome)] = results
+    assert outcome[:2] == ("rejected", storage.NOT_A_FILE) and "never read" in outcome[2]
