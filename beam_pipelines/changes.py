@@ -17,8 +17,8 @@ from collections import Counter, defaultdict
 
 import apache_beam as beam
 
-from beam_pipelines import grouping, listing, records, spill, storage
-from trainer import dataset_contract
+from beam_pipelines import grouping, listing, records, spill
+from trainer import dataset_contract, storage
 
 
 def values(kind: str):

@@ -29,7 +29,8 @@ import logging
 
 import numpy as np
 
-from beam_pipelines import isolation, listing, reading, storage
+from beam_pipelines import file_listing, isolation, listing, reading
+from trainer import storage
 
 STATE_DIR = "_incremental"
 SKIPPED = "skipped"  # count key: accounted for by an earlier run
@@ -48,8 +49,8 @@ def path_hash(path: str) -> int:
     return hash64(storage.path_key(path))
 
 
-def record_key(ref: storage.FileRef) -> int:
-    """Identity of a file's content at its path: path, size and content version (see storage.FileRef)."""
+def record_key(ref: file_listing.FileRef) -> int:
+    """Identity of a file's content at its path: path, size and content version (see file_listing.FileRef)."""
     return hash64(storage.path_key(ref.path) + f"\0{ref.size}\0{ref.version}".encode())
 
 
@@ -116,7 +117,7 @@ class SkipAccounted(listing.Selector):
                       if self._resume_keys_path else np.zeros(0, np.uint64))
         self._kept_recent = []
 
-    def __call__(self, ref: storage.FileRef) -> str | None:
+    def __call__(self, ref: file_listing.FileRef) -> str | None:
         if len(self._done) and contains(self._done, path_hash(ref.path)):
             return DONE_BEFORE
         key = None

@@ -28,7 +28,8 @@ from collections import Counter
 
 import apache_beam as beam
 
-from beam_pipelines import cli, dask_compat, storage
+from beam_pipelines import cli, dask_compat, file_listing
+from trainer import storage
 
 LEASE_TTL_SECONDS = 180.0  # a lease not renewed for this long belongs to a dead run and is taken over
 PROGRESS_SECONDS = 30.0
@@ -188,7 +189,7 @@ def clean_stale_staging(parent: str, prefix: str, keep: str | None = None,
     (this run's own) is never touched. Returns the removed ones."""
     removed = []
     stagings = set()
-    for ref in storage.list_files(storage.join(parent, prefix + "*/" + ATTEMPT_FILE)):
+    for ref in file_listing.list_files(storage.join(parent, prefix + "*/" + ATTEMPT_FILE)):
         stagings.add(ref.path[: -len(ATTEMPT_FILE) - 1])
     for staging in sorted(stagings):
         if keep and staging.rstrip("/") == keep.rstrip("/"):
@@ -318,7 +319,7 @@ def publish_directory(staging: str, final: str, marker: str | None = None, exclu
         storage.delete(storage.join(final, marker))
     storage.delete_tree(final)
     source = staging.rstrip("/") + "/"
-    moves = [(ref.path, final.rstrip("/") + "/" + ref.path[len(source):]) for ref in storage.list_files(source)
+    moves = [(ref.path, final.rstrip("/") + "/" + ref.path[len(source):]) for ref in file_listing.list_files(source)
              if not ref.path[len(source):].startswith(exclude)]
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda move: storage.copy(*move), moves))

@@ -1,9 +1,9 @@
 """ListImages: folders and globs (local or gs://) -> batches of files spread over the workers. Both jobs start here.
 
 A batch of files (`FileBatch`), not a file, is the unit that crosses the runner from here on: each element costs the
-runner fixed overhead (a Reshuffle is several steps per element), so it is paid once per batch. The listing streams
-(storage.list_files: a page or a directory entry at a time) and a batch is emitted as soon as it is full, so nothing
-holds the list of every file; what the Reshuffle carries is paths and sizes, never image bytes.
+runner fixed overhead (a Reshuffle is several steps per element), so it is paid once per batch. The listing
+streams (file_listing.list_files: a page or a directory entry at a time) and a batch is emitted as soon as it is full,
+so nothing holds the list of every file; what the Reshuffle carries is paths and sizes, never image bytes.
 
 A file matched by two --input patterns is listed once (by the first). An optional `select` (see `Selector`) decides
 per file whether it needs work at all, inside the same step: scoring's incremental filter skips what earlier runs
@@ -17,7 +17,8 @@ import zlib
 
 import apache_beam as beam
 
-from beam_pipelines import storage
+from beam_pipelines import file_listing
+from trainer import storage
 
 DEFAULT_FILES_PER_BATCH = 1024
 LISTED = "listed"
@@ -27,7 +28,7 @@ LISTING_REPORT = "_listed-"  # <report_dir>/_listed-NNN.json: files to process o
 def files_to_process(report_dir: str, patterns: int) -> int | None:
     """The files the listing found to process, once every pattern's report is written (else None)."""
     total, reports = 0, 0
-    for ref in storage.list_files(storage.join(report_dir, LISTING_REPORT + "*.json")):
+    for ref in file_listing.list_files(storage.join(report_dir, LISTING_REPORT + "*.json")):
         total += storage.read_json(ref.path)["files"]
         reports += 1
     return total if reports == patterns else None
@@ -58,7 +59,7 @@ class FileBatch:
         return cls(batch_id, packed, len(files), dict(counts), notes or {})
 
     @property
-    def files(self) -> tuple[storage.FileRef, ...]:
+    def files(self) -> tuple[file_listing.FileRef, ...]:
         return pickle.loads(zlib.decompress(self.packed))
 
     def __len__(self) -> int:
@@ -74,7 +75,7 @@ class Selector:
     def open(self) -> None:
         pass
 
-    def __call__(self, ref: storage.FileRef) -> str | None:
+    def __call__(self, ref: file_listing.FileRef) -> str | None:
         return None
 
     def notes(self) -> dict:
@@ -94,13 +95,13 @@ class ListBatchesFn(beam.DoFn):
 
     def setup(self):
         self._select.open()
-        self._earlier = [storage.Matcher(pattern) for pattern in self._patterns]
+        self._earlier = [file_listing.Matcher(pattern) for pattern in self._patterns]
 
     def process(self, element):
         index, pattern = element
         earlier = self._earlier[:index]
         counts, files, sequence, queued = {LISTED: 0}, [], 0, 0
-        for ref in storage.list_files(pattern):
+        for ref in file_listing.list_files(pattern):
             if any(matches(ref.path) for matches in earlier):
                 continue  # an earlier pattern lists it
             counts[LISTED] += 1

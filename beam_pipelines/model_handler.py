@@ -29,8 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
-from beam_pipelines import storage
-from trainer import model_contract, provenance
+from trainer import model_contract, provenance, storage
 from trainer.model_contract import LATEST, MODEL_INFO, SAVED_MODEL, ModelError, join
 
 PIXELS_SIGNATURE = model_contract.SIGNATURES["pixels"]

@@ -24,8 +24,8 @@ from collections import Counter
 
 import apache_beam as beam
 
-from beam_pipelines import incremental, inference, lifecycle, storage
-from trainer import features
+from beam_pipelines import incremental, inference, lifecycle
+from trainer import features, storage
 
 NAMESPACE = "catsdogs.score"
 ROW_SCHEMA_VERSION = 2

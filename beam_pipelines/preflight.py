@@ -9,8 +9,8 @@ testPermissions on GCS, os.access locally) and, for scoring, the model (already 
 import logging
 import os
 
-from beam_pipelines import cli, imaging, reading, storage
-from trainer import credentials
+from beam_pipelines import cli, file_listing, imaging, reading
+from trainer import credentials, storage
 
 SAMPLE_FILES = 5
 
@@ -29,7 +29,7 @@ def require_reachable(paths) -> None:
 def writable(path: str) -> str | None:
     """None when this process may create files under path, else why not; writes nothing."""
     if storage.is_remote(path):
-        bucket, _, _ = path[len(storage.GCS_PREFIX):].partition("/")
+        bucket, _ = storage.split_gcs(path)
         try:
             granted = storage.gcs_client().bucket(bucket).test_iam_permissions(["storage.objects.create"])
         except Exception as error:  # noqa: BLE001 - reported, not raised: --check_only lists every problem
@@ -49,7 +49,7 @@ def run_checks(inputs, output_dir: str, size, max_pixels: int, max_bytes: int, e
     files, problems = 0, {}
     sample = []
     for pattern in inputs:
-        for ref in storage.list_files(pattern):
+        for ref in file_listing.list_files(pattern):
             files += 1
             if ref.problem:
                 problems[ref.problem] = problems.get(ref.problem, 0) + 1

@@ -36,8 +36,8 @@ import uuid
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipelines import changes, cli, grouping, lifecycle, listing, options, preflight, records, storage
-from trainer import dataset_contract, features, provenance
+from beam_pipelines import changes, cli, file_listing, grouping, lifecycle, listing, options, preflight, records
+from trainer import dataset_contract, features, provenance, storage
 
 NAMESPACE = records.NAMESPACE
 COUNTS_FILE = "_counts.json"
@@ -119,7 +119,7 @@ def _current(output_dir: str):
 def _refuse_foreign(output_dir: str) -> None:
     """An output folder without a dataset pointer must be empty (or hold only dead, unpublished versions)."""
     prefix = output_dir.rstrip("/") + "/"
-    for ref in storage.list_files(prefix):
+    for ref in file_listing.list_files(prefix):
         name = ref.path[len(prefix):]
         if name == LEASE_FILE or re.match(r"^v\d{5,}/", name):
             continue
@@ -161,8 +161,8 @@ def plan_version(config: options.PreprocessConfig, dry_run: bool = False) -> dic
                 facts_files.append((dataset_contract.join(version_dir, entry["facts"]), entry["batch"]))
                 previous_batches.append(records.entry_from(name, entry))
             rejection_files = [(ref.path, None) for pattern in ("rejected-*.jsonl", "duplicates-*.jsonl")
-                               for ref in storage.list_files(storage.join(version_dir, pattern))]
-    for ref in storage.list_files(config.output_dir.rstrip("/") + "/"):  # unpublished versions of dead runs
+                               for ref in file_listing.list_files(storage.join(version_dir, pattern))]
+    for ref in file_listing.list_files(config.output_dir.rstrip("/") + "/"):  # unpublished versions of dead runs
         match = re.match(r"^v(\d{5,})$", ref.path[len(config.output_dir.rstrip("/")) + 1:].split("/")[0])
         if match and int(match.group(1)) >= number and not dry_run:
             dead = storage.join(config.output_dir, match.group(0))
@@ -285,7 +285,7 @@ def _resolve(argv) -> tuple[PipelineOptions, options.PreprocessConfig, str]:
     config = dataclasses.replace(config, inputs=tuple(storage.absolute(p) for p in config.inputs),
                                  output_dir=storage.absolute(config.output_dir).rstrip("/"))
     preflight.require_reachable([*config.inputs, config.output_dir])  # before anything reads from GCS
-    storage.check_patterns_match(config.inputs)
+    file_listing.check_patterns_match(config.inputs)
     return pipeline_options, config, runner
 
 
@@ -318,7 +318,7 @@ def run(argv=None, test_pipeline=None) -> dict:
         counts_path = storage.join(version_dir, COUNTS_FILE)
         tally = storage.read_json(counts_path)
         storage.delete(counts_path)
-        for ref in storage.list_files(storage.join(version_dir, listing.LISTING_REPORT + "*.json")):
+        for ref in file_listing.list_files(storage.join(version_dir, listing.LISTING_REPORT + "*.json")):
             storage.delete(ref.path)
         storage.delete_tree(records.work_dir(version_dir))
         metadata = assemble_metadata(config, plan, tally, runner, started_at, time.monotonic() - started)
@@ -349,7 +349,7 @@ def run(argv=None, test_pipeline=None) -> dict:
 def _progress(version_dir: str, config: options.PreprocessConfig, plan: dict) -> lifecycle.Progress:
     """Batches decoded and written so far (their facts files), out of the batches the listing will make (known for a
     first version; a growing dataset's batches are made after the join with the current version)."""
-    done = sum(1 for _ in storage.list_files(storage.join(version_dir, "facts-*.jsonl")))
+    done = sum(1 for _ in file_listing.list_files(storage.join(version_dir, "facts-*.jsonl")))
     files = listing.files_to_process(version_dir, len(config.inputs)) if plan["previous"] is None else None
     total = None if files is None else -(-files // config.files_per_batch)
     return lifecycle.Progress(done, total, "batches")

@@ -17,21 +17,22 @@ import queue
 import threading
 import weakref
 
-from beam_pipelines import isolation, storage
+from beam_pipelines import file_listing, isolation
+from trainer import storage
 
 READ_THREADS = 8
 READ_AHEAD = 32  # files being read at once: enough to hide GCS latency, few enough to bound memory
 QUEUE_SIZE = 256  # decoded results waiting for the caller (pixels of a 180x180 image: 97 KB each)
 READ_ERROR = isolation.READ_ERROR
 FILE_TOO_LARGE = isolation.FILE_TOO_LARGE
-REASONS = (READ_ERROR, FILE_TOO_LARGE, *storage.LISTING_PROBLEMS)
+REASONS = (READ_ERROR, FILE_TOO_LARGE, *file_listing.LISTING_PROBLEMS)
 
 _LISTING_DETAIL = {
-    storage.BROKEN_SYMLINK: "a symbolic link whose target does not exist",
-    storage.SYMLINK_LOOP: "a symbolic link to a folder listed already (a loop, or the same folder twice): its files "
-                          "are counted once, under the first path",
-    storage.NOT_A_FILE: "not a regular file (a FIFO, socket or device): never read, it could block forever",
-    storage.UNREADABLE_FOLDER: "a folder that could not be listed (permissions?): its files are not counted",
+    file_listing.BROKEN_SYMLINK: "a symbolic link whose target does not exist",
+    file_listing.SYMLINK_LOOP: "a symbolic link to a folder listed already (a loop, or the same folder twice): its "
+                               "files are counted once, under the first path",
+    file_listing.NOT_A_FILE: "not a regular file (a FIFO, socket or device): never read, it could block forever",
+    file_listing.UNREADABLE_FOLDER: "a folder that could not be listed (permissions?): its files are not counted",
 }
 
 
@@ -39,7 +40,7 @@ def rejected(reason: str, detail: str) -> tuple:
     return ("rejected", reason, detail)
 
 
-def _early(ref: storage.FileRef, max_bytes: int):
+def _early(ref: file_listing.FileRef, max_bytes: int):
     """A rejection known from the listing alone, or None."""
     if ref.problem:
         return rejected(ref.problem, _LISTING_DETAIL.get(ref.problem, ref.problem))
@@ -48,7 +49,7 @@ def _early(ref: storage.FileRef, max_bytes: int):
     return None
 
 
-def _read(ref: storage.FileRef, max_bytes: int):
+def _read(ref: file_listing.FileRef, max_bytes: int):
     """The file's bytes, or a rejection."""
     try:
         return storage.read_bytes(ref.path, limit=max_bytes)

@@ -24,8 +24,8 @@ from collections import Counter
 
 import apache_beam as beam
 
-from beam_pipelines import grouping, isolation, reading, storage, tfrecords
-from trainer import dataset_contract, features
+from beam_pipelines import file_listing, grouping, isolation, reading, tfrecords
+from trainer import dataset_contract, features, storage
 
 NAMESPACE = "catsdogs.preprocess"
 NO_LABEL = "no_label"
@@ -203,7 +203,7 @@ class RewriteBatchFn(beam.DoFn):
             change = actions.get((fact.split, fact.index))
             record = records[(fact.split, fact.index)]
             split = fact.split
-            ref = storage.FileRef(fact.path, fact.size, 0.0, fact.version)
+            ref = file_listing.FileRef(fact.path, fact.size, 0.0, fact.version)
             if change is not None and change.action == "drop":
                 if change.reason == "duplicate":
                     counts["duplicate"] += 1

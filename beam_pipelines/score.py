@@ -39,6 +39,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from beam_pipelines import (
     cli,
+    file_listing,
     incremental,
     inference,
     lifecycle,
@@ -47,9 +48,8 @@ from beam_pipelines import (
     options,
     predictions,
     preflight,
-    storage,
 )
-from trainer import logger, provenance
+from trainer import logger, provenance, storage
 
 NAMESPACE = predictions.NAMESPACE
 COUNTS_FILE = "_counts.json"
@@ -99,7 +99,7 @@ def build(pipeline, config: options.ScoreConfig, model_info: dict, plan: dict):
 def _marker_paths(staging: str) -> list[str]:
     """The commit markers in a staging dir; not the temporary file of a marker whose write was killed (locally,
     storage.write_bytes writes `.tmp-*` first), which may be empty."""
-    return [ref.path for ref in storage.list_files(storage.join(staging, predictions.COMMITTED) + "/")
+    return [ref.path for ref in file_listing.list_files(storage.join(staging, predictions.COMMITTED) + "/")
             if not ref.path.rsplit("/", 1)[-1].startswith(".")]
 
 
@@ -248,7 +248,7 @@ def finish(config, model_info, plan, runner, started_at, seconds) -> dict:
         files.update(marker["files"])
     prefix = staging.rstrip("/") + "/"
     outputs, orphans = [], []
-    for ref in storage.list_files(prefix):
+    for ref in file_listing.list_files(prefix):
         name = ref.path[len(prefix):]
         if name.startswith(PRIVATE):
             continue
@@ -289,7 +289,7 @@ def _resolve(argv) -> tuple[PipelineOptions, options.ScoreConfig, dict, str]:
         model, info = model_handler.resolve_and_check_model(config.model, config.allowed_model_prefix)
     except model_handler.ModelError as error:
         raise cli.UsageError(str(error)) from None
-    storage.check_patterns_match(inputs)
+    file_listing.check_patterns_match(inputs)
     import dataclasses
 
     config = dataclasses.replace(config, inputs=inputs, output_dir=output_dir, skip_scored=skip, model=model,

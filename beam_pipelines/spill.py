@@ -15,7 +15,7 @@ import pickle
 import struct
 import zlib
 
-from beam_pipelines import storage
+from trainer import storage
 
 PARTITIONS = 64
 MAGIC = b"CDSPILL1"

@@ -46,12 +46,12 @@ def gcs_bucket(gcs_emulator_host, monkeypatch):
 
 
 def fresh_storage_clients(monkeypatch) -> None:
-    """beam_pipelines.storage keeps one GCS client per thread, made for the STORAGE_EMULATOR_HOST of its time: a test
+    """trainer.storage keeps one GCS client per thread, made for the STORAGE_EMULATOR_HOST of its time: a test
     that points GCS elsewhere (another emulator, a proxy) must start from new clients, or an earlier test's client
     would send its requests to that test's server."""
     import threading
 
-    from beam_pipelines import storage
+    from trainer import storage
 
     monkeypatch.setattr(storage, "_local", threading.local())
 

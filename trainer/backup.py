@@ -8,7 +8,6 @@ history.csv is trimmed to the epochs before the resumed one, so each epoch appea
 """
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import signal
@@ -17,8 +16,8 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from trainer import evaluate, logger
-from trainer.paths import join
+from trainer import evaluate, logger, storage
+from trainer.storage import join
 
 log = logger.get()
 BACKUP_WEIGHTS = "latest.weights.h5"  # in <model_dir>/backup, next to BACKUP_METADATA: Keras's names
@@ -58,18 +57,10 @@ class Backup:
     trained_seconds: float = 0.0  # training time used before it (what the time budget counts)
 
 
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with tf.io.gfile.GFile(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_weights_file(model, path: str) -> None:
     """model.load_weights for any file name: Keras picks the format by the suffix and refuses the previous backup's
     `.weights.h5.bkp`, so such a file is loaded through a local copy named `*.weights.h5`."""
-    if path.endswith(".weights.h5") and "://" not in path:
+    if path.endswith(".weights.h5") and not storage.is_remote(path):
         model.load_weights(path)
         return
     local_dir = tempfile.mkdtemp(prefix="catsdogs-restore-")
@@ -96,7 +87,7 @@ def _check_backup(weights: str, metadata: str) -> tuple[dict | None, str]:
     if not tf.io.gfile.exists(weights):
         return None, f"{weights} is missing"
     expected = recorded.get("weights_sha256")  # absent only in backups written before checksums were recorded
-    if expected is not None and sha256(weights) != expected:
+    if expected is not None and storage.sha256(weights) != expected:
         return None, f"{weights} does not match the sha256 recorded in {metadata}: it is truncated or corrupt"
     return recorded, ""
 
@@ -189,7 +180,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         try:  # saved locally, hashed, then copied: what Keras itself does for a remote path
             local = join(local_dir, BACKUP_WEIGHTS)
             self.model.save_weights(local)
-            checksum = sha256(local)
+            checksum = storage.sha256(local)
             tf.io.gfile.copy(local, self._weights_path, overwrite=True)
         finally:
             shutil.rmtree(local_dir, ignore_errors=True)

@@ -20,23 +20,14 @@ orientation and composites transparency over white, `tf.io.decode_image` does ne
 reduced DCT scale before resizing.
 """
 
-import hashlib
 import os
 import shutil
 import tempfile
 
-from trainer import image_headers, model_contract, provenance, publish
+from trainer import image_headers, model_contract, provenance, publish, storage
 from trainer.model_contract import MODEL_INFO, SIGNATURES, THRESHOLD
 
 _VERSION_ATTEMPTS = 5
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_hashes(root: str, exclude=(MODEL_INFO,)) -> dict:
@@ -47,7 +38,7 @@ def file_hashes(root: str, exclude=(MODEL_INFO,)) -> dict:
             path = os.path.join(folder, name)
             relative = os.path.relpath(path, root).replace(os.sep, "/")
             if relative not in exclude:
-                hashes[relative] = sha256_file(path)
+                hashes[relative] = storage.sha256(path)
     return dict(sorted(hashes.items()))
 
 

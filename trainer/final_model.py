@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from trainer import config as config_lib
 from trainer import data, evaluate, fine_tune, logger, model_dir, models, promotion
-from trainer.paths import join
 from trainer.plan import Outputs, Plan
+from trainer.storage import join
 
 log = logger.get()
 

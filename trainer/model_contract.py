@@ -24,6 +24,8 @@ import json
 import re
 from collections.abc import Callable, Iterable
 
+from trainer.storage import join  # noqa: F401 - also model_contract.join for the export root's paths
+
 MODEL_INFO = "model_info.json"
 LATEST = "latest"
 SAVED_MODEL = "saved_model.pb"
@@ -59,11 +61,6 @@ class Pointer:
     @property
     def legacy(self) -> bool:
         return self.model_info_sha256 is None
-
-
-def join(root: str, *parts: str) -> str:
-    """root/part/...: '/' separators for local paths and gs:// URIs alike."""
-    return "/".join([root.rstrip("/"), *parts])
 
 
 def is_version(name) -> bool:

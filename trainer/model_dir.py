@@ -5,7 +5,7 @@ import json
 
 import tensorflow as tf
 
-from trainer.paths import join
+from trainer.storage import join
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 
 from trainer import config as config_lib
+from trainer import storage
 
 # Keras' default 0.99 needs ~500 steps before the moving statistics used at evaluation settle; 0.9 needs ~50, which
 # keeps short runs (tests, --time_budget_minutes comparisons) honest and costs nothing on long ones.
@@ -110,7 +111,7 @@ def resnet_lite(input_size, width: int = 32, depth: int = 2, stages: int = 4, dr
 
 def local_copy(path: str) -> tuple[str, str | None]:
     """A local file with the same content as path (copied from gs:// when needed) and a temp dir to remove."""
-    if "://" not in path:
+    if not storage.is_remote(path):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--weights {path} does not exist")
         return path, None

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from trainer import config as config_lib
 from trainer import data, distribute, model_dir
-from trainer.paths import join
+from trainer.storage import join
 
 
 @dataclasses.dataclass(frozen=True)

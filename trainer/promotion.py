@@ -26,7 +26,7 @@ import json
 import shutil
 import sys
 
-from trainer import data, evaluate, export, model_contract, provenance, publish
+from trainer import data, evaluate, export, model_contract, provenance, publish, storage
 
 EXIT_NOT_BLESSED = 4
 _COMPARED = (("accuracy", "accuracy"), ("roc_auc", "ROC AUC"))
@@ -143,7 +143,7 @@ def read_baseline(export_root: str, *, data_dir: str, split: str, image_size, cl
     except Exception as error:  # any failure to read, verify or run the baseline is reported, not fatal
         baseline["problem"] = f"{type(error).__name__}: {error}"[:2000]
     finally:
-        if local and export_root.startswith("gs://"):
+        if local and storage.is_remote(export_root):
             shutil.rmtree(local, ignore_errors=True)  # the temporary copy of a gs:// baseline
     return pointer, baseline
 

@@ -14,20 +14,17 @@ the caller saw (`expected`), so a trainer gated against one `latest` never repla
 
 Reading a version back (`check_version`, `fetch_version`) verifies it against its model_info.json; the operator's
 `python -m trainer.rollback` and the promotion gate use them. Standard library and google-cloud-storage only.
-(Just over 400 lines: writing versions and reading them back share the helpers of both storage stacks, local files
-and google-cloud-storage; split in two, one half would import the other's private helpers.)
 """
 
 import dataclasses
 import fcntl
-import hashlib
 import os
 import shutil
 import tempfile
 import threading
 import time
 
-from trainer import model_contract
+from trainer import model_contract, storage
 from trainer.model_contract import LATEST, MODEL_INFO, ModelError, Pointer
 
 FORWARD = "forward"  # move_latest's default expectation: only to a version newer than the one `latest` names
@@ -58,65 +55,28 @@ class Published:
     move: LatestMove
 
 
-def _is_gcs(path: str) -> bool:
-    return path.startswith("gs://")
-
-
-def _bucket_and_name(uri: str) -> tuple[str, str]:
-    bucket, _, name = uri[len("gs://"):].partition("/")
-    return bucket, name
-
-
-def gcs_client():
-    from google.cloud import storage  # imported lazily: local-only runs never need it
-
-    return storage.Client()
-
-
 def _read(path: str) -> bytes | None:
     """A file's or object's bytes; None when it does not exist."""
-    if not _is_gcs(path):
-        try:
-            with open(path, "rb") as handle:
-                return handle.read()
-        except FileNotFoundError:
-            return None
-    from google.api_core import exceptions
-
-    bucket_name, name = _bucket_and_name(path)
     try:
-        return gcs_client().bucket(bucket_name).blob(name).download_as_bytes()
-    except exceptions.NotFound:
+        return storage.read_bytes(path)
+    except FileNotFoundError:
         return None
 
 
 def _sha256_of(path: str) -> str | None:
-    digest = hashlib.sha256()
-    if not _is_gcs(path):
-        try:
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-        except FileNotFoundError:
-            return None
-        return digest.hexdigest()
-    bucket_name, name = _bucket_and_name(path)
-    blob = gcs_client().bucket(bucket_name).get_blob(name)
-    if blob is None:
+    try:
+        return storage.sha256(path)  # streamed: variables files can be gigabytes
+    except FileNotFoundError:
         return None
-    with blob.open("rb") as handle:  # streamed: variables files can be gigabytes
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def list_versions(export_root: str) -> list[str]:
     """Every version directory under export_root, complete or not, oldest first."""
-    if not _is_gcs(export_root):
+    if not storage.is_remote(export_root):
         names = os.listdir(export_root) if os.path.isdir(export_root) else []
     else:
-        bucket_name, prefix = _bucket_and_name(model_contract.join(export_root, ""))
-        blobs = gcs_client().list_blobs(bucket_name, prefix=prefix, delimiter="/")
+        bucket_name, prefix = storage.split_gcs(model_contract.join(export_root, ""))
+        blobs = storage.gcs_client().list_blobs(bucket_name, prefix=prefix, delimiter="/")
         names = []
         for page in blobs.pages:
             names += [p[len(prefix):].rstrip("/") for p in page.prefixes]
@@ -140,7 +100,7 @@ def publish_version(local_dir: str, export_root: str, version: str) -> str:
     if not os.path.isfile(os.path.join(local_dir, MODEL_INFO)):
         raise PublishError(f"{local_dir} has no {MODEL_INFO}: refusing to publish an incomplete export")
     target = model_contract.join(export_root, version)
-    if _is_gcs(export_root):
+    if storage.is_remote(export_root):
         return _upload(local_dir, target)
     if _already_published_locally(local_dir, target):
         return target
@@ -172,8 +132,8 @@ def _already_published_locally(local_dir: str, target: str) -> bool:
 def _upload(local_dir: str, target: str) -> str:
     from google.api_core import exceptions
 
-    bucket_name, prefix = _bucket_and_name(target)
-    bucket = gcs_client().bucket(bucket_name)
+    bucket_name, prefix = storage.split_gcs(target)
+    bucket = storage.gcs_client().bucket(bucket_name)
     marker = bucket.blob(f"{prefix}/{MODEL_INFO}")
     if marker.exists():  # complete already: ours from an earlier attempt, or somebody else's version
         if _same_content(marker, os.path.join(local_dir, MODEL_INFO)):
@@ -233,8 +193,8 @@ def _read_latest_gcs(export_root: str, client=None, attempts: int = 5) -> tuple[
     from google.api_core import exceptions
 
     where = model_contract.join(export_root, LATEST)
-    bucket_name, name = _bucket_and_name(where)
-    bucket = (client or gcs_client()).bucket(bucket_name)
+    bucket_name, name = storage.split_gcs(where)
+    bucket = (client or storage.gcs_client()).bucket(bucket_name)
     for _ in range(attempts):
         blob = bucket.blob(name)
         try:
@@ -285,7 +245,7 @@ def move_latest(export_root: str, new: Pointer, *, expected=FORWARD, attempts: i
     replaces a `latest` that cannot be parsed. Never raises for a refusal: the returned LatestMove says what
     `latest` names and why it did not move. Raises PublishError when `latest` is damaged (and not expected so)."""
     data = model_contract.format_pointer(new)
-    if not _is_gcs(export_root):
+    if not storage.is_remote(export_root):
         os.makedirs(export_root, exist_ok=True)
         with open(os.path.join(export_root, ".latest.lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -305,8 +265,8 @@ def move_latest(export_root: str, new: Pointer, *, expected=FORWARD, attempts: i
             return LatestMove(True, new)
     from google.api_core import exceptions
 
-    client = gcs_client()
-    bucket_name, name = _bucket_and_name(model_contract.join(export_root, LATEST))
+    client = storage.gcs_client()
+    bucket_name, name = storage.split_gcs(model_contract.join(export_root, LATEST))
     for _ in range(attempts):
         current, generation = _read_latest_gcs(export_root, client)
         if current == new:
@@ -386,13 +346,13 @@ def fetch_version(export_root: str, version: str) -> tuple[str, dict, str]:
     the tests use), which the caller removes. The `files` keys are checked before anything is copied."""
     info, checksum = _read_info(export_root, version)
     directory = model_contract.join(export_root, version)
-    if not _is_gcs(export_root):
+    if not storage.is_remote(export_root):
         _verify(directory, info, version)
         return directory, info, checksum
     local = tempfile.mkdtemp(prefix=f"catsdogs-version-{version}-")
     try:
-        bucket_name, prefix = _bucket_and_name(directory)
-        bucket = gcs_client().bucket(bucket_name)
+        bucket_name, prefix = storage.split_gcs(directory)
+        bucket = storage.gcs_client().bucket(bucket_name)
         for relative in info["files"]:  # keys validated by parse_model_info: plain relative paths
             target = os.path.join(local, *relative.split("/"))
             os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -55,8 +55,8 @@ from trainer import (
 )
 from trainer import config as config_lib
 from trainer import plan as plans
-from trainer.paths import join, write_json
 from trainer.plan import Outputs, Plan
+from trainer.storage import join, write_json
 
 log = logger.get()
 

@@ -5,14 +5,15 @@ import json
 
 import numpy as np
 
-from beam_pipelines import incremental, storage
+from beam_pipelines import file_listing, incremental
+from trainer import storage
 
 WATERMARK = 1_000.0
 NEXT_WATERMARK = 2_000.0
 
 
-def ref(path: str, mtime: float, version: int = 1, size: int = 10) -> storage.FileRef:
-    return storage.FileRef(path, size, mtime, version)
+def ref(path: str, mtime: float, version: int = 1, size: int = 10) -> file_listing.FileRef:
+    return file_listing.FileRef(path, size, mtime, version)
 
 
 def state(recent=(), retry=(), watermark=WATERMARK) -> incremental.State:

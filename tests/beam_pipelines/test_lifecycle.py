@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from beam_pipelines import lifecycle, storage
+from beam_pipelines import file_listing, lifecycle
 from tests.conftest import point_gcs_at
 from tests.gcs_servers import FaultyProxy, fake_gcs_bucket_fixture, fake_gcs_server_fixture  # noqa: F401
+from trainer import storage
 
 
 def _holder(path, **fields) -> dict:
@@ -156,7 +157,7 @@ def test_publish_directory_on_gcs_copies_the_set_and_removes_the_old_one_marker_
 
     lifecycle.publish_directory(staging, final, marker="summary.json", exclude=("_committed",))
 
-    names = sorted(ref.path[len(gcs_bucket) + 1:] for ref in storage.list_files(f"{gcs_bucket}/"))
+    names = sorted(ref.path[len(gcs_bucket) + 1:] for ref in file_listing.list_files(f"{gcs_bucket}/"))
     assert names == ["scores/r1/errors-a.jsonl", "scores/r1/predictions-a.jsonl"]  # the caller writes the marker
 
 

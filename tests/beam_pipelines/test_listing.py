@@ -5,7 +5,7 @@ import apache_beam as beam
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_pipelines import listing, storage
+from beam_pipelines import file_listing, listing
 
 
 def _files(root, names) -> list[str]:
@@ -30,8 +30,8 @@ def test_a_file_matched_by_several_patterns_is_listed_once(tmp_path):
                   | "Listed" >> beam.Map(lambda batch: batch.counts[listing.LISTED])
                   | "Sum" >> beam.CombineGlobally(sum))
         sizes = batches | "Sizes" >> beam.Map(len) | "Largest" >> beam.CombineGlobally(max)
-        assert_that(paths, equal_to([(path, None) for path in files]
-                                    + [(str(tmp_path / "broken.jpg"), storage.BROKEN_SYMLINK)]), label="CheckPaths")
+        broken = (str(tmp_path / "broken.jpg"), file_listing.BROKEN_SYMLINK)
+        assert_that(paths, equal_to([(path, None) for path in files] + [broken]), label="CheckPaths")
         assert_that(listed, equal_to([len(files) + 1]), label="CheckListed")
         assert_that(sizes, equal_to([2]), label="CheckBatchSize")
 

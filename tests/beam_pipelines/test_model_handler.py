@@ -6,10 +6,11 @@ import shutil
 import numpy as np
 import pytest
 
-from beam_pipelines import imaging, model_handler, storage
+from beam_pipelines import imaging, model_handler
 from tests.beam_pipelines.test_score import SIZE, VERSION, export_tiny_model
 from tests.conftest import upload_tree
 from tests.corpus import easy_pixels, encode
+from trainer import storage
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beam_pipelines import grouping, imaging, preprocess, records, storage, tfrecords
+from beam_pipelines import file_listing, grouping, imaging, preprocess, records, tfrecords
 from tests import corpus
 from tests.conftest import upload_tree
-from trainer import dataset_contract, features
+from trainer import dataset_contract, features, storage
 
 
 def _args(inputs, output_dir, *extra):
@@ -57,7 +57,7 @@ def _split_of_source(output_dir) -> dict:
 def _rejections(output_dir):
     version_dir, _ = _version(output_dir)
     lines = []
-    for ref in storage.list_files(storage.join(version_dir, "rejected-*.jsonl")):
+    for ref in file_listing.list_files(storage.join(version_dir, "rejected-*.jsonl")):
         lines += [json.loads(line) for line in storage.read_bytes(ref.path).decode().splitlines() if line]
     return {line["path"]: line for line in lines}
 
@@ -266,7 +266,7 @@ def test_gcs_input_and_output_through_the_emulator(gcs_bucket, tmp_path):
     metadata = preprocess.run(_args([f"{gcs_bucket}/raw/"], output_dir, "--image_size=24", "--files_per_batch=3"))
     assert metadata["written"] == 8 and metadata["rejected"] == {imaging.NOT_AN_IMAGE: 1}
 
-    names = sorted(ref.path for ref in storage.list_files(f"{output_dir}/"))
+    names = sorted(ref.path for ref in file_listing.list_files(f"{output_dir}/"))
     assert f"{output_dir}/latest" in names and f"{output_dir}/v00001/metadata.json" in names
     assert not [n for n in names if "lease" in n or "/_" in n or "beam-temp" in n], names
     version_dir, stored = _version(output_dir)

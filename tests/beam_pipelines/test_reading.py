@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from beam_pipelines import imaging, isolation, reading, storage
+from beam_pipelines import file_listing, imaging, isolation, reading
 from tests import corpus
 
 SIZE = (16, 16)
@@ -37,9 +37,9 @@ def _outcomes(refs, decoders, pool, max_bytes=10_000) -> dict:
     return {ref.path: outcome for ref, outcome in results}
 
 
-def _ref(path) -> storage.FileRef:
+def _ref(path) -> file_listing.FileRef:
     info = os.stat(path)
-    return storage.FileRef(str(path), info.st_size, info.st_mtime, info.st_mtime_ns)
+    return file_listing.FileRef(str(path), info.st_size, info.st_mtime, info.st_mtime_ns)
 
 
 def test_every_file_comes_out_once_decoded_or_rejected_with_its_reason(tmp_path, decoders, pool):
@@ -52,12 +52,12 @@ def test_every_file_comes_out_once_decoded_or_rejected_with_its_reason(tmp_path,
     vanished = _ref(good[0].path)._replace(path=str(tmp_path / "vanished.jpg"))
     huge = tmp_path / "huge.jpg"
     huge.write_bytes(corpus.encode(corpus.easy_pixels(1, 2, 24)))  # small: only its listed size is huge
-    problems = [storage.FileRef(str(tmp_path / name), 0, 0.0, 0, problem)
-                for name, problem in (("link.jpg", storage.BROKEN_SYMLINK), ("loop", storage.SYMLINK_LOOP),
-                                      ("locked", storage.UNREADABLE_FOLDER))]
+    problems = [file_listing.FileRef(str(tmp_path / name), 0, 0.0, 0, problem)
+                for name, problem in (("link.jpg", file_listing.BROKEN_SYMLINK), ("loop", file_listing.SYMLINK_LOOP),
+                                      ("locked", file_listing.UNREADABLE_FOLDER))]
     refs = [*good, _ref(tmp_path / "text.jpg"), grown_ref, vanished, *problems,
-            storage.FileRef(str(huge), 10**9, 0.0, 1),  # listed as huge: refused from its size, never read
-            storage.FileRef(str(tmp_path), 4096, 0.0, 1)]  # a folder where a file was listed
+            file_listing.FileRef(str(huge), 10**9, 0.0, 1),  # listed as huge: refused from its size, never read
+            file_listing.FileRef(str(tmp_path), 4096, 0.0, 1)]  # a folder where a file was listed
 
     outcomes = _outcomes(refs, decoders, pool)
 
@@ -78,7 +78,7 @@ def test_every_file_comes_out_once_decoded_or_rejected_with_its_reason(tmp_path,
 def test_a_fifo_listed_among_the_files_is_never_opened(tmp_path, pool):
     fifo = tmp_path / "camera.jpg"
     os.mkfifo(fifo)
-    [listed] = list(storage.list_files(str(tmp_path)))
+    [listed] = list(file_listing.list_files(str(tmp_path)))
     results = []
 
     def read():
@@ -94,4 +94,4 @@ def test_a_fifo_listed_among_the_files_is_never_opened(tmp_path, pool):
             pass
         pytest.fail("the FIFO was opened: a worker reading it would block for ever")
     [(_, outcome)] = results
-    assert outcome[:2] == ("rejected", storage.NOT_A_FILE) and "never read" in outcome[2]
+    assert outcome[:2] == ("rejected", file_listing.NOT_A_FILE) and "never read" in outcome[2]

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from beam_pipelines import imaging, incremental, lifecycle, listing, model_handler, options, score, storage
+from beam_pipelines import file_listing, imaging, incremental, lifecycle, listing, model_handler, options, score
 from tests.conftest import upload_tree
 from tests.corpus import write_easy_dataset, write_odd_files
+from trainer import storage
 
 SIZE = 32
 VERSION = "1700000000"
@@ -234,7 +235,7 @@ def test_gcs_images_model_and_outputs_through_the_emulator(gcs_bucket, export_ro
     summary = run_score(*flags, "--run_id", "cloud")
     assert summary["model"] == f"{gcs_bucket}/models/export/{VERSION}"
     assert (summary["matched"], summary["scored"], summary["failed"]) == (len(files) + 2, len(files) + 1, 1)
-    names = {ref.path for ref in storage.list_files(f"{output}/cloud/")}
+    names = {ref.path for ref in file_listing.list_files(f"{output}/cloud/")}
     assert f"{output}/cloud/summary.json" in names
     rows = [row for path in names if "/predictions-" in path
             for row in csv.DictReader(storage.read_bytes(path).decode("utf-8").splitlines(keepends=True))]
@@ -244,7 +245,7 @@ def test_gcs_images_model_and_outputs_through_the_emulator(gcs_bucket, export_ro
     [errors] = [path for path in names if "/errors-" in path]
     [error] = [json.loads(line) for line in storage.read_bytes(errors).decode("utf-8").splitlines()]
     assert (error["path"], error["reason"]) == (f"{gcs_bucket}/images/pets/broken.jpg", imaging.NOT_AN_IMAGE)
-    assert not any(".staging-" in ref.path or ".lease-" in ref.path for ref in storage.list_files(f"{output}/"))
+    assert not any(".staging-" in ref.path or ".lease-" in ref.path for ref in file_listing.list_files(f"{output}/"))
 
     upload_tree(local / "pets" / "cat", f"{gcs_bucket}/images/pets/later")
     summary = run_score(*flags, "--run_id", "cloud-2")  # the incremental record works through GCS too

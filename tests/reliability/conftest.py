@@ -76,8 +76,8 @@ def read_dataset(output_dir) -> tuple[dict, dict]:
     fails on a source written twice and on bytes that are not valid UTF-8 in the records' sources or the lists."""
     from tensorflow.core.example import example_pb2
 
-    from beam_pipelines import storage, tfrecords
-    from trainer import dataset_contract, features
+    from beam_pipelines import file_listing, tfrecords
+    from trainer import dataset_contract, features, storage
 
     version_dir, metadata = dataset_contract.locate(str(output_dir), storage.read_bytes, storage.exists)
     sources = {}
@@ -92,7 +92,7 @@ def read_dataset(output_dir) -> tuple[dict, dict]:
                 sources[source] = split
     rejections = {}
     for pattern in ("rejected-*.jsonl", "duplicates-*.jsonl"):
-        for ref in storage.list_files(storage.join(version_dir, pattern)):
+        for ref in file_listing.list_files(storage.join(version_dir, pattern)):
             for line in storage.read_bytes(ref.path).decode("utf-8").splitlines():
                 row = json.loads(line)
                 rejections[row["path"]] = row

@@ -10,7 +10,7 @@ The launcher runs a job's entry point with one function wrapped, so that the pro
 at all, as when a pod is evicted or the OOM killer strikes) right before or after the n-th call whose arguments
 contain a given text:
 
-    python -m tests.reliability.faulty --kill_before beam_pipelines.storage:write_json:summary.json \\
+    python -m tests.reliability.faulty --kill_before trainer.storage:write_json:summary.json \\
         -- beam_pipelines.score --model ... --run_id r1
 
 A test checks that the process died of SIGKILL: when the code no longer calls that function, the job finishes

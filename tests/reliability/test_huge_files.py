@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beam_pipelines import imaging, isolation, reading, storage
+from beam_pipelines import file_listing, imaging, isolation, reading
 from tests import corpus
 from tests.conftest import point_gcs_at, upload_tree
 from tests.gcs_servers import FaultyProxy
@@ -119,7 +119,7 @@ def test_a_file_that_grew_past_the_cap_after_it_was_listed_is_read_no_further_th
     grown = tmp_path / "grown.jpg"
     with open(grown, "wb") as handle:
         handle.truncate(4 * GIB)
-    listed = storage.FileRef(str(grown), 1000, 0.0, 1)  # what the listing saw before it grew
+    listed = file_listing.FileRef(str(grown), 1000, 0.0, 1)  # what the listing saw before it grew
     cap = 2**20
     decoder = isolation.DecodeRunner(60, memory_limit_bytes=isolation.memory_limit(10**6, cap))
     with concurrent.futures.ThreadPoolExecutor(2) as pool:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from beam_pipelines import predictions, score, storage
+from beam_pipelines import file_listing, predictions, score
 from tests import corpus
 from tests.conftest import upload_tree
 from tests.reliability import faulty
@@ -31,6 +31,7 @@ from tests.reliability.conftest import (
     score_here,
 )
 from tests.trainer.datasets import REPO
+from trainer import storage
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +107,7 @@ def test_a_run_killed_half_way_resumes_without_scoring_again_what_it_had_committ
 KILL_POINTS = {
     "while_writing_a_commit_marker": {"kill_after": "os:open:/_committed/:2"},
     "after_the_previous_set_moved_aside": {"kill_after": "os:rename:/scores/r1:1", "previous": True},
-    "after_the_new_set_moved_in": {"kill_before": "beam_pipelines.storage:write_json:summary.json"},
+    "after_the_new_set_moved_in": {"kill_before": "trainer.storage:write_json:summary.json"},
     "after_summary_before_the_incremental_record": {"kill_before": "beam_pipelines.incremental:save"},
 }
 
@@ -144,14 +145,14 @@ def test_a_gcs_run_killed_half_way_through_copying_its_set_into_place_gives_one_
              "--files_per_batch", 3]
     env = job_env(decoder=None, STORAGE_EMULATOR_HOST=gcs_emulator_host, GOOGLE_CLOUD_PROJECT="catsdogs-test")
 
-    killed = run_job(score_command(*flags, kill_after="beam_pipelines.storage:copy:/scores/r1/:3"), env=env,
+    killed = run_job(score_command(*flags, kill_after="trainer.storage:copy:/scores/r1/:3"), env=env,
                      expect=None)
     assert killed.returncode == -signal.SIGKILL, f"the kill point was never reached: {killed.stderr[-3000:]}"
-    published = [ref.path for ref in storage.list_files(f"{output}/r1/")]
+    published = [ref.path for ref in file_listing.list_files(f"{output}/r1/")]
     assert published and f"{output}/r1/{score.SUMMARY_FILE}" not in published  # part of a set, not marked complete
 
     score_here(*flags)  # gcs_bucket pointed this process at the same emulator
-    names = sorted(ref.path[len(output) + 1:] for ref in storage.list_files(f"{output}/")
+    names = sorted(ref.path[len(output) + 1:] for ref in file_listing.list_files(f"{output}/")
                    if "/_incremental/" not in ref.path)
     summary = json.loads(storage.read_bytes(f"{output}/r1/{score.SUMMARY_FILE}"))
     assert names == sorted(f"r1/{name}" for name in [*summary["output_files"], score.SUMMARY_FILE])

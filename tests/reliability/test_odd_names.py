@@ -10,10 +10,11 @@ import os
 
 import pytest
 
-from beam_pipelines import imaging, incremental, isolation, score, storage
+from beam_pipelines import imaging, incremental, isolation, score
 from tests import corpus
 from tests.reliability import faulty
 from tests.reliability.conftest import FAULTY_DECODER, preprocess_here, read_dataset, read_outcomes, score_here
+from trainer import storage
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from beam_pipelines import imaging, preprocess, storage
+from beam_pipelines import imaging, preprocess
 from tests import corpus
-from trainer import dataset_contract
+from trainer import dataset_contract, storage
 
 
 def _current(output) -> tuple[str, dict]:

@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from beam_pipelines import score, storage
+from beam_pipelines import file_listing, score
 from tests import corpus
 from tests.reliability.conftest import job_env, preprocess_here, read_dataset, read_outcomes, run_job, score_command
 
@@ -43,12 +43,12 @@ def test_symlinks_are_followed_once_and_broken_links_and_fifos_are_dead_lettered
     assert set(predictions) == ({str(path) for path in cats} | {str(walked_dogs / path.name) for path in dogs}
                                 | {str(root / "linked" / path.name) for path in outside} | {str(root / "cat" /
                                                                                                "alias.jpg")})
-    expected = {str(root / "cat" / "up"): storage.SYMLINK_LOOP, twice: storage.SYMLINK_LOOP,
-                str(root / "cat" / "gone.jpg"): storage.BROKEN_SYMLINK}
+    expected = {str(root / "cat" / "up"): file_listing.SYMLINK_LOOP, twice: file_listing.SYMLINK_LOOP,
+                str(root / "cat" / "gone.jpg"): file_listing.BROKEN_SYMLINK}
     if walked_dogs == root / "dog":  # the FIFO is inside the dog folder: listed under the path that was walked
-        expected[str(root / "dog" / "camera.jpg")] = storage.NOT_A_FILE
+        expected[str(root / "dog" / "camera.jpg")] = file_listing.NOT_A_FILE
     else:
-        expected[str(root / "cat" / "dogs_again" / "camera.jpg")] = storage.NOT_A_FILE
+        expected[str(root / "cat" / "dogs_again" / "camera.jpg")] = file_listing.NOT_A_FILE
     assert reasons == expected
     assert all(row["detail"] for row in errors.values())
     summary = json.loads((output / "r" / score.SUMMARY_FILE).read_text())
@@ -71,5 +71,6 @@ def test_preprocessing_follows_symlinked_folders_once_and_lists_broken_links_wit
     sources, rejections = read_dataset(output)
     assert set(sources) == {str(path) for path in cats} | {str(root / "dog" / path.name) for path in outside}
     assert {path: row["reason"] for path, row in rejections.items()} == {
-        str(root / "cat" / "up"): storage.SYMLINK_LOOP, str(root / "cat" / "gone.jpg"): storage.BROKEN_SYMLINK}
+        str(root / "cat" / "up"): file_listing.SYMLINK_LOOP,
+        str(root / "cat" / "gone.jpg"): file_listing.BROKEN_SYMLINK}
     assert metadata["read"] == metadata["listed"] == len(sources) + 2

@@ -12,11 +12,12 @@ import json
 
 import pytest
 
-from beam_pipelines import reading, score, storage
+from beam_pipelines import reading, score
 from tests import corpus
 from tests.conftest import point_gcs_at, upload_tree
 from tests.gcs_servers import FaultyProxy
 from tests.reliability.conftest import preprocess_here, read_dataset, score_here
+from trainer import storage
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""storage.py on local disk and on GCS (the emulators): listing, reading under a byte cap, retries, compare-and-swap.
+"""file_listing.py on local disk and on GCS (the emulators): folders, globs, symlinks, odd entries, paging.
 
 GCS paging is tested on fake-gcs-server: gcp-storage-emulator ignores `maxResults` and answers every listing in one
 page, so it could not show that the listing follows page tokens.
@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from beam_pipelines import storage
-from tests.conftest import point_gcs_at, upload_tree
+from beam_pipelines import file_listing
+from tests.conftest import point_gcs_at
 from tests.gcs_servers import FaultyProxy, fake_gcs_bucket_fixture, fake_gcs_server_fixture  # noqa: F401
 from tests.trainer.datasets import run_python
+from trainer import storage
 
 
 def _touch(path, content: bytes = b"x") -> str:
@@ -29,14 +30,12 @@ def _touch(path, content: bytes = b"x") -> str:
 def _listed(pattern) -> dict:
     """path -> problem (None for a readable file) of everything list_files yields; fails on a path listed twice or on
     a walk that does not end (at most 1,000 entries here)."""
-    refs = list(itertools.islice(storage.list_files(str(pattern)), 1000))
+    refs = list(itertools.islice(file_listing.list_files(str(pattern)), 1000))
     assert len(refs) < 1000, "the listing did not end"
     paths = [ref.path for ref in refs]
     assert len(paths) == len(set(paths)), "a path listed twice"
     return {ref.path: ref.problem for ref in refs}
 
-
-# ---- local listing ------------------------------------------------------------------------------------------------
 
 def test_a_folder_is_listed_recursively_with_absolute_paths_and_sizes(tmp_path, monkeypatch):
     files = [_touch(tmp_path / "a" / "1.jpg", b"12345"), _touch(tmp_path / "a" / "b" / "c" / "2.png"),
@@ -44,7 +43,7 @@ def test_a_folder_is_listed_recursively_with_absolute_paths_and_sizes(tmp_path, 
     (tmp_path / "a" / "empty").mkdir()
     monkeypatch.chdir(tmp_path)
 
-    refs = {ref.path: ref for ref in storage.list_files("a")}  # relative, without a trailing slash
+    refs = {ref.path: ref for ref in file_listing.list_files("a")}  # relative, without a trailing slash
 
     assert set(refs) == set(files)
     assert refs[files[0]].size == 5 and refs[files[0]].problem is None
@@ -52,7 +51,7 @@ def test_a_folder_is_listed_recursively_with_absolute_paths_and_sizes(tmp_path, 
     assert set(_listed("a/")) == set(files) and set(_listed(files[0])) == {files[0]}
     assert _listed(tmp_path / "missing") == {}  # a typo lists nothing (not the folder it would be in)
     with pytest.raises(SystemExit, match="no files found"):
-        storage.check_patterns_match([str(tmp_path / "a" / "missing")])
+        file_listing.check_patterns_match([str(tmp_path / "a" / "missing")])
 
 
 def test_globs_match_within_a_folder_across_folders_and_on_part_of_a_name(tmp_path):
@@ -67,7 +66,7 @@ def test_globs_match_within_a_folder_across_folders_and_on_part_of_a_name(tmp_pa
     assert set(_listed(tmp_path / "[cd]*_1.jpg")) == {cat1, dog}
     assert set(_listed(tmp_path / "*" / "*" / "*.jpg")) == {deep}
     with pytest.raises(SystemExit, match="no files found"):
-        storage.check_patterns_match([str(tmp_path / "*.gif")])
+        file_listing.check_patterns_match([str(tmp_path / "*.gif")])
 
 
 def test_a_symlinked_folder_is_walked_once_and_a_loop_or_a_second_link_is_reported(tmp_path):
@@ -84,8 +83,9 @@ def test_a_symlinked_folder_is_walked_once_and_a_loop_or_a_second_link_is_report
     followed = "linked" if str(root / "linked" / "2.jpg") in listed else "again"
     other = "again" if followed == "linked" else "linked"
     assert listed == {inside: None, str(root / followed / "2.jpg"): None,
-                      str(root / "a" / "up"): storage.SYMLINK_LOOP, str(root / "a" / "self"): storage.SYMLINK_LOOP,
-                      str(root / other): storage.SYMLINK_LOOP}
+                      str(root / "a" / "up"): file_listing.SYMLINK_LOOP,
+                      str(root / "a" / "self"): file_listing.SYMLINK_LOOP,
+                      str(root / other): file_listing.SYMLINK_LOOP}
     assert kept not in listed  # under the path given, not where the link points
 
 
@@ -97,21 +97,22 @@ def test_broken_links_fifos_and_links_to_files_are_listed_with_their_problem(tmp
     os.mkfifo(tmp_path / "pipe.jpg")
 
     assert _listed(tmp_path) == {good: None, str(tmp_path / "alias.jpg"): None,
-                                 str(tmp_path / "broken.jpg"): storage.BROKEN_SYMLINK,
-                                 str(tmp_path / "itself.jpg"): storage.BROKEN_SYMLINK,
-                                 str(tmp_path / "pipe.jpg"): storage.NOT_A_FILE}
-    assert _listed(tmp_path / "broken.jpg") == {str(tmp_path / "broken.jpg"): storage.BROKEN_SYMLINK}  # named alone
-    assert _listed(tmp_path / "pipe.jpg") == {str(tmp_path / "pipe.jpg"): storage.NOT_A_FILE}
+                                 str(tmp_path / "broken.jpg"): file_listing.BROKEN_SYMLINK,
+                                 str(tmp_path / "itself.jpg"): file_listing.BROKEN_SYMLINK,
+                                 str(tmp_path / "pipe.jpg"): file_listing.NOT_A_FILE}
+    # named alone
+    assert _listed(tmp_path / "broken.jpg") == {str(tmp_path / "broken.jpg"): file_listing.BROKEN_SYMLINK}
+    assert _listed(tmp_path / "pipe.jpg") == {str(tmp_path / "pipe.jpg"): file_listing.NOT_A_FILE}
 
 
 # Lists a tree as an unprivileged user (the tests run as root, whom permissions do not stop). Everything is imported
 # before dropping privileges: the interpreter's own files may be out of that user's reach.
 AS_NOBODY = textwrap.dedent("""
     import json, os, sys
-    from beam_pipelines import storage
+    from beam_pipelines import file_listing
     os.setgid(65534)
     os.setuid(65534)
-    print(json.dumps({ref.path: ref.problem for ref in storage.list_files(sys.argv[1])}))
+    print(json.dumps({ref.path: ref.problem for ref in file_listing.list_files(sys.argv[1])}))
 """)
 
 
@@ -129,8 +130,8 @@ def test_folders_that_cannot_be_read_or_searched_are_reported_and_the_rest_is_li
         listed = json.loads(run_python(AS_NOBODY, top, timeout=60).stdout)
     finally:
         shutil.rmtree(top)
-    assert listed == {readable: None, str(top / "closed"): storage.UNREADABLE_FOLDER,
-                      str(top / "no_search"): storage.UNREADABLE_FOLDER}
+    assert listed == {readable: None, str(top / "closed"): file_listing.UNREADABLE_FOLDER,
+                      str(top / "no_search"): file_listing.UNREADABLE_FOLDER}
 
 
 def test_names_that_are_not_utf8_are_listed_and_shown_as_valid_utf8(tmp_path):
@@ -139,7 +140,7 @@ def test_names_that_are_not_utf8_are_listed_and_shown_as_valid_utf8(tmp_path):
         with open(os.path.join(folder, raw), "wb") as handle:
             handle.write(raw)
 
-    refs = {os.fsencode(ref.path): ref for ref in storage.list_files(str(tmp_path))}
+    refs = {os.fsencode(ref.path): ref for ref in file_listing.list_files(str(tmp_path))}
 
     assert set(refs) == {os.path.join(folder, raw) for raw in (b"caf\xe9.jpg", b"\xff\xfe.png", b"ok-\xc3\xa9.jpg")}
     shown = {raw.rsplit(b"/", 1)[1]: storage.display_path(ref.path) for raw, ref in refs.items()}
@@ -153,57 +154,6 @@ def test_names_that_are_not_utf8_are_listed_and_shown_as_valid_utf8(tmp_path):
     assert len({storage.path_key(ref.path) for ref in refs.values()}) == 3
 
 
-# ---- reading and writing locally ----------------------------------------------------------------------------------
-
-# Reads a 4 GiB (sparse) file under a 1 GiB address-space limit: reading it whole would fail with MemoryError.
-CAPPED_READ = textwrap.dedent("""
-    import resource, sys
-    from beam_pipelines import storage
-    resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
-    try:
-        storage.read_bytes(sys.argv[1], limit=2**20)
-    except storage.FileTooLarge as error:
-        print("refused:", error)
-""")
-
-
-def test_a_file_over_the_cap_is_refused_without_being_read_whole(tmp_path):
-    huge = tmp_path / "video.jpg"
-    with open(huge, "wb") as handle:
-        handle.truncate(4 * 2**30)
-    assert "refused: more than 1,048,576 bytes" in run_python(CAPPED_READ, huge, timeout=60).stdout
-    small = _touch(tmp_path / "small.jpg", b"y" * 100)
-    assert storage.read_bytes(small, limit=100) == b"y" * 100  # exactly at the cap is fine
-    with pytest.raises(storage.FileTooLarge):
-        storage.read_bytes(small, limit=99)
-    with pytest.raises(FileNotFoundError):
-        storage.read_bytes(str(tmp_path / "gone.jpg"))
-
-
-def test_write_bytes_replaces_a_file_whole_and_leaves_no_temporary_file(tmp_path):
-    path = str(tmp_path / "out" / "summary.json")
-    storage.write_bytes(path, b"first")
-    storage.write_bytes(path, b"second")
-    assert storage.read_bytes(path) == b"second"
-    assert os.listdir(tmp_path / "out") == ["summary.json"]
-
-
-def test_compare_and_swap_locally_creates_only_when_absent_and_replaces_only_the_version_read(tmp_path):
-    path = str(tmp_path / "state.json")
-    assert storage.read_versioned(path) == (None, 0)
-    assert storage.write_if_generation(path, b"one", 0)
-    assert not storage.write_if_generation(path, b"other", 0)  # it exists now
-    content, generation = storage.read_versioned(path)
-    assert content == b"one" and generation
-    assert storage.write_if_generation(path, b"two", generation)
-    assert not storage.write_if_generation(path, b"late", generation)  # a writer holding the old version loses
-    assert not storage.delete_if_generation(path, generation)
-    assert storage.delete_if_generation(path, storage.read_versioned(path)[1])
-    assert not os.path.exists(path)
-
-
-# ---- GCS ----------------------------------------------------------------------------------------------------------
-
 def _upload(bucket_uri: str, names) -> None:
     from google.cloud import storage as gcs
 
@@ -215,10 +165,10 @@ def _upload(bucket_uri: str, names) -> None:
 def test_gcs_listing_follows_pages_and_returns_every_object_once(fake_gcs_bucket, fake_gcs_server, monkeypatch):
     names = [f"images/{kind}/{i}.jpg" for kind in ("cat", "dog") for i in range(7)] + ["images/notes.txt"]
     _upload(fake_gcs_bucket, names + ["other/1.jpg"])
-    monkeypatch.setattr(storage, "LIST_PAGE_SIZE", 4)
+    monkeypatch.setattr(file_listing, "LIST_PAGE_SIZE", 4)
     with FaultyProxy(fake_gcs_server, faults=lambda request: None) as proxy:
         point_gcs_at(monkeypatch, proxy.url)
-        refs = list(storage.list_files(f"{fake_gcs_bucket}/images"))  # a folder given without its '/'
+        refs = list(file_listing.list_files(f"{fake_gcs_bucket}/images"))  # a folder given without its '/'
     point_gcs_at(monkeypatch, fake_gcs_server)
 
     assert sorted(ref.path for ref in refs) == sorted(f"{fake_gcs_bucket}/{name}" for name in names)
@@ -231,7 +181,7 @@ def test_gcs_globs_single_objects_and_vanished_objects(gcs_bucket, gcs_emulator_
     uri = f"{gcs_bucket}/img"
 
     def paths(pattern):
-        return sorted(ref.path[len(uri) + 1:] for ref in storage.list_files(pattern))
+        return sorted(ref.path[len(uri) + 1:] for ref in file_listing.list_files(pattern))
 
     assert paths(f"{uri}/") == ["cat_1.jpg", "cat_2.png", "dog_1.jpg", "sub/cat_3.jpg"]  # no folder placeholder
     assert paths(f"{uri}/*.jpg") == ["cat_1.jpg", "dog_1.jpg"]
@@ -245,60 +195,3 @@ def test_gcs_globs_single_objects_and_vanished_objects(gcs_bucket, gcs_emulator_
         storage.read_bytes(f"{uri}/never.jpg")
 
 
-def test_gcs_reads_are_retried_through_transient_errors_and_capped_reads_fetch_at_most_the_cap(
-        gcs_bucket, gcs_emulator_host, monkeypatch):
-    faults = {"a.jpg": "503", "b.jpg": "429", "c.jpg": "drop", "d.jpg": "cut", "e.jpg": "500"}
-    _upload(gcs_bucket, [*faults, "big.jpg"])
-
-    def first_fails(request):
-        return faults.get(request.name) if request.number == 0 else None
-
-    with FaultyProxy(gcs_emulator_host, first_fails) as proxy:
-        point_gcs_at(monkeypatch, proxy.url)
-        for name in faults:
-            assert storage.read_bytes(f"{gcs_bucket}/{name}", limit=1000) == name.encode() * 10
-        with pytest.raises(storage.FileTooLarge):
-            storage.read_bytes(f"{gcs_bucket}/big.jpg", limit=20)
-    point_gcs_at(monkeypatch, gcs_emulator_host)
-
-    for name, fault in faults.items():
-        assert [entry[1] for entry in proxy.requests("download", name)] == [fault, None]
-    [(_, _, _, sent)] = proxy.requests("download", "big.jpg")
-    assert sent == 21  # a range read: the cap and one byte to tell, not the object
-
-
-def test_a_gcs_read_that_keeps_failing_raises_once_the_retry_deadline_passes(gcs_bucket, gcs_emulator_host,
-                                                                             monkeypatch):
-    _upload(gcs_bucket, ["down.jpg"])
-    monkeypatch.setattr(storage, "RETRY_SECONDS", 1.0)
-    with FaultyProxy(gcs_emulator_host, lambda request: "503") as proxy:
-        point_gcs_at(monkeypatch, proxy.url)
-        with pytest.raises(Exception, match="503"):  # what the client raises once it gives up
-            storage.read_bytes(f"{gcs_bucket}/down.jpg")
-    point_gcs_at(monkeypatch, gcs_emulator_host)
-    assert len(proxy.requests("download")) >= 2  # retried, then given up: the file's problem, not a hung job
-
-
-def test_compare_and_swap_on_gcs_with_preconditions_enforced(fake_gcs_bucket, fake_gcs_server, monkeypatch):
-    path = f"{fake_gcs_bucket}/runs/state.json"
-    assert storage.read_versioned(path) == (None, 0)
-    assert storage.write_if_generation(path, b"one", 0)
-    assert not storage.write_if_generation(path, b"other", 0)
-    content, generation = storage.read_versioned(path)
-    assert content == b"one"
-    assert storage.write_if_generation(path, b"two", generation)
-    assert not storage.write_if_generation(path, b"late", generation)
-    # (fake-gcs-server ignores preconditions on DELETE, so delete_if_generation is tested locally only)
-    assert storage.delete_if_generation(path, storage.read_versioned(path)[1])
-    assert not storage.exists(path)
-
-
-def test_upload_tree_and_delete_tree_on_gcs(gcs_bucket, gcs_emulator_host, tmp_path, monkeypatch):
-    _touch(tmp_path / "t" / "a.txt")
-    _touch(tmp_path / "t" / "b" / "c.txt")
-    upload_tree(tmp_path / "t", f"{gcs_bucket}/tree")
-    storage.copy(f"{gcs_bucket}/tree/a.txt", f"{gcs_bucket}/copy/a.txt")
-    assert storage.read_bytes(f"{gcs_bucket}/copy/a.txt") == b"x"
-    storage.delete_tree(f"{gcs_bucket}/tree")
-    assert list(storage.list_files(f"{gcs_bucket}/tree/")) == []
-    assert [ref.path for ref in storage.list_files(f"{gcs_bucket}/")] == [f"{gcs_bucket}/copy/a.txt"]
