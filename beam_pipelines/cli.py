@@ -64,7 +64,9 @@ def _beam_parser() -> argparse.ArgumentParser:
 def check_flags(argv, prog: str, *own_classes) -> None:
     """Raises UsageError for a flag neither the job nor Beam knows (with the closest known flag), for an abbreviated
     flag, or for a value given without its flag."""
-    dask_compat.require_dask_options(argv)
+    missing = dask_compat.missing_dask(argv)
+    if missing:
+        raise UsageError(missing)
     parser = _beam_parser()
     try:
         _, unknown = parser.parse_known_args(argv)

@@ -26,10 +26,12 @@ def close(result) -> None:
         client.close()
 
 
-def require_dask_options(argv) -> None:
-    """--dask_* flags are declared by the DaskRunner's module: import it (when installed) so they parse."""
+def missing_dask(argv) -> str | None:
+    """--dask_* flags are declared by the DaskRunner's module: imports it (when installed) so they parse; the problem
+    when it is not installed, else None."""
     if any(arg.startswith("--dask") for arg in argv):
         try:
             import apache_beam.runners.dask.dask_runner  # noqa: F401 - registers DaskOptions
         except ImportError:
-            raise SystemExit("error: --dask_* flags need apache-beam[dask]: pip install 'apache-beam[dask]'") from None
+            return "--dask_* flags need apache-beam[dask]: pip install 'apache-beam[dask]'"
+    return None

@@ -173,9 +173,9 @@ def _list_local(prefix: str, descend: bool, raw_prefix: bool = False) -> Iterato
                     break
 
 
-def check_patterns_match(patterns) -> None:
-    """Fails fast, at launch, when a pattern matches nothing: almost always a typo in a path."""
+def first_unmatched(patterns) -> str | None:
+    """The first pattern that matches no file (almost always a typo in a path), or None."""
     for pattern in patterns:
         if next(list_files(pattern), None) is None:
-            raise SystemExit(f"error: no files found at {pattern!r}; check the path (folders are read recursively, "
-                             f"globs like 'images/*/*.jpg' and gs://bucket/prefix/ work too)")
+            return pattern
+    return None

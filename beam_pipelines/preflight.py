@@ -26,6 +26,14 @@ def require_reachable(paths) -> None:
         raise cli.UsageError(str(error)) from None
 
 
+def require_inputs(patterns) -> None:
+    """UsageError (exit 2) at launch when an --input matches no file."""
+    missing = file_listing.first_unmatched(patterns)
+    if missing is not None:
+        raise cli.UsageError(f"no files found at {missing!r}; check the path (folders are read recursively, globs "
+                             f"like 'images/*/*.jpg' and gs://bucket/prefix/ work too)")
+
+
 def writable(path: str) -> str | None:
     """None when this process may create files under path, else why not; writes nothing."""
     if storage.is_remote(path):
@@ -74,3 +82,9 @@ def run_checks(inputs, output_dir: str, size, max_pixels: int, max_bytes: int, e
     for key, value in report.items():
         _LOG.info("check_only: %s: %s", key, value)
     return report
+
+
+def require_ok(report: dict) -> None:
+    """After the report is printed: exit 2 when the run it checked could not write its output."""
+    if report["output_writable"] != "yes":
+        raise cli.UsageError(f"--check_only: the output is not writable: {report['output_writable']}")

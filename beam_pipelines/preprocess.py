@@ -285,7 +285,7 @@ def _resolve(argv) -> tuple[PipelineOptions, options.PreprocessConfig, str]:
     config = dataclasses.replace(config, inputs=tuple(storage.absolute(p) for p in config.inputs),
                                  output_dir=storage.absolute(config.output_dir).rstrip("/"))
     preflight.require_reachable([*config.inputs, config.output_dir])  # before anything reads from GCS
-    file_listing.check_patterns_match(config.inputs)
+    preflight.require_inputs(config.inputs)
     return pipeline_options, config, runner
 
 
@@ -301,6 +301,7 @@ def run(argv=None, test_pipeline=None) -> dict:
                                       config.max_file_bytes, {"would_write": plan["version_dir"],
                                                               "adding_to": plan["previous_version"]})
         print(json.dumps(report, ensure_ascii=False))
+        preflight.require_ok(report)
         return report
     with lifecycle.Lease(storage.join(config.output_dir, LEASE_FILE), what=f"dataset {config.output_dir}") as lease:
         plan = plan_version(config)

@@ -289,7 +289,7 @@ def _resolve(argv) -> tuple[PipelineOptions, options.ScoreConfig, dict, str]:
         model, info = model_handler.resolve_and_check_model(config.model, config.allowed_model_prefix)
     except model_handler.ModelError as error:
         raise cli.UsageError(str(error)) from None
-    file_listing.check_patterns_match(inputs)
+    preflight.require_inputs(inputs)
     import dataclasses
 
     config = dataclasses.replace(config, inputs=inputs, output_dir=output_dir, skip_scored=skip, model=model,
@@ -310,6 +310,7 @@ def run(argv=None, test_pipeline=None) -> dict:
                                       config.max_file_bytes, {"model": config.model,
                                                               "model_version": str(info["model_version"])})
         print(json.dumps(report, ensure_ascii=False))
+        preflight.require_ok(report)
         return report
     direct = pipeline_options.view_as(DirectOptions)
     workers = (direct.direct_num_workers or os.cpu_count() or 1) \

@@ -50,8 +50,7 @@ def test_a_folder_is_listed_recursively_with_absolute_paths_and_sizes(tmp_path, 
     assert refs[files[0]].version == os.stat(files[0]).st_mtime_ns
     assert set(_listed("a/")) == set(files) and set(_listed(files[0])) == {files[0]}
     assert _listed(tmp_path / "missing") == {}  # a typo lists nothing (not the folder it would be in)
-    with pytest.raises(SystemExit, match="no files found"):
-        file_listing.check_patterns_match([str(tmp_path / "a" / "missing")])
+    assert file_listing.first_unmatched([files[0], str(tmp_path / "a" / "missing")]) == str(tmp_path / "a" / "missing")
 
 
 def test_globs_match_within_a_folder_across_folders_and_on_part_of_a_name(tmp_path):
@@ -65,8 +64,8 @@ def test_globs_match_within_a_folder_across_folders_and_on_part_of_a_name(tmp_pa
     assert set(_listed(tmp_path / "cat_?.*")) == {cat1, cat2}
     assert set(_listed(tmp_path / "[cd]*_1.jpg")) == {cat1, dog}
     assert set(_listed(tmp_path / "*" / "*" / "*.jpg")) == {deep}
-    with pytest.raises(SystemExit, match="no files found"):
-        file_listing.check_patterns_match([str(tmp_path / "*.gif")])
+    assert file_listing.first_unmatched([str(tmp_path / "*.jpg"), str(tmp_path / "*.gif")]) == str(tmp_path / "*.gif")
+    assert file_listing.first_unmatched([str(tmp_path / "*.jpg")]) is None
 
 
 def test_a_symlinked_folder_is_walked_once_and_a_loop_or_a_second_link_is_reported(tmp_path):

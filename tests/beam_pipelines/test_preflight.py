@@ -78,3 +78,15 @@ def test_check_only_validates_everything_and_writes_nothing(tmp_path, capsys):
     assert report["files"] == 9 and report["model_version"] == "1700000000"
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == report
     assert not dataset.exists() and not scores.exists()
+
+
+def test_check_only_exits_2_when_the_output_cannot_be_written(tmp_path, capsys):
+    images = tmp_path / "images"
+    write_easy_dataset(images, per_class=1, size=16)
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the output folder's parent should be")
+    with pytest.raises(SystemExit, match="not writable") as failure:
+        preprocess.run([f"--input={images}", f"--output_dir={blocked / 'data'}", "--runner=DirectRunner",
+                        "--check_only"])
+    assert failure.value.code == 2
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["output_writable"] != "yes"

@@ -369,8 +369,9 @@ def test_bad_flags_fail_at_launch_with_exit_code_2(tmp_path, extra, message):
 
 
 def test_missing_input_or_flags_fail_at_launch(tmp_path):
-    with pytest.raises(SystemExit, match="no files found at .*nowhere"):
+    with pytest.raises(SystemExit, match="no files found at .*nowhere") as failure:
         preprocess.run(_args([tmp_path / "nowhere"], tmp_path / "out"))
+    assert failure.value.code == 2  # a usage error, as argparse's are
     with pytest.raises(SystemExit, match="no --input given"):
         preprocess.run([f"--output_dir={tmp_path / 'out'}"])
 

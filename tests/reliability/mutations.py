@@ -70,7 +70,8 @@ MUTATIONS = [
       T + "test_storage.py::test_a_file_over_the_cap_is_refused_without_being_read_whole",
       "reading at most the cap plus one byte of a local file"),
     M("byte_cap_gcs_range", "trainer/storage.py", "read_bytes",
-      "blob.download_as_bytes(start=0, end=limit, retry=retry_policy())", "blob.download_as_bytes(retry=retry_policy())",
+      "blob.download_as_bytes(start=0, end=limit, retry=retry_policy())",
+      "blob.download_as_bytes(retry=retry_policy())",
       T + "test_storage.py::test_gcs_reads_are_retried_through_transient_errors_and_capped_reads_fetch_at_most_the_cap",
       "a range read of at most the cap plus one byte on GCS"),
     # ---- listing: nothing vanishes
