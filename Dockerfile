@@ -63,6 +63,8 @@ RUN pip install --no-cache-dir ".[cpu]" \
 USER 10001:10001
 CMD ["catsdogs-score", "--help"]
 
+# The same environment and user as the cpu stage: a stage FROM another base image inherits neither, and Dockerfile
+# has no include, so the block is restated (tests/deploy/test_dockerfile.py checks the two stages agree).
 FROM ${TF_GPU_IMAGE} AS gpu
 ARG CATSDOGS_CODE_VERSION=unknown
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -11,19 +11,18 @@
 
 import argparse
 import difflib
-import json
 import logging
 import sys
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, _BeamArgumentParser
 
 from beam_pipelines import dask_compat, options
+from trainer import logger
 
 EXIT_USAGE = 2
 # Harmless messages Beam repeats from every worker: they name nothing the user can act on.
 _NOISE = ("Discarding unparseable args", "No semi_persistent_directory", "Discarding flag",
           "Resource module is not available")
-CONTEXT = {"job": "", "run_id": ""}  # added to every JSON log line
 
 
 class JobExit(SystemExit):
@@ -120,25 +119,16 @@ def help_parser(prog: str, doc: str, option_classes) -> argparse.ArgumentParser:
     return parser
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"severity": record.levelname, "message": record.getMessage(), "logger": record.name,
-                 "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), **CONTEXT}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
 def _not_noise(record: logging.LogRecord) -> bool:
     return not any(text in record.getMessage() for text in _NOISE)
 
 
 def setup_logging(job: str, log_format: str = "text") -> None:
     """Our loggers at INFO, Beam's at WARNING (its workers' forwarded lines included), minus Beam's noise."""
-    CONTEXT["job"] = job
+    logger.CONTEXT["job"] = job
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        handler.setFormatter(_JsonFormatter())
+        handler.setFormatter(logger.JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_not_noise)
@@ -155,21 +145,30 @@ def setup_logging(job: str, log_format: str = "text") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def main(run, *, prog: str, doc: str, option_classes, argv=None) -> None:
-    """Console entry point: --help, logging, then run(argv); usage errors exit 2 with their message."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        help_parser(prog, doc, option_classes).print_help()
-        return
-    log_format = "text"
+def split_log_format(argv: list) -> tuple[list, str]:
+    """(argv without --log_format, its value): the console entry point's flag, read before Beam parses the rest."""
+    argv, log_format = list(argv), "text"
     for index, arg in enumerate(argv):
         if arg.startswith("--log_format"):
             log_format = arg.split("=", 1)[1] if "=" in arg else (argv[index + 1] if index + 1 < len(argv) else "")
             del argv[index: index + (1 if "=" in arg else 2)]
             break
     if log_format not in ("text", "json"):
-        print(f"error: --log_format must be text or json (got {log_format!r})", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
+        raise UsageError(f"--log_format must be text or json (got {log_format!r})")
+    return argv, log_format
+
+
+def main(run, *, prog: str, doc: str, option_classes, argv=None) -> None:
+    """Console entry point: --help, logging, then run(argv); usage errors exit 2 with their message."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        help_parser(prog, doc, option_classes).print_help()
+        return
+    try:
+        argv, log_format = split_log_format(argv)
+    except UsageError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
     setup_logging(prog, log_format)
     try:
         run(argv)

@@ -258,17 +258,20 @@ def run_pipeline(pipeline, progress=None):
     started = time.monotonic()
     terminal = sys.stderr.isatty()
 
+    def show():
+        try:
+            line = _bar(progress(), time.monotonic() - started) if progress else "still running"
+        except Exception as error:  # noqa: BLE001 - progress is informational; never let it stop the run
+            line = f"(progress unavailable: {type(error).__name__}: {error})"
+        if terminal:
+            sys.stderr.write("\r" + line[:150].ljust(150))
+            sys.stderr.flush()
+        else:
+            _LOG.info("progress: %s", line)
+
     def beat():
         while not stop.wait(1.0 if terminal else PROGRESS_SECONDS):
-            try:
-                line = _bar(progress(), time.monotonic() - started) if progress else "still running"
-            except Exception as error:  # noqa: BLE001 - progress is informational; never let it stop the run
-                line = f"(progress unavailable: {type(error).__name__}: {error})"
-            if terminal:
-                sys.stderr.write("\r" + line[:150].ljust(150))
-                sys.stderr.flush()
-            else:
-                _LOG.info("progress: %s", line)
+            show()
 
     thread = threading.Thread(target=beat, name="progress", daemon=True)
     thread.start()
@@ -281,7 +284,9 @@ def run_pipeline(pipeline, progress=None):
     finally:
         stop.set()
         thread.join()
-        if terminal:
+        if terminal:  # the bar's last state stays on screen, however short the run
+            if progress:
+                show()
             sys.stderr.write("\n")
     return result
 

@@ -15,13 +15,27 @@ import argparse
 import dataclasses
 import math
 import re
+import typing
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipelines import imaging, listing
 from trainer import features
+from trainer.config import optional, parse_boolean
 
 MIB = 2**20
+FORMATS = ("jsonl", "csv", "parquet")
+
+
+def _ratios(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(r) for r in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers like 0.8,0.1,0.1, got {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def _fields(cls) -> dict:
@@ -38,17 +52,33 @@ def _problem(problems: list, ok: bool, message: str) -> None:
         problems.append(message)
 
 
+def _setting(default, help_text: str, **flag):
+    """A config field that is also a flag: its default, its --help line (what it does, its unit) and, where the
+    field's type does not say it, how argparse reads it (`kind`, `flag` for another name, `action`, `choices`)."""
+    return dataclasses.field(default=default, metadata={"help": help_text, **flag})
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class JobConfig:
     """What both Beam jobs take."""
 
-    inputs: tuple[str, ...] = ()
-    output_dir: str = ""
-    max_pixels: int = imaging.DEFAULT_MAX_PIXELS
-    max_file_mb: int | None = None  # None: 3 bytes per pixel at max_pixels (an uncompressed RGB image at the limit)
-    decode_timeout_seconds: float = 30.0
-    files_per_batch: int = listing.DEFAULT_FILES_PER_BATCH
-    check_only: bool = False  # validate flags, credentials, inputs, output and model; write nothing
+    inputs: tuple[str, ...] = _setting((), "folder (read recursively), file or glob (`**` works) of images, local "
+                                           "or gs://; repeat for several", flag="input", action="append",
+                                       metavar="PATH", required=True)
+    output_dir: str = _setting("", "where the job writes (local path or gs://)", required=True,
+                               metavar="PATH")
+    max_pixels: int = _setting(imaging.DEFAULT_MAX_PIXELS, "images with more pixels than this are rejected "
+                                                           "(too_many_pixels) before decoding; pixels")
+    max_file_mb: int | None = _setting(None, "files larger than this are rejected (file_too_large) without being "
+                                             "read; MiB (none: 3 bytes per pixel at --max_pixels)")
+    decode_timeout_seconds: float = _setting(30.0, "each file is decoded in a child process and rejected "
+                                                   "(decoder_timeout) after this long; 0 decodes in the worker "
+                                                   "process, without isolation; seconds")
+    files_per_batch: int = _setting(listing.DEFAULT_FILES_PER_BATCH, "files per unit of work: the runner handles "
+                                                                     "one element per batch, and scoring commits per "
+                                                                     "batch; files")
+    check_only: bool = _setting(False, "check everything a run needs (flags, credentials, the inputs: counted, a few "
+                                       "decoded; the output's write access; the model) and write nothing")
 
     @property
     def max_file_bytes(self) -> int:
@@ -81,15 +111,25 @@ class JobConfig:
 class PreprocessConfig(JobConfig):
     """The validated settings of one preprocessing run. `recorded()` is what metadata.json keeps as `options`."""
 
-    class_names: tuple[str, ...] = features.DEFAULT_CLASS_NAMES
-    label_from: str = "folder"
-    image_size: int = features.DEFAULT_IMAGE_SIZE
-    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    near_duplicate_bits: int = 4
-    link_rounds: int = 4
-    max_rejected_fraction: float = 0.5
-    overwrite: bool = False
-    skip_if_current: bool = False
+    class_names: tuple[str, ...] = _setting(features.DEFAULT_CLASS_NAMES, "class names, label 0 first; "
+                                                                          "comma-separated", kind=_names,
+                                            metavar="NAMES")
+    label_from: str = _setting("folder", "folder: the nearest parent folder naming a class (cat/, Dogs/); prefix: the "
+                                         "file name's first word (cat.123.jpg)", choices=("folder", "prefix"))
+    image_size: int = _setting(features.DEFAULT_IMAGE_SIZE, "stored images are squashed to SIZE x SIZE; pixels")
+    split_ratios: tuple[float, float, float] = _setting((0.8, 0.1, 0.1), "train,validation,test fractions summing "
+                                                                         "to 1", kind=_ratios, metavar="A,B,C")
+    near_duplicate_bits: int = _setting(4, "photos whose 64-bit perceptual hashes differ in at most this many bits "
+                                           "stay in one split (0: identical hashes only); bits")
+    link_rounds: int = _setting(4, "label-propagation rounds joining chains of near-copies; longer chains are "
+                                   "reported as unconverged")
+    max_rejected_fraction: float = _setting(0.5, "fail (exit 1, no new version published) when more than this "
+                                                 "fraction of the files is rejected")
+    overwrite: bool = _setting(False, "build a new dataset version from scratch, ignoring the current one (splits "
+                                      "may change)")
+    skip_if_current: bool = _setting(False, "when --output_dir holds a dataset made with the same options, add what "
+                                            "changed in the inputs as a new version (exit 0 without one when nothing "
+                                            "changed)")
 
     def problems(self) -> list[str]:
         problems = super().problems()
@@ -129,24 +169,33 @@ class PreprocessConfig(JobConfig):
                 "near_duplicate_bits": self.near_duplicate_bits, "link_rounds": self.link_rounds}
 
 
-FORMATS = ("jsonl", "csv", "parquet")
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ScoreConfig(JobConfig):
     """The validated settings of one scoring run."""
 
-    model: str = ""
-    run_id: str = ""  # empty: the UTC launch time, set by score.run
-    format: str = "jsonl"
-    skip_scored: tuple[str, ...] = ()
-    allowed_model_prefix: str | None = None
-    max_batch_size: int = 64
-    max_error_rate: float = 0.5
-    intra_op_threads: int = 0
-    share_model_across_processes: bool = False
-    incremental_margin_minutes: float = 15.0
-    drift_threshold: float = 0.2
+    model: str = _setting("", "export version directory, or an export root whose `latest` names one (local or "
+                              "gs://)", required=True, metavar="PATH")
+    run_id: str = _setting("", "this run's directory under --output_dir; re-running a run id resumes it if it was "
+                               "interrupted, else replaces it (none: the UTC launch time, e.g. 20261125T104500Z)")
+    format: str = _setting("jsonl", "predictions file format", choices=FORMATS)
+    skip_scored: tuple[str, ...] = _setting((), "output directory of earlier runs (repeatable): files they already "
+                                                "scored with the same model version are skipped (counted as "
+                                                "skipped); the scoring CronJob passes its own --output_dir",
+                                            action="append", metavar="PATH")
+    allowed_model_prefix: str | None = _setting(None, "refuse a model (or a `latest` pointer) outside this folder or "
+                                                      "gs:// prefix; local paths are compared after resolving symlinks")
+    max_batch_size: int = _setting(64, "images per model call; images")
+    max_error_rate: float = _setting(0.5, "fail the run (exit 1, outputs kept) when more than this fraction of the "
+                                          "files it attempted are rejected")
+    intra_op_threads: int = _setting(0, "TensorFlow threads per worker process (0: the CPUs divided by "
+                                        "--direct_num_workers on the DirectRunner, TensorFlow's choice elsewhere)")
+    share_model_across_processes: bool = _setting(False, "load one model per machine, shared by its worker processes "
+                                                         "(for large models)")
+    incremental_margin_minutes: float = _setting(15.0, "with --skip_scored, files that appeared this long before a "
+                                                       "run's start are checked one by one instead of by time (covers "
+                                                       "clock skew); minutes")
+    drift_threshold: float = _setting(0.2, "warn when a class's share of this run differs from the previous run's by "
+                                           "more than this; fraction")
 
     def problems(self) -> list[str]:
         problems = super().problems()
@@ -171,25 +220,51 @@ class ScoreConfig(JobConfig):
 
 # ---- flags --------------------------------------------------------------------------------------------------------
 
-def _boolean(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+def _kind(field: dataclasses.Field):
+    """How argparse reads a field's flag: its `kind`, else from the field's type (an optional type may be `none`)."""
+    if "kind" in field.metadata:
+        return field.metadata["kind"]
+    kinds = [kind for kind in typing.get_args(field.type) if kind is not type(None)] or [field.type]
+    kind = {int: int, float: float, str: None, bool: parse_boolean}[kinds[0]]
+    return optional(kind) if kind and type(None) in typing.get_args(field.type) else kind
 
 
-def _flag(group, cls, name: str, help_text: str, *, flag: str | None = None, kind=None, **extra) -> None:
-    """Declares --<flag or name> with the config field's default, shown in the help with its unit."""
-    value = default(cls, name)
-    shown = {None: "none", True: "true", False: "false", (): "none"}.get(value, value) \
-        if not isinstance(value, tuple) or not value else ",".join(map(str, value))
-    if kind is _boolean:
-        extra.setdefault("nargs", "?")
-        extra.setdefault("const", True)
-        extra.setdefault("metavar", "true|false")
-    group.add_argument(f"--{flag or name}", dest=name, default=value, type=kind,
-                       help=f"{help_text} (default: {shown})", **extra)
+def _add_flags(parser, title: str, cls, inherited=None) -> None:
+    """Declares one flag per field of `cls` (not those of `inherited`), its default taken from the field."""
+    group = parser.add_argument_group(title)
+    skip = set(_fields(inherited)) if inherited else set()
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        extra = {key: value for key, value in field.metadata.items() if key not in ("help", "kind", "flag", "required")}
+        value, kind = default(cls, field.name), _kind(field)
+        if field.metadata.get("required"):
+            shown = "required"
+        elif isinstance(value, tuple):
+            shown = "default: " + (",".join(map(str, value)) or "none")
+        else:
+            shown = "default: " + {None: "none", True: "true", False: "false", "": "none"}.get(value, str(value))
+        if kind is parse_boolean:
+            extra.update(nargs="?", const=True, metavar="true|false")
+        elif "choices" not in extra:
+            base = kind.__name__ if kind else "str"
+            extra.setdefault("metavar", {"int": "INT", "float": "FLOAT"}.get(base, "TEXT"))
+        if extra.get("action") == "append":
+            value = None  # argparse appends to its default: the field's () is restored in config_values
+        group.add_argument(f"--{field.metadata.get('flag', field.name)}", dest=field.name, default=value, type=kind,
+                           help=f"{field.metadata['help']} ({shown})", **extra)
+
+
+def config_values(options: PipelineOptions, cls) -> dict:
+    """The parsed values of `cls`'s fields, ready for cls(**values)."""
+    parsed = options.get_all_options()
+    values = {}
+    for field in dataclasses.fields(cls):
+        value = parsed.get(field.name)
+        if field.metadata.get("action") == "append":
+            value = tuple(value or ())
+        values[field.name] = default(cls, field.name) if value is None and field.default is not None else value
+    return values
 
 
 class JobOptions(PipelineOptions):
@@ -197,23 +272,7 @@ class JobOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        group = parser.add_argument_group("inputs, output and per-file limits (both jobs)")
-        group.add_argument("--input", dest="inputs", action="append", default=None,
-                           help="folder (read recursively), file or glob (`**` works) of images, local or gs://; "
-                                "repeat for several")
-        group.add_argument("--output_dir", default=None, help="where the job writes (local path or gs://)")
-        _flag(group, JobConfig, "max_pixels", "images with more pixels than this are rejected (too_many_pixels) "
-                                              "before decoding; pixels", kind=int)
-        _flag(group, JobConfig, "max_file_mb", "files larger than this are rejected (file_too_large) without being "
-                                               "read; MiB (none: 3 bytes per pixel at --max_pixels)", kind=int)
-        _flag(group, JobConfig, "decode_timeout_seconds", "each file is decoded in a child process and rejected "
-                                                          "(decoder_timeout) after this long; 0 decodes in the worker "
-                                                          "process, without isolation; seconds", kind=float)
-        _flag(group, JobConfig, "files_per_batch", "files per unit of work: the runner handles one element per "
-                                                   "batch, and scoring commits per batch; files", kind=int)
-        _flag(group, JobConfig, "check_only", "check everything a run needs (flags, credentials, the inputs: counted, "
-                                              "a few decoded; the output's write access; the model) and write "
-                                              "nothing", kind=_boolean)
+        _add_flags(parser, "inputs, output and per-file limits (both jobs)", JobConfig)
 
 
 class PreprocessOptions(PipelineOptions):
@@ -221,28 +280,7 @@ class PreprocessOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        group = parser.add_argument_group("preprocessing")
-        _flag(group, PreprocessConfig, "label_from", "folder: the nearest parent folder naming a class (cat/, "
-                                                     "Dogs/); prefix: the file name's first word (cat.123.jpg)",
-              choices=("folder", "prefix"))
-        _flag(group, PreprocessConfig, "class_names", "class names, label 0 first; comma-separated",
-              kind=lambda text: tuple(n.strip() for n in text.split(",") if n.strip()))
-        _flag(group, PreprocessConfig, "image_size", "stored images are squashed to SIZE x SIZE; pixels", kind=int)
-        _flag(group, PreprocessConfig, "split_ratios", "train,validation,test fractions summing to 1",
-              kind=_ratios)
-        _flag(group, PreprocessConfig, "near_duplicate_bits", "photos whose 64-bit perceptual hashes differ in at "
-                                                              "most this many bits stay in one split (0: identical "
-                                                              "hashes only); bits", kind=int)
-        _flag(group, PreprocessConfig, "link_rounds", "label-propagation rounds joining chains of near-copies; "
-                                                      "longer chains are reported as unconverged", kind=int)
-        _flag(group, PreprocessConfig, "max_rejected_fraction", "fail (exit 1, no new version published) when more "
-                                                                "than this fraction of the files is rejected",
-              kind=float)
-        _flag(group, PreprocessConfig, "overwrite", "build a new dataset version from scratch, ignoring the "
-                                                    "current one (splits may change)", kind=_boolean)
-        _flag(group, PreprocessConfig, "skip_if_current", "when --output_dir holds a dataset made with the same "
-                                                          "options, add what changed in the inputs as a new version "
-                                                          "(exit 0 without one when nothing changed)", kind=_boolean)
+        _add_flags(parser, "preprocessing", PreprocessConfig, inherited=JobConfig)
 
 
 class ScoreOptions(PipelineOptions):
@@ -250,66 +288,14 @@ class ScoreOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        group = parser.add_argument_group("scoring")
-        group.add_argument("--model", default=None, help="export version directory, or an export root whose "
-                                                         "`latest` names one (local or gs://); required")
-        _flag(group, ScoreConfig, "run_id", "this run's directory under --output_dir; re-running a run id resumes "
-                                            "it if it was interrupted, else replaces it (default: UTC launch time, "
-                                            "e.g. 20261125T104500Z)")
-        _flag(group, ScoreConfig, "format", "predictions file format", choices=FORMATS)
-        group.add_argument("--skip_scored", action="append", default=None,
-                           help="output directory of earlier runs (repeatable): files they already scored with the "
-                                "same model version are skipped (counted as skipped); the scoring CronJob passes its "
-                                "own --output_dir")
-        _flag(group, ScoreConfig, "allowed_model_prefix", "refuse a model (or a `latest` pointer) outside this "
-                                                          "folder or gs:// prefix; local paths are compared after "
-                                                          "resolving symlinks")
-        _flag(group, ScoreConfig, "max_batch_size", "images per model call; images", kind=int)
-        _flag(group, ScoreConfig, "max_error_rate", "fail the run (exit 1, outputs kept) when more than this "
-                                                    "fraction of the files it attempted are rejected", kind=float)
-        _flag(group, ScoreConfig, "intra_op_threads", "TensorFlow threads per worker process (0: the CPUs divided by "
-                                                      "--direct_num_workers on the DirectRunner, TensorFlow's choice "
-                                                      "elsewhere)", kind=int)
-        _flag(group, ScoreConfig, "share_model_across_processes", "load one model per machine, shared by its worker "
-                                                                  "processes (for large models)", kind=_boolean)
-        _flag(group, ScoreConfig, "incremental_margin_minutes", "with --skip_scored, files that appeared this long "
-                                                                "before a run's start are checked one by one "
-                                                                "instead of by time (covers clock skew); minutes",
-              kind=float)
-        _flag(group, ScoreConfig, "drift_threshold", "warn when a class's share of this run differs from the "
-                                                     "previous run's by more than this; fraction", kind=float)
-
-
-def _ratios(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(r) for r in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three numbers like 0.8,0.1,0.1, got {text!r}") from None
-
-
-def _job_values(options: PipelineOptions) -> dict:
-    job = options.view_as(JobOptions)
-    inputs = tuple(job.inputs or ())
-    return {"inputs": inputs, "output_dir": job.output_dir or "", "max_pixels": job.max_pixels,
-            "max_file_mb": job.max_file_mb, "decode_timeout_seconds": job.decode_timeout_seconds,
-            "files_per_batch": job.files_per_batch, "check_only": job.check_only}
-
-
-def _own_values(options: PipelineOptions, view, cls) -> dict:
-    values = options.view_as(view).get_all_options(current_only=True)
-    names = set(_fields(cls)) - set(_fields(JobConfig))
-    return {name: values[name] for name in names if name in values}
+        _add_flags(parser, "scoring", ScoreConfig, inherited=JobConfig)
 
 
 def preprocess_config(options: PipelineOptions) -> PreprocessConfig:
     """Raises ValueError with every problem found."""
-    return PreprocessConfig(**_job_values(options), **_own_values(options, PreprocessOptions, PreprocessConfig))
+    return PreprocessConfig(**config_values(options, PreprocessConfig))
 
 
 def score_config(options: PipelineOptions) -> ScoreConfig:
     """Raises ValueError with every problem found."""
-    own = _own_values(options, ScoreOptions, ScoreConfig)
-    own["skip_scored"] = tuple(own.get("skip_scored") or ())
-    own["model"] = own.get("model") or ""
-    own["run_id"] = own.get("run_id") or ""
-    return ScoreConfig(**_job_values(options), **own)
+    return ScoreConfig(**config_values(options, ScoreConfig))

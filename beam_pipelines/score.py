@@ -49,7 +49,7 @@ from beam_pipelines import (
     preflight,
     storage,
 )
-from trainer import provenance
+from trainer import logger, provenance
 
 NAMESPACE = predictions.NAMESPACE
 COUNTS_FILE = "_counts.json"
@@ -304,6 +304,7 @@ def run(argv=None, test_pipeline=None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     _import_tensorflow_meanwhile()
     pipeline_options, config, info, runner = _resolve(argv)
+    logger.CONTEXT["run_id"] = config.run_id  # on every --log_format json line from here on
     if config.check_only:
         report = preflight.run_checks(config.inputs, config.output_dir, info["input_size"], config.max_pixels,
                                       config.max_file_bytes, {"model": config.model,

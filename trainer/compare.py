@@ -11,7 +11,6 @@ Training minutes on the curve's x axis are the run's training time spread evenly
 """
 
 import argparse
-import io
 import json
 import sys
 
@@ -79,7 +78,6 @@ def write_png(path: str, runs: list[dict]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import tensorflow as tf
 
     figure, (curves, bars) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
     names = []
@@ -105,12 +103,7 @@ def write_png(path: str, runs: list[dict]) -> None:
     bars.set_ylim(min(0.5, *accuracies), 1.0)
     bars.set_ylabel("test accuracy")
     bars.set_title("test split")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    with tf.io.gfile.GFile(path, "wb") as handle:
-        handle.write(buffer.getvalue())
+    evaluate.save_png(figure, path, dpi=100)
 
 
 def compare(model_dirs: list[str]) -> str:

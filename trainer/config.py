@@ -23,6 +23,8 @@ APPLICATIONS = {
 DEFAULT_INPUT_SIZE = 128
 MODELS = (RESNET_LITE, SEED_CNN, *APPLICATIONS)
 MIXED_PRECISION = ("auto", "on", "off")
+LOG_FORMATS = ("text", "json")
+RUN_ONLY = ("check_only", "log_format")
 CACHE = ("auto", "on", "off")
 TTA = ("none", "flip")  # test-time augmentation of the export: "flip" averages the photo and its mirror image
 
@@ -70,6 +72,9 @@ class TrainConfig:
     min_roc_auc: float = 0.85
     max_regression: float = 0.01  # how far below the current latest's accuracy and ROC AUC the new model may be
     force_publish: bool = False
+    # How this invocation runs, not what it trains: left out of config.json's comparison (to_dict).
+    check_only: bool = False  # check the config, the dataset (records counted), the output folders; train nothing
+    log_format: str = "text"  # text, or json: one object per line with severity, message, job (Cloud Logging)
 
     def __post_init__(self):
         problems = []
@@ -138,6 +143,8 @@ class TrainConfig:
         need(_is_int(self.shuffle_buffer) and self.shuffle_buffer >= 1,
              f"--shuffle_buffer must be an integer >= 1 (got {self.shuffle_buffer!r})")
         need(self.cache in CACHE, f"--cache must be one of {', '.join(CACHE)} (got {self.cache!r})")
+        need(self.log_format in LOG_FORMATS,
+             f"--log_format must be one of {', '.join(LOG_FORMATS)} (got {self.log_format!r})")
         need(_is_int(self.cache_limit_mb) and self.cache_limit_mb >= 0,
              f"--cache_limit_mb must be an integer >= 0 (got {self.cache_limit_mb!r})")
         need(_is_int(self.seed), f"--seed must be an integer (got {self.seed!r})")
@@ -175,7 +182,8 @@ class TrainConfig:
         return self.freeze_backbone_epochs
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields that decide the run (what config.json records and a resumed run must match)."""
+        return {key: value for key, value in dataclasses.asdict(self).items() if key not in RUN_ONLY}
 
 
 def _is_int(value) -> bool:
@@ -186,7 +194,8 @@ def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _optional(kind):
+def optional(kind):
+    """An argparse type: `kind`, or None for an empty value or `none`."""
     def parse(text: str):
         return None if text.lower() in ("", "none") else kind(text)
 
@@ -194,7 +203,8 @@ def _optional(kind):
     return parse
 
 
-def _boolean(text: str) -> bool:
+def parse_boolean(text: str) -> bool:
+    """An argparse type for a boolean flag's value: true/false, yes/no, on/off, 1/0."""
     if text.lower() in ("1", "true", "yes", "on"):
         return True
     if text.lower() in ("0", "false", "no", "off"):
@@ -258,6 +268,10 @@ HELP = {
                       "fraction (0.01 = 1 point), the new model's accuracy and ROC AUC may be",
     "force_publish": "publish as `latest` even when the promotion gate refuses (the first model when the thresholds "
                      "cannot be met, emergencies); said loudly in the log. Alone it means true",
+    "check_only": "check the flags, that every gs:// path is reachable, the dataset (every split's records counted "
+                  "against metadata.json) and the model_dir's config; print a JSON report, train and write nothing",
+    "log_format": "text (HH:MM:SS LEVEL lines) or json (one object per line: severity, message, job, time; what "
+                  "Cloud Logging parses on GKE); json also replaces Keras's progress lines with one line per epoch",
 }
 EXIT_USAGE = 2  # argparse's convention for a usage error, kept for bad values too
 
@@ -280,20 +294,22 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="catsdogs-train", allow_abbrev=False,
                      description="Train, evaluate and export a cats-vs-dogs classifier from a preprocessed dataset. "
-                                 "Exit status: 0 success, 2 usage or config error, 3 damaged dataset, 5 lost a "
-                                 "worker (restart to resume), 143 interrupted by SIGTERM (re-run to resume).")
+                                 "Exit status: 0 success, 2 usage or config error (or an unreachable gs:// path), "
+                                 "3 damaged dataset, 4 not blessed by the promotion gate (kept under export/, "
+                                 "`latest` unchanged), 5 lost a worker (restart to resume), 143 interrupted by "
+                                 "SIGTERM (re-run to resume).")
     for field in dataclasses.fields(TrainConfig):
         required = field.default is dataclasses.MISSING
         default = None if required else field.default
         kinds = [kind for kind in typing.get_args(field.type) if kind is not type(None)] or [field.type]
-        kind = {int: int, float: float, str: str, bool: _boolean}[kinds[0]]
+        kind = {int: int, float: float, str: str, bool: parse_boolean}[kinds[0]]
         metavar = {int: "INT", float: "FLOAT", str: "TEXT", bool: "{true,false}"}[kinds[0]]
         if type(None) in typing.get_args(field.type):
-            kind = _optional(kind)
+            kind = optional(kind)
         shown = "required" if required else "default: " + ("none" if default is None else str(default).lower()
                                                            if isinstance(default, bool) else str(default))
         # A boolean flag alone means true (--force_publish); it also takes a value (--augment false).
-        boolean = {"nargs": "?", "const": True} if kind is _boolean else {}
+        boolean = {"nargs": "?", "const": True} if kind is parse_boolean else {}
         parser.add_argument(f"--{field.name}", type=kind, default=default, required=required, metavar=metavar,
                             **boolean, help=f"{HELP[field.name]} ({shown})")
     return parser

@@ -112,14 +112,12 @@ def read_history(path: str) -> list[dict]:
 
 def write_report(path: str, history: list[dict], metrics: dict, labels, probabilities, title: str = "") -> None:
     """A 2x2 PNG: loss curves, accuracy curves, confusion matrix, ROC curve."""
-    import io
 
     import matplotlib
     import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import tensorflow as tf
 
     figure, axes = plt.subplots(2, 2, figsize=(11, 9))
     epochs = [int(row.get("epoch", i + 1)) for i, row in enumerate(history)]  # history.csv counts from 1
@@ -168,9 +166,20 @@ def write_report(path: str, history: list[dict], metrics: dict, labels, probabil
 
     if title:
         figure.suptitle(title)
+    save_png(figure, path, dpi=100)
+
+
+def save_png(figure, path: str, dpi: int) -> None:
+    """Writes a matplotlib figure as PNG to a local or gs:// path (through memory: matplotlib cannot write to gs://)
+    and closes it."""
+    import io
+
+    import matplotlib.pyplot as plt
+    import tensorflow as tf
+
     figure.tight_layout()
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
+    figure.savefig(buffer, format="png", dpi=dpi)
     plt.close(figure)
     with tf.io.gfile.GFile(path, "wb") as handle:
         handle.write(buffer.getvalue())
@@ -186,13 +195,11 @@ def write_mistakes(path: str, dataset, labels, probabilities, class_names, count
     """A grid of the `count` photos of dataset (the same deterministic pass that gave labels and probabilities)
     the model gets most wrong, each titled with its label and the probability of class_names[1]. Returns their
     indices in the split."""
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import tensorflow as tf
 
     chosen = [int(i) for i in most_wrong(labels, probabilities, count)]
     wanted, images, index = set(chosen), {}, 0
@@ -214,10 +221,5 @@ def write_mistakes(path: str, dataset, labels, probabilities, class_names, count
                      color="firebrick" if wrong else "black")
     figure.suptitle(f"the {len(chosen)} photos the model gets most wrong (label, probability; red: misclassified)"
                     + (f"\n{title}" if title else ""), fontsize=10)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
-    plt.close(figure)
-    with tf.io.gfile.GFile(path, "wb") as handle:
-        handle.write(buffer.getvalue())
+    save_png(figure, path, dpi=80)
     return chosen

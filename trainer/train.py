@@ -31,6 +31,7 @@ validation at 128x128: about 1 GB).
 
 import dataclasses
 import importlib.util
+import json
 import shutil
 import sys
 import time
@@ -40,6 +41,7 @@ import tensorflow as tf
 
 from trainer import (
     backup,
+    credentials,
     data,
     distribute,
     final_model,
@@ -67,8 +69,13 @@ EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what Kubernetes expects from a process 
 
 def main(argv=None) -> int:
     cfg = config_lib.parse_args(argv)
+    logger.use_format(cfg.log_format)
     try:
-        return run(cfg)
+        credentials.check_reachable([cfg.data_dir, cfg.model_dir, cfg.export_dir, cfg.weights])
+        return check_only(cfg) if cfg.check_only else run(cfg)
+    except credentials.Unreachable as error:
+        log.error(str(error))
+        return EXIT_USAGE
     except (data.DatasetMissing, model_dir.ConfigMismatch, backup.BackupUnusable, FileNotFoundError) as error:
         log.error(str(error))
         return EXIT_USAGE
@@ -84,6 +91,28 @@ def main(argv=None) -> int:
                   f"instead of learning from wrong data; re-run preprocessing into a new DATASET (or restore the "
                   f"damaged shards from a copy), then train again.")
         return EXIT_DAMAGED_DATA
+
+
+def check_only(cfg: config_lib.TrainConfig) -> int:
+    """--check_only: what a run would start from, as JSON on stdout; nothing is written, nothing trained. The errors
+    a run would stop with (missing or damaged dataset, another run's model_dir) propagate to main's exit codes."""
+    metadata = data.read_metadata(cfg.data_dir)
+    data.check_record_counts(cfg.data_dir)
+    previous = model_dir.check_config(cfg.model_dir, cfg.to_dict())
+    report = {
+        "ok": True,
+        "data_dir": cfg.data_dir,
+        "dataset_version": metadata.get("version"),
+        "dataset_counts": metadata.get("counts"),
+        "records_counted": True,
+        "model_dir": cfg.model_dir,
+        "model_dir_state": "resumes the run it holds (same config)" if previous else "new run",
+        "export_dir": cfg.export_dir or join(cfg.model_dir, "export"),
+    }
+    print(json.dumps(report, indent=2))
+    log.info(f"check passed: {cfg.data_dir} ({metadata.get('counts')}) and {cfg.model_dir} are usable; nothing was "
+             f"written")
+    return EXIT_OK
 
 
 def run(cfg: config_lib.TrainConfig) -> int:
@@ -231,16 +260,24 @@ def compile_model(model, cfg: config_lib.TrainConfig, schedule) -> None:
 
 
 class EpochLogger(keras.callbacks.CSVLogger):
-    """history.csv with epochs numbered from 1, as the log ("Epoch 1/40") and report.png count them."""
+    """history.csv with epochs numbered from 1, as the log ("Epoch 1/40") and report.png count them; with
+    `log_epochs` also one INFO line per epoch (for --log_format json, where Keras's own lines are off)."""
+
+    def __init__(self, filename, append=False, log_epochs=False):
+        super().__init__(filename, append=append)
+        self.log_epochs = log_epochs
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch + 1, logs)
+        if self.log_epochs:
+            shown = ", ".join(f"{key} {float(value):.4g}" for key, value in sorted((logs or {}).items()))
+            log.info(f"epoch {epoch + 1}/{self.params.get('epochs', '?')}: {shown}")
 
 
 def make_callbacks(cfg, outputs: Outputs, monitor: str, earlier_history: list, freeze, budget, backups) -> list:
     best_so_far = min((row[monitor] for row in earlier_history if monitor in row), default=None)
     callbacks = [
-        EpochLogger(outputs.history, append=True),
+        EpochLogger(outputs.history, append=True, log_epochs=cfg.log_format == "json"),
         keras.callbacks.ModelCheckpoint(outputs.best_weights, monitor=monitor, save_best_only=True,
                                         save_weights_only=True, initial_value_threshold=best_so_far),
         backups,  # last: an epoch's history row and checkpoint are written before its backup
@@ -272,7 +309,7 @@ def fit_model(model, cfg, plan: Plan, placement, train_data, validation_data, ca
     with distribute.fit_scope(model, placement):
         fit = model.fit(train_data, epochs=cfg.epochs, steps_per_epoch=plan.steps_per_epoch,
                         validation_data=validation_data, callbacks=callbacks, shuffle=False,
-                        verbose=1 if sys.stdout.isatty() else 2)
+                        verbose=0 if cfg.log_format == "json" else 1 if sys.stdout.isatty() else 2)
     if stop.signal_name:  # arrived after the last step: the epoch-end backup already holds everything
         raise backup.Interrupted(f"{stop.signal_name} after training; backup at "
                                  f"{join(cfg.model_dir, model_dir.BACKUP_DIR)}")

@@ -156,3 +156,15 @@ def test_the_dataflow_image_is_the_cpu_image_with_the_sdk_harness_of_the_pinned_
     assert "COPY --from=beam-sdk /opt/apache/beam /opt/apache/beam" in lines
     assert [line for line in lines if line.startswith("ENTRYPOINT")] == ['ENTRYPOINT ["/opt/apache/beam/boot"]']
     assert not any(line.startswith("RUN") for line in lines), "nothing reinstalled over the cpu image's packages"
+
+
+def test_the_cpu_and_gpu_stages_set_the_same_environment():
+    """The ENV block is restated in each stage (a stage FROM another base inherits nothing): it must not drift."""
+    def env_block(lines):
+        start = next(i for i, line in enumerate(lines) if line.startswith("ENV "))
+        end = next(i for i in range(start, len(lines)) if not lines[i].rstrip().endswith("\\"))
+        return lines[start:end + 1]
+
+    found = stages()
+    assert env_block(found["cpu"]["lines"]) == env_block(found["gpu"]["lines"])
+    assert any("MPLCONFIGDIR=/scratch/matplotlib" in line for line in env_block(found["cpu"]["lines"]))

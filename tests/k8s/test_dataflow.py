@@ -12,6 +12,7 @@ from apache_beam.options.pipeline_options_validator import PipelineOptionsValida
 from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
 
 import beam_pipelines.options  # noqa: F401 - registers the scorer's flags with Beam's parser
+from beam_pipelines import cli
 from tests.k8s.manifests import K8S, expand, pod_env, render, render_overlay
 
 DIRECT_RUNNER_ONLY = {"--runner", "--direct_running_mode", "--direct_num_workers"}
@@ -62,7 +63,7 @@ def test_the_scoring_flags_are_the_base_cronjobs(dataflow):
 
 
 def test_every_flag_is_known_and_beam_validates_the_dataflow_options(dataflow):
-    args = launched_args(dataflow)
+    args, _ = cli.split_log_format(launched_args(dataflow))  # the console entry point's flag, read before Beam's
     parser = BeamArgumentParser(allow_abbrev=False)
     for options_class in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
         options_class._add_argparse_args(parser)

@@ -243,3 +243,55 @@ def test_make_k8s_render_pins_images_to_the_commit(tmp_path):
             assert re.fullmatch(rf"registry\.example/team/catsdogs-\w+:{commit}", value), (overlay, name, value)
         if overlay == "dataflow":
             assert named["SDK_CONTAINER_IMAGE"] == f"registry.example/team/catsdogs-dataflow:{commit}"
+
+
+ENTRY_POINTS = ("catsdogs-train", "catsdogs-preprocess", "catsdogs-score")
+
+
+def parse_command_line(program: str, argv: list):
+    """The job's own parser, as the console entry point runs it: the config it would run with, or an exception."""
+    from beam_pipelines import cli, options
+    from trainer import config as train_config
+
+    if program == "catsdogs-train":
+        return train_config.parse_args(argv)
+    argv, _ = cli.split_log_format(argv)
+    own, make = ((options.PreprocessOptions, options.preprocess_config) if program == "catsdogs-preprocess"
+                 else (options.ScoreOptions, options.score_config))
+    return cli.parse_job(argv, program, own, make)[1]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_job_command_line_parses_with_the_jobs_own_parser(overlay):
+    """A flag renamed in the code but not in a manifest fails here, not at 3 a.m. in the cluster."""
+    from tests.k8s.manifests import expand, pod_env
+
+    objects = render_overlay(overlay)
+    config_maps = {o["metadata"]["name"]: o.get("data", {}) for o in objects if o["kind"] == "ConfigMap"}
+    parsed = set()
+    for obj in objects:
+        for job in job_specs(obj):
+            template = job["template"]
+            for container in template["spec"]["containers"]:
+                [program] = [word for word in container.get("command", []) if word in ENTRY_POINTS] or [None]
+                if program is None:
+                    continue
+                labels = {**template["metadata"].get("labels", {}), "batch.kubernetes.io/job-name": "job-1"}
+                env = pod_env(container, config_maps, labels, obj["metadata"].get("namespace", "default"),
+                              {"JOB_COMPLETION_INDEX": "0"})
+                argv = [expand(arg, env) for arg in container.get("args", [])]
+                assert not [arg for arg in argv if "$(" in arg], argv
+                assert "--log_format=json" in argv, f"{name_of(obj)}: Cloud Logging parses JSON lines"
+                assert parse_command_line(program, argv) is not None
+                parsed.add(program)
+    assert parsed == set(ENTRY_POINTS), parsed
+
+
+def test_a_renamed_flag_in_a_manifest_would_be_caught():
+    from beam_pipelines import cli
+
+    with pytest.raises(cli.UsageError, match="did you mean --skip_scored"):
+        parse_command_line("catsdogs-score", ["--model=gs://b/m/latest", "--input=gs://b/in", "--output_dir=gs://b/o",
+                                              "--skip_scored_dir=gs://b/o", "--log_format=json"])
+    with pytest.raises(SystemExit):
+        parse_command_line("catsdogs-train", ["--data_dir=gs://b/d", "--model_dir=gs://b/m", "--time_budget=5"])

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.trainer.datasets import REPO, run_python, write_dataset
-from trainer import backup, plan, publish, train
+from trainer import backup, credentials, plan, publish, train
 
 pytestmark = pytest.mark.slow
 
@@ -71,6 +72,39 @@ def test_default_model_learns_the_easy_task_and_writes_every_output(dataset, tmp
 def test_missing_dataset_fails_at_launch_with_a_message(tmp_path, capsys):
     assert train.main(["--data_dir", str(tmp_path / "nothing"), "--model_dir", str(tmp_path / "m")]) == 2
     assert "Run preprocessing first" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_check_only_counts_the_records_logs_json_and_writes_nothing(dataset, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    assert train.main(["--data_dir", str(dataset), "--model_dir", str(model_dir), "--check_only",
+                       "--log_format", "json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["ok"] and report["model_dir_state"] == "new run"
+    assert {split: counts["total"] for split, counts in report["dataset_counts"].items()} == {
+        "train": 96, "validation": 32, "test": 32}
+    lines = [json.loads(line) for line in captured.err.splitlines() if line.startswith("{")]
+    assert any(line["severity"] == "INFO" and line["job"] == "catsdogs-train" and "check passed" in line["message"]
+               for line in lines), captured.err
+    assert not model_dir.exists()
+
+
+def test_check_only_finds_a_damaged_shard(dataset, tmp_path, capsys):
+    damaged = tmp_path / "data"
+    shutil.copytree(dataset, damaged, symlinks=True)
+    shard = sorted(damaged.rglob("train-*"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    assert train.main(["--data_dir", str(damaged), "--model_dir", str(tmp_path / "m"), "--check_only"]) == 3
+    assert "train-s000.tfrecord" in capsys.readouterr().err  # named, with what to do
+
+
+def test_unreachable_bucket_fails_at_launch_with_advice(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setattr(credentials, "REACH_SECONDS", 10.0)
+    assert train.main(["--data_dir", "gs://no-such-bucket/data", "--model_dir", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach gs://no-such-bucket" in err and "Workload Identity" in err
     assert not (tmp_path / "m").exists()
 
 
@@ -229,11 +263,18 @@ def test_sigterm_writes_a_backup_before_exiting(dataset, tmp_path):
 def test_time_budget_stops_training_gracefully_then_evaluates_and_exports(dataset, tmp_path):
     model_dir = tmp_path / "model"
     result = subprocess.run(command(dataset, model_dir, *SMALL_NET, *NO_GATE, "--epochs", "200", "--batch_size", "4",
-                                    "--time_budget_minutes", "0.1", "--early_stopping_patience", "0"),
+                                    "--time_budget_minutes", "0.1", "--early_stopping_patience", "0",
+                                    "--log_format", "json"),
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["stopped_by"] == "time_budget" and 1 <= metrics["epochs_completed"] < 200
+    # --log_format json: our lines are JSON objects (TensorFlow's C++ lines are not ours), one per epoch among them
+    ours = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert not [line for line in result.stderr.splitlines() if "catsdogs-train:" in line]  # no text lines left
+    epochs = [line for line in ours if line["message"].startswith("epoch ")]
+    assert len(epochs) == metrics["epochs_completed"] and "val_loss" in epochs[-1]["message"]
+    assert "Epoch 1/" not in result.stdout  # Keras's own progress lines are off
     assert publish.read_latest(str(model_dir / "export"))
 
 
