@@ -91,7 +91,7 @@ setup: $(STAMP) ## create .venv and install the project, TensorFlow's ACCEL buil
 test: setup ## run the test suite (unit, pipeline, training and end-to-end tests)
 	$(BIN)/python -m pytest
 
-mutations: setup ## remove each protection in turn and check its reliability test fails (tests/reliability/mutations.py, ~25 min)
+mutations: setup ## remove each protection in turn and check its reliability test fails (tests/reliability/mutations.py, ~20 min)
 	$(BIN)/python -m tests.reliability.mutations
 
 lint: setup hadolint ## ruff over the code, hadolint over the Dockerfile
