@@ -186,7 +186,8 @@ def test_a_few_hundred_pairs_of_near_copies_land_together_in_splits_by_ratio(tmp
 def test_a_new_near_copy_of_photos_in_two_splits_is_left_out_with_its_reason(tmp_path):
     """A new photo linked to a train photo and a test photo of an earlier version, and an exact copy of the train
     photo: the three stages chained."""
-    facts = [_fact("a" * 64, 0b0000, split="train", fixed=True), _fact("b" * 64, 0b1111 << 40, split="test", fixed=True),
+    facts = [_fact("a" * 64, 0b0000, split="train", fixed=True),
+             _fact("b" * 64, 0b1111 << 40, split="test", fixed=True),
              _fact("c" * 64, 0b11 | 0b11 << 40, split="validation", batch="b2"),
              _fact("a" * 64, 0b0000, split="train", batch="b3", path="/copy-of-a.jpg")]
     spilled = grouping.spill_bands(str(tmp_path / "bands.spill"), facts, 4)

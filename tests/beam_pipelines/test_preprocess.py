@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beam_pipelines import file_listing, grouping, imaging, preprocess, records, tfrecords
+from beam_pipelines import file_listing, imaging, preprocess, records, tfrecords
 from tests import corpus
 from tests.conftest import upload_tree
 from trainer import dataset_contract, features, storage
@@ -221,30 +221,6 @@ def test_a_grown_folder_keeps_every_old_photo_in_its_split_and_accounts_for_ever
     assert third["skipped"] and third["version"] == "v00002"  # nothing changed: no new version
 
 
-def test_a_new_near_copy_of_photos_in_two_splits_is_left_out_with_its_reason(tmp_path):
-    """The grouping stages alone, in a TestPipeline: a new photo linked to a train photo and a test photo of an
-    earlier version, and an exact copy of the train photo."""
-    import apache_beam as beam
-    from apache_beam.testing.test_pipeline import TestPipeline
-    from apache_beam.testing.util import assert_that, equal_to
-
-    def fact(content_id, phash, split, fixed, batch="b1", path=None):
-        return grouping.Fact(content_id, phash, path or f"/{content_id}.jpg", 0, batch, split, 0, fixed)
-
-    facts = [fact("a" * 64, 0b0000, "train", True), fact("b" * 64, 0b1111 << 40, "test", True),
-             fact("c" * 64, 0b11 | 0b11 << 40, "validation", False, batch="b2"),
-             fact("a" * 64, 0b0000, "train", False, batch="b3", path="/copy-of-a.jpg")]
-    spilled = grouping.spill_bands(str(tmp_path / "bands.spill"), facts, 4)
-    with TestPipeline() as pipeline:
-        grouped = pipeline | beam.Create(spilled) | grouping.GroupBands(4)
-        groups = grouped["neighbours"] | grouping.PropagateGroups(4)
-        decided = (grouped["neighbours"], groups) | grouping.DecideSplits((0.8, 0.1, 0.1))
-        assert_that(decided["changes"] | beam.Map(lambda c: (c.batch, c.action, c.reason, c.fact.content_id[0])),
-                    equal_to([("b2", "reject", grouping.ACROSS_SPLITS, "c")]), label="CheckChanges")
-        assert_that(grouped["drops"] | beam.Map(lambda c: (c.batch, c.fact.path)),
-                    equal_to([("b3", "/copy-of-a.jpg")]), label="CheckDrops")
-
-
 def test_labels_from_file_name_prefix_and_custom_class_names(tmp_path):
     for name, seed in (("box.1.jpg", 1), ("Box_2.jpg", 2), ("ball-3.png", 3), ("tree.4.jpg", 4)):
         (tmp_path / "in").mkdir(exist_ok=True)
@@ -375,25 +351,3 @@ def test_missing_input_or_flags_fail_at_launch(tmp_path):
     with pytest.raises(SystemExit, match="no --input given"):
         preprocess.run([f"--output_dir={tmp_path / 'out'}"])
 
-
-def test_hash_bands_find_every_pair_within_the_threshold():
-    rng = np.random.default_rng(0)
-    for _ in range(200):
-        a = int(rng.integers(0, 2**63)) * 2 + int(rng.integers(0, 2))
-        flips = rng.choice(64, size=int(rng.integers(0, 5)), replace=False)
-        b = a ^ sum(1 << int(bit) for bit in flips)
-        assert any(x == y for x, y in zip(grouping.hash_bands(a, 4), grouping.hash_bands(b, 4), strict=True))
-    def fact(content_id, phash, fixed=""):
-        return grouping.Fact(content_id, phash, f"/{content_id}", 0, "b", fixed or "train", 0, bool(fixed))
-
-    members = [fact("x", 0b1111), fact("y", 0b0000, "test"), fact("z", 0b11111)]
-    links = sorted((a, b, fixed) for kind, (a, (b, fixed, _)) in grouping.link_bucket((0, 0), members, 4)
-                   if kind == "link")
-    assert links == [("x", "y", ""), ("x", "z", ""), ("y", "x", "test"), ("z", "x", "")]
-
-
-def test_split_for_group_follows_ratios():
-    groups = [f"{i:064x}" for i in range(3000)]
-    splits = [grouping.split_for_group(g, (0.8, 0.1, 0.1)) for g in groups]
-    assert 0.75 < splits.count("train") / len(splits) < 0.85
-    assert {grouping.split_for_group(g, (0.0, 0.0, 1.0)) for g in groups[:50]} == {"test"}
