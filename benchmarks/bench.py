@@ -1,6 +1,6 @@
 """Benchmarks: our jobs against the machine's limit and against what a user would write, in one run.
 
-    make bench                      # every section on ../shared/data, writes benchmarks/RESULTS.md (~60 min)
+    make bench                      # every section on ../shared/data, writes benchmarks/RESULTS.md (~75 min)
     make bench BENCH_ARGS="--quick" # fewer photos and repeats, no scale cases, for trying changes (~10 min)
     make bench BENCH_ARGS="--sections score"
 
