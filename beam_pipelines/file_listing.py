@@ -95,8 +95,9 @@ def _list_gcs(prefix: str, raw_prefix: bool) -> Iterator[FileRef]:
             yield FileRef(prefix, int(blob.size or 0), _timestamp(blob.updated), int(blob.generation or 0))
             return
         name += "/"
-    pages = storage.gcs_client().list_blobs(bucket, prefix=name, page_size=LIST_PAGE_SIZE, retry=storage.retry_policy(),
-                                    fields="items(name,size,updated,generation),nextPageToken")
+    pages = storage.gcs_client().list_blobs(bucket, prefix=name, page_size=LIST_PAGE_SIZE,
+                                            retry=storage.retry_policy(),
+                                            fields="items(name,size,updated,generation),nextPageToken")
     for blob in pages:  # an HTTPIterator: fetches the next page only when this one is used up
         if not blob.name.endswith("/"):  # folder placeholder objects made by consoles
             yield FileRef(f"{storage.GCS_PREFIX}{bucket}/{blob.name}", int(blob.size or 0), _timestamp(blob.updated),

@@ -319,7 +319,7 @@ def run(argv=None, test_pipeline=None) -> dict:
                             what=f"run id {config.run_id} in {config.output_dir}")
     with lease:
         lifecycle.clean_stale_staging(config.output_dir, ".staging-", keep=staging_dir(config.output_dir,
-                                                                                        config.run_id))
+                                                                                       config.run_id))
         plan = plan_run(config, info, runner, workers)
         _LOGGER.info("scoring %s with model %s (version %s) into %s", ", ".join(config.inputs), config.model,
                      info["model_version"], run_dir(config.output_dir, config.run_id))
@@ -332,8 +332,8 @@ def run(argv=None, test_pipeline=None) -> dict:
                                 f"published by this one")
         summary = finish(config, info, plan, runner, started_at, time.monotonic() - start)
     print(json.dumps({k: summary[k] for k in ("run_id", "status", "matched", "scored", "failed", "failed_by_reason",
-                                               "skipped", "resumed", "class_counts", "folder_labels",
-                                               "images_per_second")}, ensure_ascii=False))
+                                              "skipped", "resumed", "class_counts", "folder_labels",
+                                              "images_per_second")}, ensure_ascii=False))
     if summary["status"] != "succeeded":
         raise cli.JobFailed(
             f"{summary['failed']} of {summary['scored'] + summary['failed']} files were rejected "

@@ -140,7 +140,7 @@ def run(args, report) -> None:
         multi = Figure(f"ours, --direct_running_mode multi_processing, 2 workers ({name})", "img/s")
         for _ in range(args.repeats):
             rate, cpu_ms, _ = fresh(model_root, inputs, len(paths), ["--direct_running_mode", "multi_processing",
-                                                                       "--direct_num_workers", "2"])
+                                                                     "--direct_num_workers", "2"])
             multi.add(rate, cpu_ms)
         report.rows += [naive.row(), ours_fig.row(), multi.row(), memory.row()]
         results[name] = (naive, ours_fig, memory)

@@ -338,7 +338,7 @@ def summarize(cfg, metrics: dict, train_seconds: float, outputs: Outputs, publis
              f"{fmt(metrics['recall'])}, ROC AUC {fmt(metrics['roc_auc'])}, log loss {fmt(metrics['log_loss'])} on "
              f"{metrics['examples']} images")
     written = (join(cfg.model_dir, name) for name in (model_dir.METRICS_FILE, model_dir.REPORT_FILE,
-                                                       model_dir.MISTAKES_FILE))
+                                                      model_dir.MISTAKES_FILE))
     log.info("metrics {}, report {}, mistakes {}".format(*written) + f", history {outputs.history}, export {published}")
 
 
