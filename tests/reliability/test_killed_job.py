@@ -38,6 +38,21 @@ pytestmark = pytest.mark.slow
 FILES_PER_BATCH = 10
 
 
+def _kill_when(process: subprocess.Popen, ready, timeout: float = 300) -> str:
+    """SIGKILLs the process as soon as ready() holds (polled every 5 ms); returns its stderr."""
+    try:
+        deadline = time.monotonic() + timeout
+        while process.poll() is None and time.monotonic() < deadline:
+            if ready():
+                process.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        return process.communicate(timeout=60)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
 def _committed_files(staging) -> int:
     """Files accounted for by the commit markers present (each marker's name ends in .<files>.json)."""
     return sum(int(path.name.rsplit(".", 2)[-2]) for path in (staging / predictions.COMMITTED).glob("*.json"))
@@ -74,17 +89,7 @@ def test_a_run_killed_half_way_resumes_without_scoring_again_what_it_had_committ
     # 10 ms per file: the run scores for about three seconds, so "half the batches committed" is a moment to catch.
     process = subprocess.Popen(command, cwd=REPO, env=job_env(**{faulty.SLOW_ENV: 0.01}),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while process.poll() is None and time.monotonic() < deadline:
-            if len(list((staging / predictions.COMMITTED).glob("*.json"))) >= batches // 2:
-                process.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.005)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    stderr = _kill_when(process, lambda: len(list((staging / predictions.COMMITTED).glob("*.json"))) >= batches // 2)
     assert process.returncode == -signal.SIGKILL, f"the run ended before half its batches committed: {stderr[-3000:]}"
     finished = _rows_written(staging)  # what the killed attempt had scored, committed or not
     committed = _committed_files(staging)
@@ -185,17 +190,7 @@ def test_a_preprocessing_run_killed_before_it_publishes_leaves_the_current_versi
     if point == "while_writing_shards":
         process = subprocess.Popen(preprocess_command(*flags), cwd=REPO, env=job_env(**{faulty.SLOW_ENV: 0.05}),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 300
-            while process.poll() is None and time.monotonic() < deadline:
-                if len(list(version_dir.glob("facts-*.jsonl"))) >= 2:
-                    process.send_signal(signal.SIGKILL)
-                    break
-                time.sleep(0.005)
-            _, stderr = process.communicate(timeout=60)
-        finally:
-            if process.poll() is None:
-                process.kill()
+        stderr = _kill_when(process, lambda: len(list(version_dir.glob("facts-*.jsonl"))) >= 2)
         returncode = process.returncode
     else:
         killed = run_job(preprocess_command(*flags, kill_before="beam_pipelines.preprocess:publish"),
