@@ -10,8 +10,8 @@ and ask for the fixtures by name (the `name=` keeps ruff from reading test argum
 `fake_gcs_server` (one per session) is the base URL; `fake_gcs_bucket` sets STORAGE_EMULATOR_HOST for the
 test, creates a fresh bucket and returns its gs:// URI (no trailing slash).
 
-Two proxies sit in front of either server: `LostReplyProxy` loses the replies of chosen writes, `FaultyProxy`
-injects 503s, 429s, dropped connections, replies cut off mid-body and deletions between listing and reading.
+`FaultyProxy` sits in front of either server and injects 503s, 429s, dropped connections, replies cut off mid-body,
+lost replies to writes that took effect (`lose_first_reply_to`) and deletions between listing and reading.
 """
 
 import collections
@@ -103,90 +103,6 @@ def fake_gcs_bucket_fixture(fake_gcs_server, monkeypatch):
 def environment_for(url: str) -> dict:
     """os.environ plus what a child process needs to talk to the server at url."""
     return {**os.environ, "STORAGE_EMULATOR_HOST": url, "GOOGLE_CLOUD_PROJECT": "catsdogs-test"}
-
-
-class LostReplyProxy:
-    """An HTTP proxy on 127.0.0.1 in front of a GCS server that makes chosen writes "ambiguous successes":
-    the request reaches the server and takes effect, but the client gets HTTP 503 instead of the reply,
-    as when a connection drops after GCS committed the write. The client's retry then meets the state its
-    first attempt created (with `if_generation_match`, an HTTP 412).
-
-    `lose_reply_for`: object names; the first upload of each loses its reply. `statuses` records
-    (method, object name or path, status the server really gave) for every upload the proxy forwarded.
-    """
-
-    def __init__(self, upstream: str, lose_reply_for):
-        import http.server
-        import threading
-
-        self.upstream = urllib.parse.urlsplit(upstream)
-        self.pending = set(lose_reply_for)
-        self.statuses = []
-        self._lock = threading.Lock()
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _forward(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                status, headers, reply = proxy._send_upstream(self.command, self.path, self.headers, body)
-                lose = proxy._should_lose(self.command, self.path, body, status)
-                if lose:
-                    status, headers, reply = 503, [("Content-Type", "text/plain")], b"reply lost"
-                self.send_response(status)
-                for key, value in headers:
-                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def _send_upstream(self, method, path, headers, body):
-        import http.client
-
-        connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)
-        try:
-            forwarded = {k: v for k, v in headers.items() if k.lower() not in ("host", "connection")}
-            connection.request(method, path, body=body, headers=forwarded)
-            response = connection.getresponse()
-            return response.status, response.getheaders(), response.read()
-        finally:
-            connection.close()
-
-    def _should_lose(self, method, path, body, status) -> bool:
-        if not path.startswith("/upload/"):
-            return False
-        names = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query).get("name")
-        if not names:  # a multipart upload names the object in its JSON metadata part
-            names = re.findall(rb'"name":\s*"([^"]+)"', body)[:1]
-            names = [n.decode() for n in names]
-        name = names[0] if names else path
-        with self._lock:
-            self.statuses.append((method, name, status))
-            if name in self.pending and status == 200:
-                self.pending.discard(name)
-                return True
-        return False
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
 
 
 class GcsRequest(typing.NamedTuple):
@@ -336,3 +252,15 @@ class FaultyProxy:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+
+
+def lose_first_reply_to(names):
+    """FaultyProxy faults: the first upload of each of these object names reaches the server and takes effect, but
+    the client gets HTTP 503 instead of the reply ("ambiguous success", as when a connection drops after GCS committed
+    the write). The client's retry then meets the state its first attempt created (with `if_generation_match`: 412)."""
+    names = frozenset(names)
+
+    def faults(request: GcsRequest):
+        return "lose_reply" if request.kind == "upload" and request.name in names and request.number == 0 else None
+
+    return faults

@@ -5,10 +5,10 @@ test_lifecycle.py).
 The server commits the first upload of a marker object and of `latest`, but the client never sees the reply (HTTP 503
 instead). google-cloud-storage retries the conditional write (`if_generation_match`), the server answers 412
 Precondition Failed, and publishing must recognise its own completed write. fake-gcs-server enforces generation
-preconditions (gcp-storage-emulator ignores them); LostReplyProxy sits in front of it and loses the chosen replies.
+preconditions (gcp-storage-emulator ignores them); FaultyProxy sits in front of it and loses the chosen replies.
 """
 
-from tests.gcs_servers import LostReplyProxy, fake_gcs_bucket_fixture, fake_gcs_server_fixture  # noqa: F401
+from tests.gcs_servers import FaultyProxy, fake_gcs_bucket_fixture, lose_first_reply_to, fake_gcs_server_fixture  # noqa: F401
 from tests.trainer.test_publish import gcs_objects, local_files, make_export
 from trainer import publish
 
@@ -19,15 +19,15 @@ def test_gcs_publish_survives_lost_replies_without_overwriting(fake_gcs_server, 
     bucket_name = fake_gcs_bucket[len("gs://"):]
     export = make_export(tmp_path / "a", "800")
     lost = {"export/800/model_info.json", "export/latest"}
-    with LostReplyProxy(fake_gcs_server, lose_reply_for=lost) as proxy:
+    with FaultyProxy(fake_gcs_server, lose_first_reply_to(lost)) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
         published = publish.publish_export(str(export), root, "800")
     assert published.uri == f"{root}/800" and published.move.moved
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake_gcs_server)
 
-    assert proxy.pending == set()  # both replies really were lost
-    for name in lost:
-        assert [status for _, seen, status in proxy.statuses if seen == name] == [200, 412], name
+    for name in lost:  # the first write took effect, its reply was lost; the retry met it (412 Precondition Failed)
+        assert [(fault, status) for _, fault, status, _ in proxy.requests("upload", name)] == [
+            ("lose_reply", 503), (None, 412)], name
     objects = gcs_objects(f"{root}/800")
     assert {k: v[0] for k, v in objects.items()} == local_files(export)
     assert publish.read_latest(root).version == "800"
@@ -50,12 +50,13 @@ def test_preprocessing_publishes_once_when_the_replies_to_its_lease_and_pointer_
     files = corpus.write_easy_dataset(images, per_class=3, size=32)
     output = f"{fake_gcs_bucket}/data"
     lost = {"data/latest", "data/.lease.json"}
-    with LostReplyProxy(fake_gcs_server, lose_reply_for=lost) as proxy:
+    with FaultyProxy(fake_gcs_server, lose_first_reply_to(lost)) as proxy:
         point_gcs_at(monkeypatch, proxy.url)
         metadata = preprocess_here("--input", images, "--output_dir", output, "--image_size", 32)
     point_gcs_at(monkeypatch, fake_gcs_server)
 
-    assert proxy.pending == set()  # both replies really were lost
+    for name in lost:  # both replies really were lost
+        assert [fault for _, fault, _, _ in proxy.requests("upload", name)][:1] == ["lose_reply"], name
     assert metadata["version"] == "v00001"
     sources, _ = read_dataset(output)
     assert len(sources) == len(files)

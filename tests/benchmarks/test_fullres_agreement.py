@@ -1,0 +1,35 @@
+"""benchmarks/fullres_agreement.py: kaggle-fullres predictions joined with the pets-180 split of each photo's copy."""
+
+import json
+
+from benchmarks import fullres_agreement
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_names_of_both_folders_map_to_the_same_photo():
+    assert fullres_agreement.pets180_key("/data/kaggle-fullres/cat/cat.12.jpg") == ("cat", "12")
+    assert fullres_agreement.pets180_key("/data/pets-180/dog/7.jpg") == ("dog", "7")
+    assert fullres_agreement.pets180_key("/data/other/bird/7.jpg") is None
+
+
+def test_accuracy_is_counted_per_split_of_the_copy_and_duplicates_apart(tmp_path):
+    dataset, scores = tmp_path / "v00001", tmp_path / "run"
+    dataset.mkdir()
+    scores.mkdir()
+    _write_jsonl(dataset / "facts-0.jsonl", [
+        {"path": "/p/cat/1.jpg", "split": "train"}, {"path": "/p/cat/2.jpg", "split": "test"},
+        {"path": "/p/dog/1.jpg", "split": "validation"}, {"path": "/p/dog/2.jpg", "split": "test"}])
+    _write_jsonl(scores / "predictions-0.jsonl", [
+        {"path": "/f/cat/cat.1.jpg", "predicted_class": "cat"},  # train: not counted outside
+        {"path": "/f/cat/cat.2.jpg", "predicted_class": "dog"},  # test, wrong
+        {"path": "/f/dog/dog.1.jpg", "predicted_class": "dog"},  # validation, right
+        {"path": "/f/dog/dog.2.jpg", "predicted_class": "dog"},  # test, right
+        {"path": "/f/dog/dog.3.jpg", "predicted_class": "cat"}])  # no pets-180 copy of its own
+    result = fullres_agreement.agreement(str(dataset), str(scores))
+    assert result["train"] == {"right": 1, "photos": 1, "accuracy": 1.0}
+    assert result["test"] == {"right": 1, "photos": 2, "accuracy": 0.5}
+    assert result["outside the training split"] == {"right": 2, "photos": 3, "accuracy": 0.6667}
+    assert result["dropped as a duplicate"]["photos"] == 1
