@@ -8,7 +8,7 @@ Precondition Failed, and publishing must recognise its own completed write. fake
 preconditions (gcp-storage-emulator ignores them); FaultyProxy sits in front of it and loses the chosen replies.
 """
 
-from tests.gcs_servers import FaultyProxy, fake_gcs_bucket_fixture, lose_first_reply_to, fake_gcs_server_fixture  # noqa: F401
+from tests.gcs_servers import FaultyProxy, fake_gcs_bucket_fixture, fake_gcs_server_fixture, lose_first_reply_to  # noqa: F401
 from tests.trainer.test_publish import gcs_objects, local_files, make_export
 from trainer import publish
 
