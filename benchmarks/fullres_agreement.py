@@ -2,7 +2,8 @@
 
 kaggle-fullres holds the full-size originals of photos that are also in pets-180 (`cat/cat.N.jpg` there is
 `cat/N.jpg` in pets-180). A model trained on pets-180 saw most of them; this joins the scoring run's predictions with
-the dataset's split of each pets-180 copy (its `facts-*.jsonl`) and reports the accuracy against the folder label per
+the dataset's split of each pets-180 copy (the facts files its metadata.json lists, earlier versions' included) and
+reports the accuracy against the folder label per
 split, so the full-resolution path can be compared with the test-split figure. Photos whose pets-180 copy was
 dropped as a duplicate have no split of their own and are counted apart. What README's "Results" quotes.
 
@@ -16,13 +17,14 @@ import os
 import re
 import sys
 
-from trainer import storage
+from beam_pipelines import records
+from trainer import dataset_contract, storage
 
 _KAGGLE_NAME = re.compile(r"(?P<label>cat|dog)\.(?P<number>\d+)\.[^/]+$")
 
 
-def _rows(pattern: str):
-    for path in sorted(glob.glob(pattern)):
+def _prediction_rows(scores_dir: str):
+    for path in sorted(glob.glob(os.path.join(scores_dir, "predictions-*.jsonl"))):
         with open(path) as handle:
             for line in handle:
                 if line.strip():
@@ -40,14 +42,15 @@ def pets180_key(path: str) -> tuple[str, str] | None:
     return None
 
 
-def agreement(dataset_version_dir: str, scores_dir: str) -> dict:
+def agreement(version_dir: str, metadata: dict, scores_dir: str) -> dict:
     split_of = {}
-    for fact in _rows(os.path.join(dataset_version_dir, "facts-*.jsonl")):
-        key = pets180_key(fact["path"])
-        if key:
-            split_of[key] = fact["split"]
+    for entry in metadata["batches"]:  # a grown version's older batches live in earlier versions' folders
+        for fact in records.read_facts(dataset_contract.join(version_dir, entry["facts"]), entry["batch"], True):
+            key = pets180_key(fact.path)
+            if key:
+                split_of[key] = fact.split
     by_split: dict[str, list[int]] = {}
-    for row in _rows(os.path.join(scores_dir, "predictions-*.jsonl")):
+    for row in _prediction_rows(scores_dir):
         key = pets180_key(row["path"])
         if key is None:
             continue
@@ -68,11 +71,8 @@ def main(argv=None) -> int:
                                                          "whose `latest` names the version, or a version directory)")
     parser.add_argument("--scores", required=True, help="the scoring run's directory (predictions-*.jsonl)")
     args = parser.parse_args(argv)
-    version_dir = args.dataset
-    if not glob.glob(os.path.join(version_dir, "facts-*.jsonl")):
-        pointer = storage.read_json(os.path.join(args.dataset, "latest"))
-        version_dir = os.path.join(args.dataset, pointer["version"])
-    result = agreement(version_dir, args.scores)
+    version_dir, metadata = dataset_contract.locate(args.dataset, storage.read_bytes, storage.exists)
+    result = agreement(version_dir, metadata, args.scores)
     json.dump(result, sys.stdout, indent=2)
     print()
     return 0

@@ -15,20 +15,27 @@ def test_names_of_both_folders_map_to_the_same_photo():
     assert fullres_agreement.pets180_key("/data/other/bird/7.jpg") is None
 
 
+def _fact(path, split):
+    return {"content_id": path, "phash": 0, "path": path, "label": 0, "split": split, "index": 0, "size": 1,
+            "version": 1}
+
+
 def test_accuracy_is_counted_per_split_of_the_copy_and_duplicates_apart(tmp_path):
-    dataset, scores = tmp_path / "v00001", tmp_path / "run"
-    dataset.mkdir()
-    scores.mkdir()
-    _write_jsonl(dataset / "facts-0.jsonl", [
-        {"path": "/p/cat/1.jpg", "split": "train"}, {"path": "/p/cat/2.jpg", "split": "test"},
-        {"path": "/p/dog/1.jpg", "split": "validation"}, {"path": "/p/dog/2.jpg", "split": "test"}])
+    """The version's metadata lists its batches' facts, one of them kept in the earlier version's folder."""
+    old, current, scores = tmp_path / "v00001", tmp_path / "v00002", tmp_path / "run"
+    for folder in (old, current, scores):
+        folder.mkdir()
+    _write_jsonl(old / "facts-a.jsonl", [_fact("/p/cat/1.jpg", "train"), _fact("/p/cat/2.jpg", "test")])
+    _write_jsonl(current / "facts-b.jsonl", [_fact("/p/dog/1.jpg", "validation"), _fact("/p/dog/2.jpg", "test")])
+    metadata = {"batches": [{"batch": "a", "facts": "../v00001/facts-a.jsonl"},
+                            {"batch": "b", "facts": "facts-b.jsonl"}]}
     _write_jsonl(scores / "predictions-0.jsonl", [
         {"path": "/f/cat/cat.1.jpg", "predicted_class": "cat"},  # train: not counted outside
         {"path": "/f/cat/cat.2.jpg", "predicted_class": "dog"},  # test, wrong
         {"path": "/f/dog/dog.1.jpg", "predicted_class": "dog"},  # validation, right
         {"path": "/f/dog/dog.2.jpg", "predicted_class": "dog"},  # test, right
         {"path": "/f/dog/dog.3.jpg", "predicted_class": "cat"}])  # no pets-180 copy of its own
-    result = fullres_agreement.agreement(str(dataset), str(scores))
+    result = fullres_agreement.agreement(str(current), metadata, str(scores))
     assert result["train"] == {"right": 1, "photos": 1, "accuracy": 1.0}
     assert result["test"] == {"right": 1, "photos": 2, "accuracy": 0.5}
     assert result["outside the training split"] == {"right": 2, "photos": 3, "accuracy": 0.6667}
