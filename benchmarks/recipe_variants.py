@@ -31,8 +31,12 @@ def score(run_dir: str, sides, ttas=("none", "flip")) -> list[dict]:
             continue
         for side in sides:
             keras.backend.clear_session()
+            # Loaded into the network as trained, then copied by position (as final_model.float32_copy does): at the
+            # dataset's own side the model has no Resizing wrapper, so the saved file's layer paths would not match.
+            trained = models.build_model(dataclasses.replace(cfg, weights=None), image_size)
+            trained.load_weights(path)
             model = models.build_model(dataclasses.replace(cfg, input_size=side, weights=None), image_size)
-            model.load_weights(path)
+            model.set_weights(trained.get_weights())
             for tta in ttas:
                 labels, probabilities = evaluate.predict(model, batches, tta=tta)
                 metrics = evaluate.compute_metrics(labels, probabilities, resolved["class_names"])

@@ -1,0 +1,26 @@
+"""benchmarks/recipe_variants.py on a real (tiny) finished run: every evaluation side scores the trained weights."""
+
+import csv
+
+import pytest
+
+from benchmarks import recipe_variants
+from tests.trainer.datasets import write_dataset
+from trainer import train
+
+pytestmark = pytest.mark.slow
+
+
+def test_each_side_scores_the_run_weights_the_dataset_own_side_too(tmp_path):
+    """Trained at 24 on 32x32 records: at 32 the model has no Resizing wrapper, and still gets the trained weights
+    (at the training side it scores what the run logged for its best checkpoint's epoch)."""
+    dataset = write_dataset(tmp_path / "data", size=32, per_class={"train": 32, "validation": 16, "test": 8})
+    run = tmp_path / "run"
+    assert train.main(["--data_dir", str(dataset), "--model_dir", str(run), "--epochs", "3", "--batch_size", "16",
+                       "--width", "8", "--depth", "1", "--stages", "2", "--input_size", "24",
+                       "--min_accuracy", "0", "--min_roc_auc", "0"]) == 0
+    rows = recipe_variants.score(str(run), sides=[24, 32], ttas=("none",))
+    assert [(row["side"], row["examples"]) for row in rows] == [(24, 32), (32, 32)]
+    with open(run / "history.csv") as handle:
+        best = min(csv.DictReader(handle), key=lambda row: float(row["val_loss"]))  # the best checkpoint's epoch
+    assert rows[0]["accuracy"] == pytest.approx(float(best["val_accuracy"]), abs=1e-6)
