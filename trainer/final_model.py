@@ -46,6 +46,27 @@ def validation_score(model, validation_data, tta: str, class_names) -> dict:
     return {"accuracy": metrics["accuracy"], "log_loss": metrics["log_loss"]}
 
 
+def check_eval_side(model, serving, cfg, plan: Plan, validation_data) -> dict:
+    """With an --eval_input_size other than the training side: the chosen weights scored on the validation split at
+    both sides (with --tta), and a warning when the side that is exported is the less accurate one (a model trained
+    too briefly at its own side loses at a larger one). Returns what metrics.json records about it ({} otherwise)."""
+    served_size, trained_size = cfg.eval_size(plan.image_size), list(plan.network_size)
+    if validation_data is None or list(served_size) == trained_size:
+        return {}
+    at_training_side = validation_score(model, validation_data, cfg.tta, plan.class_names)
+    batches = data.make_dataset(cfg.data_dir, "validation", training=False, image_size=plan.image_size,
+                                batch_size=plan.global_batch)
+    at_eval_side = validation_score(serving, batches, cfg.tta, plan.class_names)
+    summary = (f"validation accuracy at the training side {trained_size[0]}: {at_training_side['accuracy']:.4f}, "
+               f"at --eval_input_size {served_size[0]}: {at_eval_side['accuracy']:.4f}")
+    if at_eval_side["accuracy"] < at_training_side["accuracy"]:
+        log.warning(summary + f"; the export works at {served_size[0]}, the less accurate side: train longer at this "
+                    "side, or leave --eval_input_size out")
+    else:
+        log.info(summary)
+    return {"validation_by_side": {str(trained_size[0]): at_training_side, str(served_size[0]): at_eval_side}}
+
+
 def evaluate_on_test(model, cfg, plan: Plan, metadata: dict, outputs: Outputs, monitor: str):
     """(metrics, labels, probabilities) of the model to export on the test split (validation when there is none),
     at --eval_input_size and with --tta, as the export serves it."""

@@ -162,6 +162,7 @@ def run(cfg: config_lib.TrainConfig) -> int:
         serving = final_model.float32_copy(model, cfg, plan.image_size)
         metrics, labels, probabilities = final_model.evaluate_on_test(serving, cfg, plan, metadata, outputs, monitor)
         metrics.update(chosen)
+        metrics.update(final_model.check_eval_side(model, serving, cfg, plan, validation_data))
         metrics.update(training_facts(trained, plan, placement, stopped_by))
         final_model.write_reports(cfg, plan, outputs, metrics, labels, probabilities)
         outcome = final_model.export_and_promote(serving, cfg, plan, metadata, metrics)

@@ -265,6 +265,11 @@ MUTATIONS = [
     M("dataflow_model_prefix", "k8s/components/dataflow-scoring/score-launcher.yaml", "",
       "- --allowed_model_prefix=$(MODEL)", "", "tests/k8s/test_dataflow.py",
       "the base CronJob's --allowed_model_prefix on the Dataflow launcher"),
+    M("eval_side_warning", "trainer/final_model.py", "check_eval_side",
+      'if at_eval_side["accuracy"] < at_training_side["accuracy"]:',
+      'if at_eval_side["accuracy"] >= at_training_side["accuracy"]:',
+      T + "test_train.py::test_recipe_options_ema_flip_tta_and_a_larger_evaluation_size",
+      "the warning when --eval_input_size exports the less accurate side (on validation)"),
 ]
 
 

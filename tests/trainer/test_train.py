@@ -290,6 +290,12 @@ def test_recipe_options_ema_flip_tta_and_a_larger_evaluation_size(dataset, tmp_p
     assert metrics["weights"] in ("ema", "best_checkpoint") and f"keeping the {metrics['weights']} weights" in out
     assert (model_dir / "checkpoints" / "ema.weights.h5").exists()
     assert metrics["tta"] == "flip" and metrics["eval_input_size"] == [40, 40]
+    # trained at the dataset's 32, exported at 40: the chosen weights scored on validation at both sides, a warning
+    # exactly when the exported side is the less accurate
+    by_side = metrics["validation_by_side"]
+    assert by_side["32"] == pytest.approx(metrics["validation_by_weights"][metrics["weights"]])
+    assert ("the less accurate side" in out) == (by_side["40"]["accuracy"] < by_side["32"]["accuracy"]), (by_side, out)
+    assert "at --eval_input_size 40" in out
     assert metrics["stopped_by"] == "epochs"  # the epochs ran out before the 5-minute budget
     version = publish.read_latest(str(model_dir / "export")).version
     info = json.loads((model_dir / "export" / version / "model_info.json").read_text())
