@@ -47,6 +47,8 @@ class TrainConfig:
     depth: int = 2  # resnet_lite: residual blocks per stage
     input_size: int | None = None  # side the network sees; None: 128 for resnet_lite (capped), else the dataset's
     eval_input_size: int | None = None  # side at evaluation and in the export; None: the training side
+    # Progressive resizing: training starts at this side and grows to the network side (schedules.progressive_side)
+    progressive_resize_from: int | None = None
     tta: str = "none"  # test-time augmentation in evaluation and in the export (TTA)
     stages: int = 4  # resnet_lite: stages, each halving the resolution
     dropout: float = 0.2  # before the classifier (resnet_lite and backbones)
@@ -110,6 +112,12 @@ class TrainConfig:
              f"leave it out to evaluate and serve at the training size")
         need(self.eval_input_size is None or self.model != SEED_CNN,
              f"--eval_input_size needs a network that ends in global pooling; {SEED_CNN} flattens a fixed size")
+        start = self.progressive_resize_from
+        need(start is None or (_is_int(start) and 16 <= start < (self.input_size or DEFAULT_INPUT_SIZE)),
+             f"--progressive_resize_from must be an integer from 16 to below the network side --input_size "
+             f"({self.input_size or DEFAULT_INPUT_SIZE}) (got {start!r}); leave it out to train at one side")
+        need(start is None or self.model == RESNET_LITE,
+             f"--progressive_resize_from needs {RESNET_LITE}: it trains one network at several sides")
         need(self.tta in TTA, f"--tta must be one of {', '.join(TTA)} (got {self.tta!r})")
         need(_is_number(self.ema_momentum) and (self.ema_momentum == 0 or 0.5 <= self.ema_momentum < 1),
              f"--ema_momentum must be 0 (off) or in [0.5, 1) (got {self.ema_momentum!r}); 0.999 averages about "
@@ -234,6 +242,9 @@ HELP = {
                   "the dataset's size for the others",
     "eval_input_size": "side in pixels the network works at in evaluation and in the export; none: --input_size. "
                        "A little above it can pay (train-test resolution discrepancy)",
+    "progressive_resize_from": "progressive resizing: training starts at this side (pixels) for the first 40%% of "
+                               "the training (of the time budget, else of the epochs), grows to --input_size by "
+                               "80%% and ends there; e.g. 96 with --input_size 160. none: one side throughout",
     "tta": "test-time augmentation in the evaluation and the export: none, or flip (the mean over each photo and "
            "its mirror image: twice the inference cost)",
     "stages": "resnet_lite: stages, each halving the resolution",

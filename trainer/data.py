@@ -151,6 +151,17 @@ def augment_batch(images):
     return tf.clip_by_value(images, 0.0, 255.0)
 
 
+def resize_batch(images, side):
+    """float32 [b, h, w, 3] -> [b, side, side, 3] (bilinear, antialiased) when side < h; else unchanged. side: an
+    int32 scalar tensor (progressive resizing reads it from a variable per batch)."""
+    import tensorflow as tf
+
+    def smaller():
+        return tf.image.resize(images, tf.stack([side, side]), method="bilinear", antialias=True)
+
+    return tf.cond(side < tf.shape(images)[1], smaller, lambda: images)
+
+
 def auto_shard_policy(num_files: int, num_workers: int):
     import tensorflow as tf
 
@@ -179,14 +190,15 @@ def resize(image, size):
 
 def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, training: bool, augment: bool = True,
                  cache: bool = False, shuffle_buffer: int | None = None, seed: int | None = None,
-                 num_workers: int = 1, num_examples: int | None = None, resize_to=None):
+                 num_workers: int = 1, num_examples: int | None = None, resize_to=None, train_side=None):
     """Batches of (float32 [batch, h, w, 3] in [0, 255], float32 [batch]) from one split.
 
     training: shuffled, repeated forever (the caller sets steps_per_epoch), full batches only, augmented when
     `augment`. Otherwise one deterministic pass, last batch partial. batch_size is the global batch:
-    tf.distribute splits it across replicas. num_examples (from metadata.json) makes the size known to Keras, and a
-    split that holds another number of records fail. shuffle_buffer and seed (training only) come from the caller's
-    TrainConfig, where their defaults live.
+    tf.distribute splits it across replicas. train_side (training only: progressive resizing) is an int32 variable:
+    each batch is resized to the side it holds when the batch is made, before augmentation. num_examples (from
+    metadata.json) makes the size known to Keras, and a split that holds another number of records fail.
+    shuffle_buffer and seed (training only) come from the caller's TrainConfig, where their defaults live.
     """
     import tensorflow as tf
 
@@ -215,6 +227,9 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=autotune)
     dataset = dataset.map(lambda images, labels: (tf.cast(images, tf.float32), labels), num_parallel_calls=autotune)
+    if training and train_side is not None:
+        dataset = dataset.map(lambda images, labels: (resize_batch(images, train_side.value()), labels),
+                              num_parallel_calls=autotune)
     if training and augment:
         dataset = dataset.map(lambda images, labels: (augment_batch(images), labels), num_parallel_calls=autotune)
     options = tf.data.Options()

@@ -26,8 +26,11 @@ BN_MOMENTUM = 0.9
 BACKBONE_NAME = "backbone"  # the keras.applications feature extractor inside an application model
 
 
-def build_model(cfg: config_lib.TrainConfig, input_size):
+def build_model(cfg: config_lib.TrainConfig, input_size, any_size: bool = False):
     """The named model for images of input_size (h, w), the dataset's. Build it inside strategy.scope().
+
+    any_size (resnet_lite, the training model of progressive resizing): the network alone, taking pre-resized
+    images of any side; the model that is evaluated and served is built without it and given its weights.
 
     When the network works at another size (cfg.model_input_size), the model starts with a Resizing layer
     (bilinear, antialiased, like the export's decoder) and takes images of any size: the trainer feeds it
@@ -38,6 +41,8 @@ def build_model(cfg: config_lib.TrainConfig, input_size):
     if cfg.model == config_lib.SEED_CNN:
         network = seed_cnn(network_size)
     elif cfg.model == config_lib.RESNET_LITE:
+        if any_size:
+            return resnet_lite((None, None), width=cfg.width, depth=cfg.depth, stages=cfg.stages, dropout=cfg.dropout)
         network = resnet_lite(network_size, width=cfg.width, depth=cfg.depth, stages=cfg.stages, dropout=cfg.dropout)
     else:
         network = application(cfg.model, network_size, weights=cfg.weights, dropout=cfg.dropout)

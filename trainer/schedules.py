@@ -6,6 +6,9 @@
   used, so the rate reaches 0 exactly when the budget ends (or at the last step of --epochs, whichever comes first):
   a run anneals fully on a slow or busy machine too. `TimeBudget` measures that fraction before every step, writes
   it where the schedule reads it, and stops training when it reaches 1.
+- `progressive_side` and `ProgressiveResize` (with --progressive_resize_from): the side the training images are
+  resized to follows the same progress: the starting side for the first 40%, growing to the network side by 80%,
+  the network side for the last 20%, so most steps are cheap and the annealed end is at full resolution.
 - `FineTuneSchedule`: a pretrained backbone's two phases: the new head alone at the peak, then the whole network
   at peak x --fine_tune_factor, cosine-decayed to 0.
 
@@ -17,6 +20,10 @@ import math
 import time
 
 import keras
+
+from trainer import logger
+
+log = logger.get()
 
 
 def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int):
@@ -105,3 +112,41 @@ class TimeBudget(keras.callbacks.Callback):
         if fraction >= 1.0 and not self.model.stop_training:
             self.stopped = True
             self.model.stop_training = True
+
+
+# Progressive resizing (FFCV's ResNet recipes): the low side until RAMP_START of the training, then linear growth to
+# the full side at RAMP_END, the full side for the rest; sides are multiples of SIDE_STEP (few distinct shapes).
+RAMP_START, RAMP_END, SIDE_STEP = 0.4, 0.8, 16
+
+
+def progressive_side(progress: float, low: int, high: int) -> int:
+    """The training side at `progress` (0 -> 1) of a run that grows from low to high."""
+    if low >= high:
+        return high
+    ramp = min(max((progress - RAMP_START) / (RAMP_END - RAMP_START), 0.0), 1.0)
+    side = low + ramp * (high - low)
+    return min(high, max(low, int(round(side / SIDE_STEP)) * SIDE_STEP))
+
+
+class ProgressiveResize(keras.callbacks.Callback):
+    """Before every step: sets `side` (an int32 variable the training pipeline reads per batch) from the progress:
+    the time budget's (`progress`, set by TimeBudget before this runs), else the fraction of --epochs' steps done.
+    The pipeline prefetches a few batches, which follow the change a few steps late. Logs each new side."""
+
+    def __init__(self, side, low: int, high: int, total_steps: int, progress=None):
+        super().__init__()
+        self.side, self.low, self.high, self.total_steps = side, int(low), int(high), max(int(total_steps), 1)
+        self.progress, self.current = progress, None
+        self.sides = {}  # side -> steps trained at it (by this process)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.progress is not None:
+            fraction = float(keras.ops.convert_to_numpy(self.progress))
+        else:
+            fraction = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) / self.total_steps
+        side = progressive_side(fraction, self.low, self.high)
+        if side != self.current:
+            self.side.assign(side)
+            self.current = side
+            log.info(f"progressive resizing: training at {side}x{side} from {fraction:.0%} of the run")
+        self.sides[side] = self.sides.get(side, 0) + 1

@@ -137,16 +137,20 @@ def run(cfg: config_lib.TrainConfig) -> int:
     announce(cfg, plan, placement, resume_epoch)
 
     keras.utils.set_random_seed(cfg.seed)
-    train_data, validation_data = input_pipelines(cfg, plan, placement)
+    resize = progressive_resize(cfg, plan)
+    train_data, validation_data = input_pipelines(cfg, plan, placement, resize)
     model, freeze, progress = build_model(cfg, plan, placement)
     monitor = "val_loss" if validation_data is not None else "loss"
     clock = schedules.BudgetClock(cfg.time_budget_minutes)
     budget = (schedules.TimeBudget(clock, progress, plan.total_steps, agree=distribute.agreement(placement))
               if cfg.time_budget_minutes else None)
+    if resize is not None and budget is not None:
+        resize.progress = progress
     backups = backup.ResumableBackup(outputs.backup_dir, cfg.backup_every_steps, stop, clock=clock,
                                      write_dir=None if placement.is_chief else join(outputs.out_dir, "backup"))
     with distribute.watch_workers(placement, cfg.worker_timeout_minutes) as watch_callbacks:
-        callbacks = watch_callbacks + make_callbacks(cfg, outputs, monitor, earlier_history, freeze, budget, backups)
+        callbacks = watch_callbacks + make_callbacks(cfg, outputs, monitor, earlier_history, freeze, budget, backups,
+                                                     resize)
         try:
             trained = fit_model(model, cfg, plan, placement, train_data, validation_data, callbacks, stop)
         except backup.Interrupted as interruption:
@@ -163,7 +167,7 @@ def run(cfg: config_lib.TrainConfig) -> int:
         metrics, labels, probabilities = final_model.evaluate_on_test(serving, cfg, plan, metadata, outputs, monitor)
         metrics.update(chosen)
         metrics.update(final_model.check_eval_side(model, serving, cfg, plan, validation_data))
-        metrics.update(training_facts(trained, plan, placement, stopped_by))
+        metrics.update(training_facts(trained, plan, placement, stopped_by, resize))
         final_model.write_reports(cfg, plan, outputs, metrics, labels, probabilities)
         outcome = final_model.export_and_promote(serving, cfg, plan, metadata, metrics)
         if tf.io.gfile.exists(outputs.backup_dir):
@@ -212,15 +216,31 @@ def announce(cfg, plan: Plan, placement, resume_epoch: int) -> None:
         log.info(f"resuming from backup at epoch {resume_epoch} (of {cfg.epochs})")
 
 
-def input_pipelines(cfg, plan: Plan, placement):
-    """(training batches, validation batches or None)."""
+def progressive_resize(cfg, plan: Plan):
+    """With --progressive_resize_from: the callback that sets the training side before every step (its variable
+    is what the training pipeline reads), else None."""
+    if not cfg.progressive_resize_from:
+        return None
+    high = plan.network_size[0]
+    low = min(cfg.progressive_resize_from, high)
+    with tf.device("/cpu:0"):  # read by the input pipeline, on the host
+        side = tf.Variable(schedules.progressive_side(0.0, low, high), dtype=tf.int32, trainable=False)
+    log.info(f"progressive resizing: training at {low}x{low} until {schedules.RAMP_START:.0%} of the run, growing to "
+             f"{high}x{high} by {schedules.RAMP_END:.0%}")
+    return schedules.ProgressiveResize(side, low, high, plan.total_steps)
+
+
+def input_pipelines(cfg, plan: Plan, placement, resize=None):
+    """(training batches, validation batches or None); with progressive resizing (`resize`), the training batches
+    are resized to the side its variable holds."""
     common = {"image_size": plan.image_size, "batch_size": plan.global_batch, "cache": plan.cache,
               "num_workers": placement.num_workers, "resize_to": plan.network_size}
     # Shards hold records in input order (one class folder after the other), so a small buffer would feed batches of
     # one class: when the split is cached in memory anyway, shuffle all of it.
     shuffle_buffer = max(cfg.shuffle_buffer, plan.train_count) if plan.cache else cfg.shuffle_buffer
     train_data = data.make_dataset(cfg.data_dir, "train", training=True, augment=cfg.augment,
-                                   shuffle_buffer=shuffle_buffer, seed=cfg.seed, **common)
+                                   shuffle_buffer=shuffle_buffer, seed=cfg.seed,
+                                   train_side=None if resize is None else resize.side, **common)
     if not plan.validation_count:
         return train_data, None
     return train_data, data.make_dataset(cfg.data_dir, "validation", training=False,
@@ -232,7 +252,7 @@ def build_model(cfg, plan: Plan, placement):
     strategy's scope. The learning rate follows the time budget when there is one (schedules.BudgetSchedule),
     else the epochs; a backbone's fine-tuning schedule is in steps either way."""
     with placement.strategy.scope():
-        model = models.build_model(cfg, plan.image_size)
+        model = models.build_model(cfg, plan.image_size, any_size=bool(cfg.progressive_resize_from))
         progress = keras.Variable(0.0, dtype="float32", trainable=False, name="budget_progress")
         if plan.head_epochs:
             schedule = schedules.FineTuneSchedule(plan.peak_rate, plan.warmup_steps,
@@ -275,7 +295,8 @@ class EpochLogger(keras.callbacks.CSVLogger):
             log.info(f"epoch {epoch + 1}/{self.params.get('epochs', '?')}: {shown}")
 
 
-def make_callbacks(cfg, outputs: Outputs, monitor: str, earlier_history: list, freeze, budget, backups) -> list:
+def make_callbacks(cfg, outputs: Outputs, monitor: str, earlier_history: list, freeze, budget, backups,
+                   resize=None) -> list:
     best_so_far = min((row[monitor] for row in earlier_history if monitor in row), default=None)
     callbacks = [
         EpochLogger(outputs.history, append=True, log_epochs=cfg.log_format == "json"),
@@ -289,6 +310,8 @@ def make_callbacks(cfg, outputs: Outputs, monitor: str, earlier_history: list, f
     else:
         log.warning("the tensorboard package is not installed: no TensorBoard logs (pip install tensorboard to get "
                     "them); history.csv and report.png still record the curves")
+    if resize is not None:  # after the budget, whose progress it reads
+        callbacks.insert(0, resize)
     if budget is not None:
         callbacks.insert(0, budget)
     elif cfg.early_stopping_patience:  # with a budget the rate anneals to its end: noise must not cut that short
@@ -317,10 +340,11 @@ def fit_model(model, cfg, plan: Plan, placement, train_data, validation_data, ca
     return Trained(epochs=len(fit.epoch), seconds=time.monotonic() - started)
 
 
-def training_facts(trained: Trained, plan: Plan, placement, stopped_by: str) -> dict:
+def training_facts(trained: Trained, plan: Plan, placement, stopped_by: str, resize=None) -> dict:
     """What metrics.json records about the training itself."""
     steps = trained.epochs * plan.steps_per_epoch
     return {
+        **({} if resize is None else {"steps_by_training_side": {str(k): v for k, v in sorted(resize.sides.items())}}),
         "stopped_by": stopped_by,
         "train_seconds_this_run": round(trained.seconds, 1),
         # includes validation passes and the first step's graph tracing, so it is a lower bound on step rate

@@ -270,6 +270,10 @@ MUTATIONS = [
       'if at_eval_side["accuracy"] >= at_training_side["accuracy"]:',
       T + "test_train.py::test_recipe_options_ema_flip_tta_and_a_larger_evaluation_size",
       "the warning when --eval_input_size exports the less accurate side (on validation)"),
+    M("progressive_resize_ignored", "trainer/data.py", "resize_batch",
+      "return tf.cond(side < tf.shape(images)[1], smaller, lambda: images)", "return images",
+      T + "test_data.py::test_progressive_resizing_batches_follow_the_side_variable",
+      "progressive resizing's smaller training batches (every batch would stay at the full side)"),
 ]
 
 

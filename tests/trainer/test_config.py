@@ -33,6 +33,9 @@ def test_defaults_are_valid_and_flags_map_onto_fields():
     ({"width": 2}, "--width"),
     ({"cache": "disk"}, "--cache"),
     ({"data_dir": ""}, "--data_dir is required"),
+    ({"progressive_resize_from": 128}, "--progressive_resize_from must be an integer from 16 to below the network "
+                                       "side --input_size (128)"),
+    ({"progressive_resize_from": 96, "model": "seed_cnn"}, "--progressive_resize_from needs resnet_lite"),
 ])
 def test_bad_values_fail_at_construction_saying_what_to_do(changes, message):
     arguments = {"data_dir": "d", "model_dir": "m"} | changes

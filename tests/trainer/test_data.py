@@ -93,3 +93,17 @@ def test_record_counts_are_checked_against_metadata_before_training(tmp_path):
             writer.write(record.numpy())
     with pytest.raises(data.DatasetMissing, match="train split holds 11 records but metadata.json lists 12"):
         data.check_record_counts(str(root))
+
+
+def test_progressive_resizing_batches_follow_the_side_variable(dataset_dir):
+    side = tf.Variable(16, dtype=tf.int32)
+    batches = data.make_dataset(str(dataset_dir), "train", image_size=(32, 32), batch_size=4, training=True,
+                                cache=True, seed=3, shuffle_buffer=64, train_side=side)
+    for images, _ in batches.take(2):
+        assert images.shape == (4, 16, 16, 3)  # augmented at the smaller side, not resized back
+        assert float(tf.reduce_min(images)) >= 0 and float(tf.reduce_max(images)) <= 255
+    side.assign(32)
+    for images, _ in batches.take(2):  # a new iterator reads the new side
+        assert images.shape == (4, 32, 32, 3)
+    side.assign(64)  # never upsampled: the cached side is the largest
+    assert next(iter(batches))[0].shape == (4, 32, 32, 3)

@@ -68,3 +68,11 @@ def test_time_budget_anneals_to_zero_and_stops_exactly_when_the_budget_is_used()
     assert budget.stopped and len(rates) == 11 and len(fit.epoch) == 3  # steps at 0..10 "minutes"
     assert rates[0] == pytest.approx(0.1) and rates[5] == pytest.approx(0.05) and rates[-1] == pytest.approx(0)
     assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+
+
+def test_progressive_side_holds_the_low_side_then_grows_to_the_full_side_in_steps_of_16():
+    sides = [schedules.progressive_side(p / 100, 96, 160) for p in range(101)]
+    assert sides[0] == sides[40] == 96 and sides[80] == sides[100] == 160
+    assert sides == sorted(sides) and set(sides) == {96, 112, 128, 144, 160}  # grows, a few shapes only
+    assert schedules.progressive_side(0.6, 96, 160) == 128  # halfway through the ramp
+    assert schedules.progressive_side(0.0, 160, 160) == 160

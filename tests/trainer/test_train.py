@@ -302,6 +302,20 @@ def test_recipe_options_ema_flip_tta_and_a_larger_evaluation_size(dataset, tmp_p
     assert info["tta"] == "flip" and info["input_size"] == [32, 32]  # served at the dataset's size
 
 
+def test_progressive_resizing_trains_at_the_small_side_first_and_serves_at_the_full_side(dataset, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    assert train.main(["--data_dir", str(dataset), "--model_dir", str(model_dir), *SMALL_NET, *NO_GATE, "--epochs", "5",
+                       "--batch_size", "16", "--progressive_resize_from", "16"]) == 0
+    out = capsys.readouterr().err
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    steps = metrics["steps_by_training_side"]  # 6 steps per epoch, 30 in all: 16 until 40%, 32 from the ramp on
+    assert set(steps) == {"16", "32"} and sum(steps.values()) == 30 and 10 <= steps["16"] <= 18, steps
+    assert "training at 16x16 from 0%" in out and "training at 32x32 from" in out
+    version = publish.read_latest(str(model_dir / "export")).version
+    info = json.loads((model_dir / "export" / version / "model_info.json").read_text())
+    assert info["input_size"] == [32, 32] and metrics["eval_input_size"] == [32, 32]
+
+
 def test_early_stopping_never_cuts_a_budget_run_short(tmp_path):
     import keras
 
