@@ -33,7 +33,10 @@ def score(run_dir: str, sides, ttas=("none", "flip")) -> list[dict]:
             keras.backend.clear_session()
             # Loaded into the network as trained, then copied by position (as final_model.float32_copy does): at the
             # dataset's own side the model has no Resizing wrapper, so the saved file's layer paths would not match.
-            trained = models.build_model(dataclasses.replace(cfg, weights=None), image_size)
+            # With progressive resizing the best checkpoint is the any-side training network's (the average is
+            # saved from the served model).
+            any_size = bool(cfg.progressive_resize_from) and weights_name == "best_checkpoint"
+            trained = models.build_model(dataclasses.replace(cfg, weights=None), image_size, any_size=any_size)
             trained.load_weights(path)
             model = models.build_model(dataclasses.replace(cfg, input_size=side, weights=None), image_size)
             model.set_weights(trained.get_weights())

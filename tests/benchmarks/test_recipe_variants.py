@@ -11,14 +11,16 @@ from trainer import train
 pytestmark = pytest.mark.slow
 
 
-def test_each_side_scores_the_run_weights_the_dataset_own_side_too(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--progressive_resize_from", "16"]], ids=["one_side", "progressive"])
+def test_each_side_scores_the_run_weights_the_dataset_own_side_too(tmp_path, extra):
     """Trained at 24 on 32x32 records: at 32 the model has no Resizing wrapper, and still gets the trained weights
-    (at the training side it scores what the run logged for its best checkpoint's epoch)."""
+    (at the training side it scores what the run logged for its best checkpoint's epoch). With progressive
+    resizing the checkpoint is the any-side training network's."""
     dataset = write_dataset(tmp_path / "data", size=32, per_class={"train": 32, "validation": 16, "test": 8})
     run = tmp_path / "run"
     assert train.main(["--data_dir", str(dataset), "--model_dir", str(run), "--epochs", "3", "--batch_size", "16",
                        "--width", "8", "--depth", "1", "--stages", "2", "--input_size", "24",
-                       "--min_accuracy", "0", "--min_roc_auc", "0"]) == 0
+                       "--min_accuracy", "0", "--min_roc_auc", "0", *extra]) == 0
     rows = recipe_variants.score(str(run), sides=[24, 32], ttas=("none",))
     assert [(row["side"], row["examples"]) for row in rows] == [(24, 32), (32, 32)]
     with open(run / "history.csv") as handle:
