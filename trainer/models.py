@@ -41,9 +41,10 @@ def build_model(cfg: config_lib.TrainConfig, input_size, any_size: bool = False)
     if cfg.model == config_lib.SEED_CNN:
         network = seed_cnn(network_size)
     elif cfg.model == config_lib.RESNET_LITE:
+        network = resnet_lite((None, None) if any_size else network_size, width=cfg.width, depth=cfg.depth,
+                              stages=cfg.stages, dropout=cfg.dropout)
         if any_size:
-            return resnet_lite((None, None), width=cfg.width, depth=cfg.depth, stages=cfg.stages, dropout=cfg.dropout)
-        network = resnet_lite(network_size, width=cfg.width, depth=cfg.depth, stages=cfg.stages, dropout=cfg.dropout)
+            return network
     else:
         network = application(cfg.model, network_size, weights=cfg.weights, dropout=cfg.dropout)
     if network_size == (height, width):
