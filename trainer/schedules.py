@@ -124,6 +124,8 @@ def progressive_side(progress: float, low: int, high: int) -> int:
     if low >= high:
         return high
     ramp = min(max((progress - RAMP_START) / (RAMP_END - RAMP_START), 0.0), 1.0)
+    if ramp >= 1.0:  # the full side itself, also when it is not a multiple of SIDE_STEP (180 would round to 176)
+        return high
     side = low + ramp * (high - low)
     return min(high, max(low, int(round(side / SIDE_STEP)) * SIDE_STEP))
 

@@ -76,3 +76,4 @@ def test_progressive_side_holds_the_low_side_then_grows_to_the_full_side_in_step
     assert sides == sorted(sides) and set(sides) == {96, 112, 128, 144, 160}  # grows, a few shapes only
     assert schedules.progressive_side(0.6, 96, 160) == 128  # halfway through the ramp
     assert schedules.progressive_side(0.0, 160, 160) == 160
+    assert schedules.progressive_side(0.8, 96, 180) == 180  # the end is the full side, not the nearest 16 (176)
