@@ -35,7 +35,8 @@ def score(run_dir: str, sides, ttas=("none", "flip")) -> list[dict]:
             # dataset's own side the model has no Resizing wrapper, so the saved file's layer paths would not match.
             # With progressive resizing the best checkpoint is the any-side training network's (the average is
             # saved from the served model).
-            any_size = bool(cfg.progressive_resize_from) and weights_name == "best_checkpoint"
+            progressive = resolved.get("progressive_start_side", cfg.progressive_resize_from)  # older runs: the flag
+            any_size = bool(progressive) and weights_name == "best_checkpoint"
             trained = models.build_model(dataclasses.replace(cfg, weights=None), image_size, any_size=any_size)
             trained.load_weights(path)
             model = models.build_model(dataclasses.replace(cfg, input_size=side, weights=None), image_size)

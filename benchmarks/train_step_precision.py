@@ -1,5 +1,5 @@
-"""Steady training-step time of the default resnet_lite at 128x128 (batch 64) on random data, under one Keras
-precision policy, with or without XLA: whether bfloat16 (the CPU's avx512_bf16) or jit_compile buys epochs.
+"""Steady training-step time of resnet_lite (default width and depth) at 128x128 (batch 64) on random data, under
+one Keras precision policy, with or without XLA: whether bfloat16 (the CPU's avx512_bf16) or jit_compile buys epochs.
 
     .venv/bin/python -m benchmarks.train_step_precision float32 [--jit]
     .venv/bin/python -m benchmarks.train_step_precision mixed_bfloat16

@@ -18,6 +18,7 @@ class Plan:
 
     image_size: list  # the dataset's (h, w)
     network_size: list  # the (h, w) the network works at
+    start_side: int | None  # progressive resizing: the side training starts at; None: network_size throughout
     class_names: list
     global_batch: int
     peak_rate: float
@@ -51,7 +52,8 @@ def plan_run(cfg: config_lib.TrainConfig, metadata: dict, placement: distribute.
         steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
     network_size = cfg.model_input_size(image_size)
     return Plan(
-        image_size=image_size, network_size=network_size, class_names=list(metadata["class_names"]),
+        image_size=image_size, network_size=network_size, start_side=cfg.start_side(image_size),
+        class_names=list(metadata["class_names"]),
         global_batch=global_batch, peak_rate=distribute.scaled_learning_rate(cfg.learning_rate, placement.num_replicas),
         train_count=train_count, validation_count=validation_count, steps_per_epoch=steps_per_epoch,
         warmup_steps=round(cfg.warmup_epochs * steps_per_epoch), total_steps=cfg.epochs * steps_per_epoch,

@@ -22,11 +22,12 @@ Exit status: 0 success, 2 usage or config error, 3 damaged dataset, 4 model not 
 under export/, `latest` unchanged), 5 lost a worker of a multi-worker run (restart every worker to resume from the
 backup), 143 interrupted by SIGTERM (re-run to resume).
 
-Cost, measured on the 2-core development CPU: the default resnet_lite (width 32, depth 2) at 128x128 trains ~200
-images/s with the real input pipeline, ~90 s per epoch of pets-180's 18,368 training images, so the default 40
-epochs take about an hour (`make train` stops at TIME_BUDGET=60 minutes either way). docs/TRAINING.md has the GPU and
+Cost, measured on the 2-core development CPU: resnet_lite (width 32, depth 2) at 128x128 trains ~200 images/s with
+the real input pipeline, ~90 s per epoch of pets-180's 18,368 training images on a quiet day; a step's cost follows
+the pixels, so the default's steps at 96x96 cost about 0.56x that and those at 160x160 1.56x. `make train` stops at
+TIME_BUDGET=60 minutes (the default 60 epochs are a cap the hour does not reach). docs/TRAINING.md has the GPU and
 transfer-learning schedules. Memory: the decoded dataset is cached in RAM when it fits --cache_limit_mb (train and
-validation at 128x128: about 1 GB).
+validation at 160x160: about 1.6 GB).
 """
 
 import dataclasses
@@ -195,6 +196,7 @@ def resolved_config(cfg, plan: Plan, placement, metadata: dict, previous: dict |
         "cache": plan.cache,
         "image_size": plan.image_size,
         "network_input_size": plan.network_size,
+        "progressive_start_side": plan.start_side,
         "class_names": plan.class_names,
         "dataset_counts": metadata["counts"],
         "resumed_at_epoch": resume_epoch,
@@ -219,10 +221,9 @@ def announce(cfg, plan: Plan, placement, resume_epoch: int) -> None:
 def progressive_resize(cfg, plan: Plan):
     """With --progressive_resize_from: the callback that sets the training side before every step (its variable
     is what the training pipeline reads), else None."""
-    if not cfg.progressive_resize_from:
+    if plan.start_side is None:
         return None
-    high = plan.network_size[0]
-    low = min(cfg.progressive_resize_from, high)
+    low, high = plan.start_side, plan.network_size[0]
     with tf.device("/cpu:0"):  # read by the input pipeline, on the host
         side = tf.Variable(schedules.progressive_side(0.0, low, high), dtype=tf.int32, trainable=False)
     log.info(f"progressive resizing: training at {low}x{low} until {schedules.RAMP_START:.0%} of the run, growing to "
@@ -252,7 +253,7 @@ def build_model(cfg, plan: Plan, placement):
     strategy's scope. The learning rate follows the time budget when there is one (schedules.BudgetSchedule),
     else the epochs; a backbone's fine-tuning schedule is in steps either way."""
     with placement.strategy.scope():
-        model = models.build_model(cfg, plan.image_size, any_size=bool(cfg.progressive_resize_from))
+        model = models.build_model(cfg, plan.image_size, any_size=plan.start_side is not None)
         progress = keras.Variable(0.0, dtype="float32", trainable=False, name="budget_progress")
         if plan.head_epochs:
             schedule = schedules.FineTuneSchedule(plan.peak_rate, plan.warmup_steps,

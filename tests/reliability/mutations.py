@@ -274,6 +274,10 @@ MUTATIONS = [
       "return tf.cond(side < tf.shape(images)[1], smaller, lambda: images)", "return images",
       T + "test_data.py::test_progressive_resizing_batches_follow_the_side_variable",
       "progressive resizing's smaller training batches (every batch would stay at the full side)"),
+    M("progressive_default", "trainer/config.py", "TrainConfig.start_side",
+      "start = DEFAULT_PROGRESSIVE_FROM if self.model == RESNET_LITE else 0", "start = 0",
+      T + "test_config.py::test_progressive_start_side",
+      "progressive resizing as resnet_lite's default (the default run would train at 160 throughout)"),
 ]
 
 

@@ -23,7 +23,7 @@ def test_defaults_are_valid_and_flags_map_onto_fields():
     ({"epochs": 0}, "--epochs must be an integer >= 1"),
     ({"batch_size": 0}, "--batch_size"),
     ({"learning_rate": 0.0}, "--learning_rate"),
-    ({"warmup_epochs": 41}, "--warmup_epochs must be between 0 and --epochs (40)"),
+    ({"warmup_epochs": 61}, "--warmup_epochs must be between 0 and --epochs (60)"),
     ({"warmup_epochs": -1}, "--warmup_epochs must be between 0 and --epochs"),
     ({"mixed_precision": "yes"}, "--mixed_precision must be one of auto, on, off"),
     ({"weights": "w.h5"}, "--weights only applies to keras.applications backbones"),
@@ -33,8 +33,9 @@ def test_defaults_are_valid_and_flags_map_onto_fields():
     ({"width": 2}, "--width"),
     ({"cache": "disk"}, "--cache"),
     ({"data_dir": ""}, "--data_dir is required"),
-    ({"progressive_resize_from": 128}, "--progressive_resize_from must be an integer from 16 to below the network "
-                                       "side --input_size (128)"),
+    ({"progressive_resize_from": 160}, "--progressive_resize_from must be an integer from 16 to below the network "
+                                       "side --input_size (160)"),
+    ({"progressive_resize_from": 64, "input_size": 64}, "--input_size (64)"),
     ({"progressive_resize_from": 96, "model": "seed_cnn"}, "--progressive_resize_from needs resnet_lite"),
 ])
 def test_bad_values_fail_at_construction_saying_what_to_do(changes, message):
@@ -42,6 +43,18 @@ def test_bad_values_fail_at_construction_saying_what_to_do(changes, message):
     with pytest.raises(ValueError, match="invalid training config") as error:
         config.TrainConfig(**arguments)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize(("changes", "image_size", "start"), [
+    ({}, [180, 180], 96),  # the default: resnet_lite from 96 up to 160
+    ({"progressive_resize_from": 0}, [180, 180], None),  # 0: one side
+    ({"model": "seed_cnn"}, [180, 180], None),  # only resnet_lite trains at several sides
+    ({}, [64, 64], None),  # the network side is capped at the dataset's 64: nothing to grow from
+    ({"input_size": 32, "progressive_resize_from": 16}, [64, 64], 16),
+    ({"progressive_resize_from": 112}, [100, 100], None),  # an explicit start at or above the capped side: one side
+])
+def test_progressive_start_side(changes, image_size, start):
+    assert config.TrainConfig(data_dir="d", model_dir="m", **changes).start_side(image_size) == start
 
 
 def test_weights_are_accepted_for_backbones():
@@ -77,7 +90,7 @@ def test_help_lists_every_flag_with_its_default(capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     for field in dataclasses.fields(config.TrainConfig):
         assert f"--{field.name}" in text
-    assert "--epochs INT maximum epochs" in text and "(default: 40)" in text
+    assert "--epochs INT maximum epochs" in text and "(default: 60)" in text
     assert "--augment [{true,false}]" in text and "(default: true)" in text
     budget_help = text.split("--time_budget_minutes FLOAT minutes of training")[1].split(" --steps_per_epoch")[0]
     assert budget_help.endswith("(default: none)")
