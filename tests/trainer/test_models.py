@@ -40,7 +40,7 @@ def test_resnet_lite_width_depth_and_dropout_are_configurable():
 def test_network_input_size_resizes_inside_the_model():
     from trainer import data
 
-    assert cfg().model_input_size((180, 180)) == [128, 128]  # resnet_lite's default working size
+    assert cfg().model_input_size((180, 180)) == [160, 160]  # resnet_lite's default working size
     assert cfg().model_input_size((64, 64)) == [64, 64]  # never upsampled
     assert cfg(model="seed_cnn").model_input_size((180, 180)) == [180, 180]  # the recipe works at the data's size
     with pytest.raises(ValueError, match="--input_size"):
