@@ -92,6 +92,11 @@ class BudgetSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "warmup_steps": self.warmup_steps, "progress": 0.0}
 
 
+def steps_fraction(model, total_steps: int) -> float:
+    """The fraction of `total_steps` (--epochs' steps) the model's optimizer has taken."""
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations)) / total_steps
+
+
 class TimeBudget(keras.callbacks.Callback):
     """Before every step: progress = max(fraction of the budget used, fraction of --epochs' steps done), agreed by
     every worker (`agree`: the mean across workers, so their rates and their last step match); training stops once
@@ -106,8 +111,7 @@ class TimeBudget(keras.callbacks.Callback):
         self.clock.start()
 
     def on_train_batch_begin(self, batch, logs=None):
-        steps_done = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        fraction = self.agree(max(self.clock.fraction_used(), steps_done / self.total_steps))
+        fraction = self.agree(max(self.clock.fraction_used(), steps_fraction(self.model, self.total_steps)))
         self.progress.assign(min(fraction, 1.0))
         if fraction >= 1.0 and not self.model.stop_training:
             self.stopped = True
@@ -145,7 +149,7 @@ class ProgressiveResize(keras.callbacks.Callback):
         if self.progress is not None:
             fraction = float(keras.ops.convert_to_numpy(self.progress))
         else:
-            fraction = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) / self.total_steps
+            fraction = steps_fraction(self.model, self.total_steps)
         side = progressive_side(fraction, self.low, self.high)
         if side != self.current:
             self.side.assign(side)

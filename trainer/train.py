@@ -138,15 +138,14 @@ def run(cfg: config_lib.TrainConfig) -> int:
     announce(cfg, plan, placement, resume_epoch)
 
     keras.utils.set_random_seed(cfg.seed)
-    resize = progressive_resize(cfg, plan)
-    train_data, validation_data = input_pipelines(cfg, plan, placement, resize)
+    side = training_side(plan)
+    train_data, validation_data = input_pipelines(cfg, plan, placement, side)
     model, freeze, progress = build_model(cfg, plan, placement)
     monitor = "val_loss" if validation_data is not None else "loss"
     clock = schedules.BudgetClock(cfg.time_budget_minutes)
     budget = (schedules.TimeBudget(clock, progress, plan.total_steps, agree=distribute.agreement(placement))
               if cfg.time_budget_minutes else None)
-    if resize is not None and budget is not None:
-        resize.progress = progress
+    resize = progressive_resize(plan, side, progress if budget is not None else None)
     backups = backup.ResumableBackup(outputs.backup_dir, cfg.backup_every_steps, stop, clock=clock,
                                      write_dir=None if placement.is_chief else join(outputs.out_dir, "backup"))
     with distribute.watch_workers(placement, cfg.worker_timeout_minutes) as watch_callbacks:
@@ -218,22 +217,31 @@ def announce(cfg, plan: Plan, placement, resume_epoch: int) -> None:
         log.info(f"resuming from backup at epoch {resume_epoch} (of {cfg.epochs})")
 
 
-def progressive_resize(cfg, plan: Plan):
-    """With --progressive_resize_from: the callback that sets the training side before every step (its variable
-    is what the training pipeline reads), else None."""
+def training_side(plan: Plan):
+    """With --progressive_resize_from: the int32 variable holding the side the training batches are resized to (the
+    training pipeline reads it per batch; ProgressiveResize sets it), else None."""
     if plan.start_side is None:
         return None
-    low, high = plan.start_side, plan.network_size[0]
     with tf.device("/cpu:0"):  # read by the input pipeline, on the host
-        side = tf.Variable(schedules.progressive_side(0.0, low, high), dtype=tf.int32, trainable=False)
+        return tf.Variable(schedules.progressive_side(0.0, plan.start_side, plan.network_size[0]), dtype=tf.int32,
+                           trainable=False)
+
+
+def progressive_resize(plan: Plan, side, budget_progress=None):
+    """The callback that sets `side` before every step from the time budget's progress (`budget_progress`, the
+    variable TimeBudget sets) or, without a budget, from the fraction of --epochs' steps done; None without
+    progressive resizing."""
+    if side is None:
+        return None
+    low, high = plan.start_side, plan.network_size[0]
     log.info(f"progressive resizing: training at {low}x{low} until {schedules.RAMP_START:.0%} of the run, growing to "
              f"{high}x{high} by {schedules.RAMP_END:.0%}")
-    return schedules.ProgressiveResize(side, low, high, plan.total_steps)
+    return schedules.ProgressiveResize(side, low, high, plan.total_steps, progress=budget_progress)
 
 
-def input_pipelines(cfg, plan: Plan, placement, resize=None):
-    """(training batches, validation batches or None); with progressive resizing (`resize`), the training batches
-    are resized to the side its variable holds."""
+def input_pipelines(cfg, plan: Plan, placement, side=None):
+    """(training batches, validation batches or None); with progressive resizing, the training batches are resized
+    to the side the variable `side` holds."""
     common = {"image_size": plan.image_size, "batch_size": plan.global_batch, "cache": plan.cache,
               "num_workers": placement.num_workers, "resize_to": plan.network_size}
     # Shards hold records in input order (one class folder after the other), so a small buffer would feed batches of
@@ -241,7 +249,7 @@ def input_pipelines(cfg, plan: Plan, placement, resize=None):
     shuffle_buffer = max(cfg.shuffle_buffer, plan.train_count) if plan.cache else cfg.shuffle_buffer
     train_data = data.make_dataset(cfg.data_dir, "train", training=True, augment=cfg.augment,
                                    shuffle_buffer=shuffle_buffer, seed=cfg.seed,
-                                   train_side=None if resize is None else resize.side, **common)
+                                   train_side=side, **common)
     if not plan.validation_count:
         return train_data, None
     return train_data, data.make_dataset(cfg.data_dir, "validation", training=False,

@@ -278,6 +278,10 @@ MUTATIONS = [
       "start = DEFAULT_PROGRESSIVE_FROM if self.model == RESNET_LITE else 0", "start = 0",
       T + "test_config.py::test_progressive_start_side",
       "progressive resizing as resnet_lite's default (the default run would train at 160 throughout)"),
+    M("resize_ignores_budget", "trainer/train.py", "progressive_resize",
+      "progress=budget_progress)", "progress=None)",
+      T + "test_train.py::test_progressive_resizing_follows_the_time_budget_not_the_epochs",
+      "progressive resizing following the time budget (a budget run cut short of its --epochs would never grow)"),
 ]
 
 

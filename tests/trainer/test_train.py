@@ -316,6 +316,38 @@ def test_progressive_resizing_trains_at_the_small_side_first_and_serves_at_the_f
     assert info["input_size"] == [32, 32] and metrics["eval_input_size"] == [32, 32]
 
 
+def test_progressive_resizing_follows_the_time_budget_not_the_epochs(tmp_path):
+    """With a budget, the side grows with the fraction of the budget used: a run the budget cuts at 1% of its
+    --epochs' steps must still end at the full side."""
+    import types
+
+    import keras
+    import numpy as np
+
+    from tests.trainer.test_schedules import FakeClock
+    from trainer import schedules
+
+    run_plan = types.SimpleNamespace(start_side=16, network_size=(32, 32), total_steps=1000)
+    clock, progress, sides = FakeClock(), keras.Variable(0.0, trainable=False), []
+    side = train.training_side(run_plan)
+    resize = train.progressive_resize(run_plan, side, budget_progress=progress)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(schedules.BudgetSchedule(0.1, warmup_steps=0, progress=progress)),
+                  loss="mse")
+
+    class Step(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            sides.append(int(side.numpy()))
+            clock.minutes += 1
+
+    budget = schedules.TimeBudget(clock, progress, total_steps=run_plan.total_steps)
+    model.fit(np.zeros((4, 2)), np.zeros((4, 1)), batch_size=1, epochs=100, verbose=0,
+              callbacks=[budget, resize, Step()])
+    assert budget.stopped and len(sides) == 11  # 1.1% of the 1,000 steps
+    assert sides[:5] == [16] * 5 and sides[-3:] == [32] * 3, sides  # 16 until 40% of the budget, 32 from 80%
+    assert train.progressive_resize(run_plan, None) is None
+
+
 def test_early_stopping_never_cuts_a_budget_run_short(tmp_path):
     import keras
 
