@@ -218,8 +218,9 @@ def announce(cfg, plan: Plan, placement, resume_epoch: int) -> None:
 
 
 def training_side(plan: Plan):
-    """With --progressive_resize_from: the int32 variable holding the side the training batches are resized to (the
-    training pipeline reads it per batch; ProgressiveResize sets it), else None."""
+    """With progressive resizing (plan.start_side: --progressive_resize_from, on by default for resnet_lite): the int32
+    variable holding the side the training batches are resized to (the training pipeline reads it per batch;
+    ProgressiveResize sets it), else None."""
     if plan.start_side is None:
         return None
     with tf.device("/cpu:0"):  # read by the input pipeline, on the host
