@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 
+from tests.trainer.clocks import FakeClock
 from trainer import schedules
 
 
@@ -39,17 +40,6 @@ def test_budget_schedule_follows_the_fraction_of_the_budget_used():
     for fraction, expected in ((0.5, 0.005), (1.0, 0.0), (1.5, 0.0)):
         progress.assign(fraction)
         assert float(schedule(1000)) == pytest.approx(expected, abs=1e-9)
-
-
-class FakeClock(schedules.BudgetClock):
-    """A budget of 10 "minutes" in which each step costs one minute: no sleeping, no timing."""
-
-    def __init__(self):
-        super().__init__(budget_minutes=10)
-        self.minutes = 0
-
-    def elapsed(self):
-        return self.minutes * 60.0
 
 
 def test_time_budget_anneals_to_zero_and_stops_exactly_when_the_budget_is_used():

@@ -324,7 +324,7 @@ def test_progressive_resizing_follows_the_time_budget_not_the_epochs(tmp_path):
     import keras
     import numpy as np
 
-    from tests.trainer.test_schedules import FakeClock
+    from tests.trainer.clocks import FakeClock
     from trainer import schedules
 
     run_plan = types.SimpleNamespace(start_side=16, network_size=(32, 32), total_steps=1000)
