@@ -2,10 +2,9 @@
 training once used."""
 
 import keras
-import numpy as np
 import pytest
 
-from tests.trainer.clocks import FakeClock
+from tests.trainer.clocks import FakeClock, fit_on_the_budget
 from trainer import schedules
 
 
@@ -44,17 +43,8 @@ def test_budget_schedule_follows_the_fraction_of_the_budget_used():
 
 def test_time_budget_anneals_to_zero_and_stops_exactly_when_the_budget_is_used():
     clock, progress, rates = FakeClock(), keras.Variable(0.0, trainable=False), []
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    model.compile(optimizer=keras.optimizers.SGD(schedules.BudgetSchedule(0.1, warmup_steps=0, progress=progress)),
-                  loss="mse")
-
-    class Step(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            rates.append(float(model.optimizer.learning_rate))
-            clock.minutes += 1
-
-    budget = schedules.TimeBudget(clock, progress, total_steps=1000)
-    fit = model.fit(np.zeros((4, 2)), np.zeros((4, 1)), batch_size=1, epochs=100, verbose=0, callbacks=[budget, Step()])
+    budget, fit = fit_on_the_budget(clock, progress, total_steps=1000,
+                                    on_step=lambda model: rates.append(float(model.optimizer.learning_rate)))
     assert budget.stopped and len(rates) == 11 and len(fit.epoch) == 3  # steps at 0..10 "minutes"
     assert rates[0] == pytest.approx(0.1) and rates[5] == pytest.approx(0.05) and rates[-1] == pytest.approx(0)
     assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))

@@ -322,27 +322,15 @@ def test_progressive_resizing_follows_the_time_budget_not_the_epochs(tmp_path):
     import types
 
     import keras
-    import numpy as np
 
-    from tests.trainer.clocks import FakeClock
-    from trainer import schedules
+    from tests.trainer.clocks import FakeClock, fit_on_the_budget
 
     run_plan = types.SimpleNamespace(start_side=16, network_size=(32, 32), total_steps=1000)
     clock, progress, sides = FakeClock(), keras.Variable(0.0, trainable=False), []
     side = train.training_side(run_plan)
     resize = train.progressive_resize(run_plan, side, budget_progress=progress)
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    model.compile(optimizer=keras.optimizers.SGD(schedules.BudgetSchedule(0.1, warmup_steps=0, progress=progress)),
-                  loss="mse")
-
-    class Step(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            sides.append(int(side.numpy()))
-            clock.minutes += 1
-
-    budget = schedules.TimeBudget(clock, progress, total_steps=run_plan.total_steps)
-    model.fit(np.zeros((4, 2)), np.zeros((4, 1)), batch_size=1, epochs=100, verbose=0,
-              callbacks=[budget, resize, Step()])
+    budget, _ = fit_on_the_budget(clock, progress, total_steps=run_plan.total_steps, callbacks=[resize],
+                                  on_step=lambda model: sides.append(int(side.numpy())))
     assert budget.stopped and len(sides) == 11  # 1.1% of the 1,000 steps
     assert sides[:5] == [16] * 5 and sides[-3:] == [32] * 3, sides  # 16 until 40% of the budget, 32 from 80%
     assert train.progressive_resize(run_plan, None) is None
