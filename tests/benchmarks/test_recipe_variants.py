@@ -25,4 +25,9 @@ def test_each_side_scores_the_run_weights_the_dataset_own_side_too(tmp_path, ext
     assert [(row["side"], row["examples"]) for row in rows] == [(24, 32), (32, 32)]
     with open(run / "history.csv") as handle:
         best = min(csv.DictReader(handle), key=lambda row: float(row["val_loss"]))  # the best checkpoint's epoch
-    assert rows[0]["accuracy"] == pytest.approx(float(best["val_accuracy"]), abs=1e-6)
+    # The same weights on the same photos: the log loss agrees to float32 rounding (4e-5 seen; untrained weights or
+    # another epoch's are 5e-3 and more away). Accuracy may differ by a photo: some probabilities of this barely
+    # trained model lie within 1e-3 of 0.5, and the run's resize and batching round differently from this fresh
+    # model's (seen: 0.59375 against 0.5625).
+    assert rows[0]["log_loss"] == pytest.approx(float(best["val_loss"]), abs=5e-4)
+    assert rows[0]["accuracy"] == pytest.approx(float(best["val_accuracy"]), abs=1 / rows[0]["examples"] + 1e-6)
