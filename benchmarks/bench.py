@@ -11,8 +11,9 @@ wall time, CPU time and the peak memory of whole process trees, and judges the t
 """
 
 import argparse
+import dataclasses
 import datetime
-import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,12 +21,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script (make bench): the repository root must be importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import harness, preprocess_bench, score_bench, train_bench  # noqa: E402
+from benchmarks import harness, preprocess_bench, results, score_bench, train_bench  # noqa: E402
 
 SECTIONS = {"preprocess": preprocess_bench.run, "train": train_bench.run, "score": score_bench.run}
-# Everything after this line in RESULTS.md is written by hand (the profiles and why a target is missed) and is kept
-# when the figures above it are regenerated; its own heading says which run it describes.
-ANALYSIS_MARKER = "<!-- analysis: written by hand, kept by bench.py -->"
 
 
 def parse(argv):
@@ -49,55 +47,44 @@ def parse(argv):
     return args
 
 
+def _stop(signum, _frame):
+    raise SystemExit(128 + signum)  # unwinds through the running measurement, so the finished figures are written
+
+
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
     if not (harness.SHARED / "pets-180").is_dir():
         raise SystemExit(f"error: the benchmarks need the real photos in {harness.SHARED}")
-    sections = [name.strip() for name in args.sections.split(",") if name.strip()]
-    unknown = set(sections) - set(SECTIONS)
+    names = [name.strip() for name in args.sections.split(",") if name.strip()]
+    unknown = set(names) - set(SECTIONS)
     if unknown:
         raise SystemExit(f"error: unknown section(s) {sorted(unknown)}; choose from {sorted(SECTIONS)}")
-    report = harness.Report()
-    started = time.perf_counter()
-    for name in sections:
-        report.rows.append(f"| **{name}** | | | | |")
-        SECTIONS[name](args, report)
-    info = harness.machine()
-    lines = [
-        "# Benchmark results",
-        "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {info['cores']} cores, {info['cpu']}, {info['memory_gib']} GiB, Python {info['python']}",
-        f"- code version: {harness.code_version()}",
-        f"- command: `make bench BENCH_ARGS=\"{' '.join(argv)}\"`, {args.repeats} repeats "
-        f"({args.scale_repeats} of the 115,000-file runs), {(time.perf_counter() - started) / 60:.0f} min",
-        "",
-        "## Targets",
-        "",
-        "| target | this run | |",
-        "|---|---|---|",
-        *harness.target_rows(report.ratios),
-        "",
-        "## Figures",
-        "",
-        "CPU ms/image: CPU time (user + system, every process of the job) per image, median over the runs; with 2 "
-        "cores, wall time per image is at best half of it. Peak memory: resident memory of the job's whole process "
-        "tree, sampled every 0.1 s.",
-        "",
-        "| figure | median | spread (min to max) | runs | CPU ms/image |",
-        "|---|---|---|---|---|",
-        *report.rows,
-        "",
-    ]
     output = Path(args.output)
-    kept = output.read_text().split(ANALYSIS_MARKER, 1) if output.exists() else []
-    if len(kept) == 2:  # the hand-written analysis of the last full run stays, marked as such, until rewritten
-        lines += [ANALYSIS_MARKER + kept[1].rstrip("\n"), ""]
-    output.write_text("\n".join(lines))
-    output.with_suffix(".json").write_text(json.dumps({"machine": info, "rows": report.rows,
-                                                       "ratios": report.ratios}, indent=1))
-    print("\n".join(lines))
+    sections = results.load(output)  # the sections this run does not measure stay, marked with their own run
+    this_run = results.Section(
+        date=f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        code_version=harness.code_version(), machine=results.machine_text(harness.machine()),
+        command=f"`make bench BENCH_ARGS=\"{' '.join(argv)}\"`, {args.repeats} repeats ({args.scale_repeats} of the "
+                f"115,000-file runs)", rows=[], ratios={})
+    signal.signal(signal.SIGTERM, _stop)
+    started = time.perf_counter()
+
+    def write(stopped: str = "") -> str:
+        return results.write(output, sections, list(SECTIONS), names, this_run,
+                             (time.perf_counter() - started) / 60, stopped)
+
+    for name in names:
+        report = harness.Report()
+        sections[name] = dataclasses.replace(this_run, rows=report.rows, ratios=report.ratios, complete=False)
+        try:
+            SECTIONS[name](args, report)
+        except BaseException as error:  # SIGTERM, Ctrl-C or a failure: keep what was measured, then stop
+            write(f"during {name} ({type(error).__name__}{': ' + str(error) if str(error) else ''})")
+            raise
+        sections[name].complete = True
+        write()
+    print(write())
 
 
 if __name__ == "__main__":

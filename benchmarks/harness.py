@@ -201,17 +201,5 @@ TARGETS = (
 )
 
 
-def target_rows(ratios: dict) -> list[str]:
-    compare = {">=": float.__ge__, ">": float.__gt__, "<": float.__lt__, "<=": float.__le__, "==": float.__eq__}
-    rows = []
-    for name, op, threshold, text in TARGETS:
-        if name not in ratios:
-            rows.append(f"| {text} | not measured in this run | |")
-            continue
-        met = compare[op](float(ratios[name]), float(threshold))
-        rows.append(f"| {text} | {ratios[name]:.2f} ({op} {threshold:g}) | {'met' if met else '**missed**'} |")
-    return rows
-
-
 def remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
