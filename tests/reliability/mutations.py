@@ -282,6 +282,15 @@ MUTATIONS = [
       "progress=budget_progress)", "progress=None)",
       T + "test_train.py::test_progressive_resizing_follows_the_time_budget_not_the_epochs",
       "progressive resizing following the time budget (a budget run cut short of its --epochs would never grow)"),
+    # ---- benchmarks
+    M("bench_stopped_writes_nothing", "benchmarks/bench.py", "main",
+      'write(f"during {name}', '(f"during {name}',
+      "tests/benchmarks/test_results.py::test_a_run_stopped_by_sigterm_writes_what_it_measured_before_it_exits",
+      "a stopped make bench writing the figures it finished"),
+    M("bench_partial_run_drops_sections", "benchmarks/bench.py", "main",
+      "sections = results.load(output)", "sections = {}",
+      "tests/benchmarks/test_results.py::test_a_run_of_one_section_keeps_the_others_marked_with_their_run",
+      "a make bench of some sections keeping the others' figures in RESULTS.md"),
 ]
 
 
