@@ -75,14 +75,17 @@ def main(argv=None) -> None:
                              (time.perf_counter() - started) / 60, stopped)
 
     for name in names:
-        report = harness.Report()
-        sections[name] = dataclasses.replace(this_run, rows=report.rows, ratios=report.ratios, complete=False)
+        report, earlier = harness.Report(), sections.get(name)
+        sections[name] = section = dataclasses.replace(this_run, rows=report.rows, ratios=report.ratios,
+                                                       complete=False)
         try:
             SECTIONS[name](args, report)
         except BaseException as error:  # SIGTERM, Ctrl-C or a failure: keep what was measured, then stop
+            section.keep_unmeasured(earlier)
             write(f"during {name} ({type(error).__name__}{': ' + str(error) if str(error) else ''})")
             raise
-        sections[name].complete = True
+        section.complete = True
+        section.keep_unmeasured(earlier)
         write()
     print(write())
 

@@ -4,6 +4,7 @@ process tree, ratios judged against targets, the photo folders, and the report.
 Nothing here is a test: the test suite never times anything.
 """
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -99,6 +100,19 @@ class Run:
     stdout: str
 
 
+def _kill_tree(process) -> None:
+    import psutil
+
+    try:
+        tree = [*process.children(recursive=True), process]
+    except psutil.Error:
+        tree = [process]
+    for member in tree:
+        with contextlib.suppress(psutil.Error):
+            member.kill()
+    psutil.wait_procs(tree, timeout=10)
+
+
 def run_command(command: list[str], env: dict | None = None) -> Run:
     """Runs command to completion, sampling the resident memory of it and every descendant every 0.1 s."""
     import psutil
@@ -106,14 +120,18 @@ def run_command(command: list[str], env: dict | None = None) -> Run:
     with tempfile.TemporaryFile("w+") as out, CpuClock() as cpu:
         start = time.perf_counter()
         process = psutil.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-        peak = 0
-        while process.poll() is None:
-            try:
-                tree = [process, *process.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-            except psutil.Error:
-                pass
-            time.sleep(0.1)
+        try:
+            peak = 0
+            while process.poll() is None:
+                try:
+                    tree = [process, *process.children(recursive=True)]
+                    peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+                except psutil.Error:
+                    pass
+                time.sleep(0.1)
+        except BaseException:  # SIGTERM or Ctrl-C in the bench: the job it runs must not go on alone
+            _kill_tree(process)
+            raise
         seconds = time.perf_counter() - start
         out.seek(0)
         text = out.read()

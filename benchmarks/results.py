@@ -6,9 +6,11 @@ one it was in. A run of some sections (`--sections score`) replaces those and ke
 found, each marked with the date and code version of the run that measured it: targets are only ever judged on
 ratios measured in one run, and the table says which run that was.
 
+A section's figures this run did not reach (stopped, or `--skip_scale`) stay from the earlier run, marked too.
+
 RESULTS.json holds one record per section: {"sections": {name: {"date", "code_version", "machine", "command",
-"rows", "ratios", "complete"}}}. A file of the older layout (one run: "rows" and "ratios" at the top) is read as
-that run's sections, dated from its RESULTS.md header.
+"rows", "ratios", "complete", "earlier_ratios"}}}. A file of the older layout (one run: "rows" and "ratios" at the
+top) is read as that run's sections, dated from its RESULTS.md header.
 """
 
 import dataclasses
@@ -35,9 +37,32 @@ class Section:
     rows: list
     ratios: dict
     complete: bool = True
+    earlier_ratios: dict = dataclasses.field(default_factory=dict)  # ratio -> date of the run that measured it
 
     def source(self) -> str:
         return f"{self.date}, code {self.code_version}"
+
+    def keep_unmeasured(self, earlier: "Section | None") -> None:
+        """Add the figures and ratios of `earlier` (this section in the file found) that this run did not measure
+        (a stopped run, or the scale cases left out), each marked with the run that measured it."""
+        if earlier is None:
+            return
+        measured = {_figure(row) for row in self.rows}
+        for row in earlier.rows:
+            if _figure(row) not in measured:
+                self.rows.append(row if _EARLIER in row else row.replace(" |", f"{_EARLIER}{earlier.date}) |", 1))
+        for name, value in earlier.ratios.items():
+            if name not in self.ratios:
+                self.ratios[name] = value
+                self.earlier_ratios[name] = earlier.earlier_ratios.get(name, earlier.date)
+
+
+_EARLIER = " (run of "
+
+
+def _figure(row: str) -> str:
+    """A figures-table row's name, without the mark of an earlier run."""
+    return row.split("|")[1].split(_EARLIER)[0].strip()
 
 
 def machine_text(info: dict) -> str:
@@ -85,8 +110,10 @@ def target_rows(sections: dict[str, Section], measured) -> list[str]:
         if owner is None:
             rows.append(f"| {text} | not measured | |")
             continue
-        value = float(sections[owner].ratios[name])
-        earlier = "" if owner in measured else f", run of {sections[owner].date}"
+        section = sections[owner]
+        value = float(section.ratios[name])
+        date = section.earlier_ratios.get(name) or ("" if owner in measured else section.date)
+        earlier = f", run of {date}" if date else ""
         met = compare[op](value, float(threshold))
         rows.append(f"| {text} | {value:.2f} ({op} {threshold:g}{earlier}) | {'met' if met else '**missed**'} |")
     return rows

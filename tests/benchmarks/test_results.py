@@ -22,8 +22,10 @@ OLD_MD = """# Benchmark results
 """
 OLD_JSON = {"machine": {}, "rows": ["| **preprocess** | | | | |", "| ours (pets-180) | 948.4 img/s | | 3 | 1.41 |",
                                     "| preprocess ours/naive (pets-180) | 1.52x | | | |",
-                                    "| **score** | | | | |", "| ours (pets-180) | 267.1 img/s | | 3 | 6.26 |"],
-            "ratios": {"preprocess ours/naive (pets-180)": 1.52, "score ours/naive (pets-180)": 0.80}}
+                                    "| **score** | | | | |", "| ours (pets-180) | 267.1 img/s | | 3 | 6.26 |",
+                                    "| ours: peak memory (114,955 files) | 899.0 MiB | | 2 | |"],
+            "ratios": {"preprocess ours/naive (pets-180)": 1.52, "score ours/naive (pets-180)": 0.80,
+                       "score peak memory 115k/23k": 1.01}}
 
 
 @pytest.fixture
@@ -39,7 +41,7 @@ def test_a_file_of_the_older_layout_is_read_as_one_run_per_section(old_results):
 
     assert list(sections) == ["preprocess", "score"]
     assert sections["preprocess"].rows == OLD_JSON["rows"][1:3]
-    assert sections["score"].ratios == {"score ours/naive (pets-180)": 0.80}
+    assert sections["score"].ratios == {"score ours/naive (pets-180)": 0.80, "score peak memory 115k/23k": 1.01}
     assert sections["preprocess"].date == "2026-12-02 07:58 UTC"
     assert sections["score"].code_version == "2a1cf254b90b"
 
@@ -71,6 +73,9 @@ def test_a_run_of_one_section_keeps_the_others_marked_with_their_run(monkeypatch
     assert "| ours (pets-180) | 948.4 img/s | | 3 | 1.41 |" in text  # kept from the earlier run
     assert "| ours (pets-180) | 300.0 img/s | | 3 | 5.00 |" in text  # this run's score
     assert "267.1 img/s" not in text  # the earlier score rows are replaced, not kept beside
+    # what this run did not measure (the scale cases) stays, marked with its run, and is judged as that run's
+    assert "| ours: peak memory (114,955 files) (run of 2026-12-02 07:58 UTC) | 899.0 MiB | | 2 | |" in text
+    assert "| 1.01 (<= 1.1, run of 2026-12-02 07:58 UTC) | met |" in text
     assert "| 1.52 (>= 1.2, run of 2026-12-02 07:58 UTC) | met |" in text
     assert "| 1.05 (> 1) | met |" in text
     assert "- sections measured in this run: score" in text
@@ -101,3 +106,36 @@ def test_a_run_stopped_by_sigterm_writes_what_it_measured_before_it_exits(monkey
     assert "| train row, finished | 2 img/s | | 3 | |" in text
     assert "score row" not in text
     assert "- **stopped** during train (SystemExit: 143)" in text
+
+
+def test_a_stopped_run_kills_the_job_it_was_measuring(monkeypatch, tmp_path):
+    """The job under measurement (and its children) goes with the bench, instead of running on alone."""
+    import os
+    import threading
+
+    import psutil
+
+    started = []
+
+    def terminate_once_the_job_runs():
+        for _ in range(100):
+            started.extend(psutil.Process().children(recursive=True))
+            if any("sleep" in " ".join(child.cmdline()) for child in started if child.is_running()):
+                break
+            threading.Event().wait(0.1)
+        threading.Event().wait(0.5)  # in the middle of the measurement, as a stop comes
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def measure(args, report):
+        threading.Thread(target=terminate_once_the_job_runs, daemon=True).start()
+        harness.run_command(["bash", "-c", "sleep 60; echo"])
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit):
+            _run_bench(monkeypatch, tmp_path, tmp_path / "RESULTS.md", {"score": measure}, "score")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+    assert started, "the job never started"
+    assert not [child for child in started if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
