@@ -291,6 +291,9 @@ MUTATIONS = [
       "sections = results.load(output)", "sections = {}",
       "tests/benchmarks/test_results.py::test_a_run_of_one_section_keeps_the_others_marked_with_their_run",
       "a make bench of some sections keeping the others' figures in RESULTS.md"),
+    M("bench_stop_leaves_job", "benchmarks/harness.py", "run_command", "_kill_tree(process)", "pass",
+      "tests/benchmarks/test_results.py::test_a_stopped_run_kills_the_job_it_was_measuring",
+      "a stopped make bench killing the job it was measuring (it would run on alone)"),
 ]
 
 
