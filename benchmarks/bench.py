@@ -7,7 +7,8 @@
 Each figure is the median of --repeats runs with its spread (min-max), measured in this run beside its baselines.
 Sections (one module each): preprocess (benchmarks/preprocess_bench.py), train (train_bench.py), score
 (score_bench.py); the scale cases (115,000 files) are part of preprocess and score. The harness (harness.py) measures
-wall time, CPU time and the peak memory of whole process trees, and judges the targets.
+wall time, CPU time and the peak memory of whole process trees. RESULTS.md is rewritten after every section and on a
+stop (SIGTERM, Ctrl-C), and keeps what this run did not measure from the file it found, marked (results.py).
 """
 
 import argparse
