@@ -75,6 +75,7 @@ def main(argv=None) -> None:
         return results.write(output, sections, list(SECTIONS), names, this_run,
                              (time.perf_counter() - started) / 60, stopped)
 
+    text = ""
     for name in names:
         report, earlier = harness.Report(), sections.get(name)
         sections[name] = section = dataclasses.replace(this_run, rows=report.rows, ratios=report.ratios,
@@ -87,8 +88,8 @@ def main(argv=None) -> None:
             raise
         section.complete = True
         section.keep_unmeasured(earlier)
-        write()
-    print(write())
+        text = write()
+    print(text)
 
 
 if __name__ == "__main__":

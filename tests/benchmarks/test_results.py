@@ -59,7 +59,11 @@ def _run_bench(monkeypatch, tmp_path, output, sections, names):
     (tmp_path / "shared" / "pets-180").mkdir(parents=True)
     monkeypatch.setattr(harness, "SHARED", tmp_path / "shared")
     monkeypatch.setattr(bench, "SECTIONS", sections)
-    bench.main(["--sections", names, "--output", str(output)])
+    previous = signal.getsignal(signal.SIGTERM)  # bench.main installs its own: the test process gets its own back
+    try:
+        bench.main(["--sections", names, "--output", str(output)])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_a_run_of_one_section_keeps_the_others_marked_with_their_run(monkeypatch, tmp_path, old_results):
@@ -92,12 +96,8 @@ def test_a_run_stopped_by_sigterm_writes_what_it_measured_before_it_exits(monkey
     sections = {"preprocess": _fake_section(["| preprocess row | 1 img/s | | 3 | |"]),
                 "train": _fake_section(["| train row, finished | 2 img/s | | 3 | |"], fail=terminate),
                 "score": _fake_section(["| score row | 3 img/s | | 3 | |"])}
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        with pytest.raises(SystemExit) as stopped:
-            _run_bench(monkeypatch, tmp_path, output, sections, "preprocess,train,score")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with pytest.raises(SystemExit) as stopped:
+        _run_bench(monkeypatch, tmp_path, output, sections, "preprocess,train,score")
     text = output.read_text()
 
     assert stopped.value.code == 128 + signal.SIGTERM
@@ -139,12 +139,8 @@ def test_a_stopped_run_kills_the_job_it_was_measuring(monkeypatch, tmp_path):
         threading.Thread(target=terminate_once_the_job_runs, daemon=True).start()
         harness.run_command(["bash", "-c", "sleep 60; echo"])
 
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        with pytest.raises(SystemExit):
-            _run_bench(monkeypatch, tmp_path, tmp_path / "RESULTS.md", {"score": measure}, "score")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with pytest.raises(SystemExit):
+        _run_bench(monkeypatch, tmp_path, tmp_path / "RESULTS.md", {"score": measure}, "score")
 
     assert started, "the job never started"
     assert not [child for child in started if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
