@@ -99,7 +99,9 @@ def test_gcs_reads_are_retried_through_transient_errors_and_capped_reads_fetch_a
 def test_a_gcs_read_that_keeps_failing_raises_once_the_retry_deadline_passes(gcs_bucket, gcs_emulator_host,
                                                                              monkeypatch):
     _upload(gcs_bucket, ["down.jpg"])
-    monkeypatch.setattr(storage, "RETRY_SECONDS", 1.0)
+    # The client sleeps uniform(0, 1 s) before its first retry and gives up when the next sleep would pass the deadline:
+    # with 1 s, a first request slowed to half a second (a loaded CI machine) left even odds of no retry at all.
+    monkeypatch.setattr(storage, "RETRY_SECONDS", 5.0)
     with FaultyProxy(gcs_emulator_host, lambda request: "503") as proxy:
         point_gcs_at(monkeypatch, proxy.url)
         with pytest.raises(Exception, match="503"):  # what the client raises once it gives up
