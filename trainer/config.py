@@ -60,7 +60,7 @@ class TrainConfig:
     # network at --learning_rate x fine_tune_factor, cosine to 0.
     freeze_backbone_epochs: int | None = None
     fine_tune_factor: float = 0.1
-    mixed_precision: str = "auto"  # auto: on when training on GPUs, off on CPU
+    mixed_precision: str = "auto"  # auto: float16 on GPUs, bfloat16 on CPUs with AMX, else off (distribute.py)
     time_budget_minutes: float | None = None  # stop training gracefully after this much training time
     steps_per_epoch: int | None = None  # cap on steps per epoch (default: one pass over the training split)
     early_stopping_patience: int = 5  # epochs without validation-loss improvement before stopping; 0: never
@@ -266,7 +266,8 @@ HELP = {
                               "fine-tuned; none: 2 with --weights, else 0",
     "fine_tune_factor": "backbones: after the head-only epochs, the whole network trains at --learning_rate x this, "
                         "cosine-decayed to 0",
-    "mixed_precision": "float16 compute: auto (on with GPUs, off on CPU), on, off",
+    "mixed_precision": "lower-precision compute, float32 weights: auto (float16 on GPUs, bfloat16 on CPUs with AMX, "
+                       "off on other CPUs), on (float16 on GPUs, bfloat16 on CPUs), off; the export is float32",
     "time_budget_minutes": "minutes of training: the learning rate warms up, then decays to 0 exactly when they "
                            "are used (or at the last epoch, if sooner); then evaluate and export. Early stopping is "
                            "off with a budget. none: no budget, the epoch schedule",

@@ -8,7 +8,9 @@ workarounds live.
   one is configured (tests, debugging), else TensorFlow's default strategy on the one CPU.
 
 Global batch = per-replica batch x replicas; the learning rate is scaled linearly by the replica count.
-Mixed precision (float16 compute, float32 variables) is on by default with GPUs and off on CPU, where it is slow.
+Mixed precision (float32 variables, lower-precision compute) is on by default where the hardware has the units for it:
+float16 on GPUs, bfloat16 on CPUs with AMX (Intel's matrix units, where oneDNN runs bfloat16 convolutions about twice
+as fast as float32); off on other CPUs, where it buys nothing (docs/TRAINING.md, "Recipe options").
 Call `choose` before any other TensorFlow work: MultiWorkerMirroredStrategy must be created at program start.
 
 Keras 3.15 needs three workarounds under MultiWorkerMirroredStrategy, all here: `fit_scope` (the deferred build and
@@ -53,17 +55,21 @@ class Placement:
     task_type: str
     task_id: int
     is_chief: bool  # the one task that writes checkpoints, logs, metrics and the export
-    mixed_precision: bool
+    precision: str  # the Keras dtype policy: float32, mixed_float16 or mixed_bfloat16
     devices: tuple
 
     @property
     def multi_worker(self) -> bool:
         return self.kind == "multi_worker"
 
+    @property
+    def mixed_precision(self) -> bool:
+        return self.precision != "float32"
+
     def describe(self) -> dict:
         return {"strategy": self.kind, "num_replicas": self.num_replicas, "num_workers": self.num_workers,
                 "task": f"{self.task_type}:{self.task_id}", "is_chief": self.is_chief,
-                "mixed_precision": self.mixed_precision, "devices": list(self.devices)}
+                "mixed_precision": self.mixed_precision, "precision": self.precision, "devices": list(self.devices)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,11 +126,28 @@ def choose(mixed_precision: str = "auto") -> Placement:
     has_gpu = bool(tf.config.list_logical_devices("GPU"))
     if not has_gpu:
         warn_if_gpus_unused()
-    use_mixed = {"on": True, "off": False, "auto": has_gpu}[mixed_precision]
-    keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
+    precision = precision_policy(mixed_precision, has_gpu, cpu_has_amx())
+    keras.mixed_precision.set_global_policy(precision)
     return Placement(strategy=strategy, kind=kind, num_replicas=int(strategy.num_replicas_in_sync),
                      num_workers=workers, task_type=cluster.task_type, task_id=cluster.task_id,
-                     is_chief=cluster.is_chief, mixed_precision=use_mixed, devices=devices)
+                     is_chief=cluster.is_chief, precision=precision, devices=devices)
+
+
+def precision_policy(mixed_precision: str, has_gpu: bool, has_amx: bool) -> str:
+    """The Keras dtype policy for --mixed_precision (auto, on, off): float16 compute on GPUs, bfloat16 on CPUs (the
+    CPU's native half precision: float16 there is emulated and slow); auto turns it on with GPUs and with AMX."""
+    if mixed_precision == "off" or (mixed_precision == "auto" and not (has_gpu or has_amx)):
+        return "float32"
+    return "mixed_float16" if has_gpu else "mixed_bfloat16"
+
+
+def cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU has AMX bfloat16 units (Linux's amx_bf16 flag); False where /proc/cpuinfo is not there."""
+    try:
+        with open(cpuinfo) as handle:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in handle)
+    except OSError:
+        return False
 
 
 def nvidia_gpus() -> list[str]:

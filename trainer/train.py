@@ -71,6 +71,7 @@ EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what Kubernetes expects from a process 
 def main(argv=None) -> int:
     cfg = config_lib.parse_args(argv)
     logger.use_format(cfg.log_format)
+    policy = keras.mixed_precision.global_policy()  # distribute.choose sets the process's; main gives it back
     try:
         credentials.check_reachable([cfg.data_dir, cfg.model_dir, cfg.export_dir, cfg.weights])
         return check_only(cfg) if cfg.check_only else run(cfg)
@@ -92,6 +93,8 @@ def main(argv=None) -> int:
                   f"instead of learning from wrong data; re-run preprocessing into a new DATASET (or restore the "
                   f"damaged shards from a copy), then train again.")
         return EXIT_DAMAGED_DATA
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
 
 
 def check_only(cfg: config_lib.TrainConfig) -> int:
@@ -206,7 +209,7 @@ def announce(cfg, plan: Plan, placement, resume_epoch: int) -> None:
     height, width = plan.network_size
     log.info(f"{cfg.model} at {height}x{width} on {plan.image_size[0]}x{plan.image_size[1]} images, "
              f"{placement.kind} strategy, {placement.num_replicas} replica(s), global batch {plan.global_batch}, "
-             f"peak lr {plan.peak_rate:g}, mixed precision {'on' if placement.mixed_precision else 'off'}, "
+             f"peak lr {plan.peak_rate:g}, precision {placement.precision}, "
              f"{plan.steps_per_epoch} steps/epoch, cache {'on' if plan.cache else 'off'}")
     log.info(f"training on {', '.join(placement.devices)}"
              + (f" (worker {placement.task_id} of {placement.num_workers})" if placement.multi_worker else ""))

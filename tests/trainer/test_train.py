@@ -356,3 +356,24 @@ def test_early_stopping_never_cuts_a_budget_run_short(tmp_path):
     without = kinds(train.make_callbacks(cfg, outputs, "val_loss", [], None, None, backups))
     assert "TimeBudget" in with_budget and "EarlyStopping" not in with_budget
     assert "EarlyStopping" in without and "TimeBudget" not in without
+
+
+def test_mixed_precision_on_a_cpu_trains_in_bfloat16_and_exports_float32(dataset, tmp_path):
+    """--mixed_precision on without a GPU: bfloat16 compute (auto picks it on CPUs with AMX), float32 weights; the
+    model evaluated and exported is float32, and the process gets its dtype policy back."""
+    import keras
+
+    model_dir = tmp_path / "model"
+    assert train.main(["--data_dir", str(dataset), "--model_dir", str(model_dir), *SMALL_NET, *NO_GATE, "--epochs", "3",
+                       "--batch_size", "16", "--mixed_precision", "on", "--progressive_resize_from", "0"]) == 0
+    assert keras.mixed_precision.global_policy().name == "float32"
+    placement = json.loads((model_dir / "config.json").read_text())["placement"]
+    assert placement["precision"] == "mixed_bfloat16" and placement["mixed_precision"]
+    rows = history(model_dir)
+    assert len(rows) == 3 and all(row["loss"] == row["loss"] for row in rows)  # trained, no NaN
+    version = publish.read_latest(str(model_dir / "export")).version
+    result = run_python("import sys, tensorflow as tf; m = tf.saved_model.load(sys.argv[1]); "
+                        "p = m.signatures['serve_pixels'](pixels=tf.zeros([2, 32, 32, 3], tf.uint8))['probability']; "
+                        "print(p.dtype.name, *p.numpy().ravel())", model_dir / "export" / version)
+    dtype, *probabilities = result.stdout.split()[-3:]
+    assert dtype == "float32" and all(0 <= float(p) <= 1 for p in probabilities)
