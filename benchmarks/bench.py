@@ -62,6 +62,7 @@ def main(argv=None) -> None:
     if unknown:
         raise SystemExit(f"error: unknown section(s) {sorted(unknown)}; choose from {sorted(SECTIONS)}")
     output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)  # at launch: not a failure to write after an hour's measurements
     sections = results.load(output)  # the sections this run does not measure stay, marked with their own run
     this_run = results.Section(
         date=f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",

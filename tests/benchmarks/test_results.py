@@ -88,7 +88,7 @@ def test_a_run_of_one_section_keeps_the_others_marked_with_their_run(monkeypatch
 
 
 def test_a_run_stopped_by_sigterm_writes_what_it_measured_before_it_exits(monkeypatch, tmp_path):
-    output = tmp_path / "RESULTS.md"
+    output = tmp_path / "new folder" / "RESULTS.md"  # --output into a folder that is not there yet
 
     def terminate():
         signal.raise_signal(signal.SIGTERM)
