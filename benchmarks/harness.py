@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from trainer.config import DEFAULT_PROGRESSIVE_FROM as PROGRESSIVE_FROM
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 PYTHON = sys.executable
@@ -216,6 +218,10 @@ TARGETS = (
                                             "time (issue 13)"),
     ("train input/consumption (resnet_lite)", ">=", 5.0, "input pipeline >= 5x the default model's consumption"),
     ("train input wait share (resnet_lite)", "<", 0.05, "under 5% of step time waiting for input"),
+    (f"train input/consumption (resnet_lite at {PROGRESSIVE_FROM})", ">=", 5.0,
+     f"input pipeline >= 5x the default model's consumption at {PROGRESSIVE_FROM} (progressive start)"),
+    (f"train input wait share (resnet_lite at {PROGRESSIVE_FROM})", "<", 0.05,
+     f"under 5% of step time waiting for input at {PROGRESSIVE_FROM} (progressive start)"),
 )
 
 
