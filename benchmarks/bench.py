@@ -88,7 +88,8 @@ def main(argv=None) -> None:
             write(f"during {name} ({type(error).__name__}{': ' + str(error) if str(error) else ''})")
             raise
         section.complete = True
-        section.keep_unmeasured(earlier)
+        if report.left_out:
+            section.keep_unmeasured(earlier)
         text = write()
     print(text)
 

@@ -184,6 +184,9 @@ class Report:
 
     rows: list = dataclasses.field(default_factory=list)
     ratios: dict = dataclasses.field(default_factory=dict)
+    # Cases this run left out on purpose (--skip_scale): the earlier run's figures for them stay in RESULTS.md. A
+    # section that ran all its cases replaces its earlier figures whole, so a row renamed or dropped does not linger.
+    left_out: bool = False
 
     def ratio(self, name: str, value: float, shown: str) -> None:
         self.ratios[name] = value

@@ -127,6 +127,7 @@ def run(args, report) -> None:
         report.ratio(f"preprocess ours/naive ({folder})", ours_fig.median / naive.median,
                      f"{ours_fig.median / naive.median:.2f}x")
     if args.skip_scale:
+        report.left_out = True
         return
     paths = subset("pets-180", args.pets_limit)
     root = temp_dir("preprocess-scale")

@@ -6,7 +6,8 @@ one it was in. A run of some sections (`--sections score`) replaces those and ke
 found, each marked with the date and code version of the run that measured it: targets are only ever judged on
 ratios measured in one run, and the table says which run that was.
 
-A section's figures this run did not reach (stopped, or `--skip_scale`) stay from the earlier run, marked too.
+A section's figures this run did not reach (stopped, or `--skip_scale`) stay from the earlier run, marked too; a
+section that ran all its cases replaces the earlier figures whole (a renamed row does not linger).
 
 RESULTS.json holds one record per section: {"sections": {name: {"date", "code_version", "machine", "command",
 "rows", "ratios", "complete", "earlier_ratios"}}}. A file of the older layout (one run: "rows" and "ratios" at the
@@ -44,7 +45,8 @@ class Section:
 
     def keep_unmeasured(self, earlier: "Section | None") -> None:
         """Add the figures and ratios of `earlier` (this section in the file found) that this run did not measure
-        (a stopped run, or the scale cases left out), each marked with the run that measured it."""
+        (a stopped run, or the scale cases left out), each marked with the run that measured it. Not called for a
+        section that ran all its cases: its figures replace the earlier ones whole."""
         if earlier is None:
             return
         measured = {_figure(row) for row in self.rows}

@@ -46,10 +46,11 @@ def test_a_file_of_the_older_layout_is_read_as_one_run_per_section(old_results):
     assert sections["score"].code_version == "2a1cf254b90b"
 
 
-def _fake_section(rows, ratios=None, fail=None):
+def _fake_section(rows, ratios=None, fail=None, left_out=False):
     def run(args, report):
         report.rows.extend(rows)
         report.ratios.update(ratios or {})
+        report.left_out = left_out  # as --skip_scale does
         if fail:
             fail()
     return run
@@ -69,7 +70,7 @@ def _run_bench(monkeypatch, tmp_path, output, sections, names):
 def test_a_run_of_one_section_keeps_the_others_marked_with_their_run(monkeypatch, tmp_path, old_results):
     sections = {"preprocess": _fake_section([]), "train": _fake_section([]),
                 "score": _fake_section(["| ours (pets-180) | 300.0 img/s | | 3 | 5.00 |"],
-                                       {"score ours/naive (pets-180)": 1.05})}
+                                       {"score ours/naive (pets-180)": 1.05}, left_out=True)}
     _run_bench(monkeypatch, tmp_path, old_results, sections, "score")
     text = old_results.read_text()
 
@@ -85,6 +86,22 @@ def test_a_run_of_one_section_keeps_the_others_marked_with_their_run(monkeypatch
     assert "- sections measured in this run: score" in text
     assert text.rstrip().endswith("## Why, by hand")  # the hand-written analysis stays
     assert set(json.loads(old_results.with_suffix(".json").read_text())["sections"]) == {"preprocess", "score"}
+
+
+def test_a_section_that_ran_all_its_cases_replaces_its_earlier_figures_whole(monkeypatch, tmp_path, old_results):
+    """A figure renamed or dropped since the earlier run does not linger beside the new ones, marked as earlier."""
+    sections = {"preprocess": _fake_section([]), "train": _fake_section([]),
+                "score": _fake_section(["| ours, renamed (pets-180) | 300.0 img/s | | 3 | 5.00 |"],
+                                       {"score ours/naive (pets-180)": 1.05})}
+    _run_bench(monkeypatch, tmp_path, old_results, sections, "score")
+    text = old_results.read_text()
+    score = json.loads(old_results.with_suffix(".json").read_text())["sections"]["score"]
+
+    assert "| ours, renamed (pets-180) | 300.0 img/s | | 3 | 5.00 |" in text
+    assert "267.1 img/s" not in text and "899.0 MiB" not in text  # the earlier run's score rows, all gone
+    assert score["rows"] == ["| ours, renamed (pets-180) | 300.0 img/s | | 3 | 5.00 |"]
+    assert score["ratios"] == {"score ours/naive (pets-180)": 1.05}  # the earlier memory ratio went with its row
+    assert "| 1.52 (>= 1.2, run of 2026-12-02 07:58 UTC) | met |" in text  # the sections not run still stay
 
 
 def test_a_run_stopped_by_sigterm_writes_what_it_measured_before_it_exits(monkeypatch, tmp_path):
