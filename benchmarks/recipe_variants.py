@@ -51,9 +51,11 @@ def score(run_dir: str, sides, ttas=("none", "flip")) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("run_dir")
-    parser.add_argument("--sides", type=int, nargs="+", default=[128, 144, 160])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+    parser.add_argument("run_dir", help="a finished --model_dir (config.json and checkpoints/ are read)")
+    parser.add_argument("--sides", type=int, nargs="+", default=[128, 144, 160],
+                        help="sides to evaluate at, in pixels, up to the dataset's (default: 128 144 160)")
     args = parser.parse_args(argv)
     rows = score(args.run_dir, args.sides)
     with open(os.path.join(args.run_dir, "validation_variants.json"), "w") as handle:
