@@ -55,7 +55,7 @@ def main(argv=None) -> None:
                                      allow_abbrev=False)
     parser.add_argument("run_dir", help="a finished --model_dir (config.json and checkpoints/ are read)")
     parser.add_argument("--sides", type=int, nargs="+", default=[128, 144, 160],
-                        help="sides to evaluate at, in pixels, up to the dataset's (default: 128 144 160)")
+                        help="sides to evaluate at, in pixels, up to the dataset's (default: %(default)s)")
     args = parser.parse_args(argv)
     rows = score(args.run_dir, args.sides)
     with open(os.path.join(args.run_dir, "validation_variants.json"), "w") as handle:

@@ -35,7 +35,8 @@ def step_seconds(policy: str, jit: bool, steps: int = 40, batch: int = 64) -> fl
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("policy", choices=["float32", "mixed_bfloat16", "mixed_float16"])
     parser.add_argument("--jit", action="store_true", help="XLA (Keras turns it off on CPU-only machines by default)")
     args = parser.parse_args(argv)
