@@ -66,7 +66,8 @@ def agreement(version_dir: str, metadata: dict, scores_dir: str) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--dataset", required=True, help="the pets-180 dataset the model was trained on (its root, "
                                                          "whose `latest` names the version, or a version directory)")
     parser.add_argument("--scores", required=True, help="the scoring run's directory (predictions-*.jsonl)")

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks import fullres_agreement
 
 
@@ -40,3 +42,12 @@ def test_accuracy_is_counted_per_split_of_the_copy_and_duplicates_apart(tmp_path
     assert result["test"] == {"right": 1, "photos": 2, "accuracy": 0.5}
     assert result["outside the training split"] == {"right": 2, "photos": 3, "accuracy": 0.6667}
     assert result["dropped as a duplicate"]["photos"] == 1
+
+
+def test_help_shows_the_whole_description_with_its_usage_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        fullres_agreement.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "dropped as a duplicate have no split of their own" in out  # the description, not only its first line
+    assert "--scores work/scores/<run_id>" in out  # the example command, its layout kept
