@@ -338,28 +338,42 @@ def make_callbacks(cfg, outputs: Outputs, monitor: str, earlier_history: list, f
 class Trained:
     epochs: int  # epochs this process ran (after a resume, not counting the earlier ones)
     seconds: float
+    steps: int  # training steps this process ran: a budget stops mid-epoch, so not epochs x steps per epoch
+
+
+class _StepCount(keras.callbacks.Callback):
+    """Counts the training steps model.fit runs (a resumed run's earlier steps are not counted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
 
 
 def fit_model(model, cfg, plan: Plan, placement, train_data, validation_data, callbacks, stop) -> Trained:
     """model.fit; raises backup.Interrupted when SIGTERM arrived (the backup is written by then)."""
     started = time.monotonic()
+    count = _StepCount()
     with distribute.fit_scope(model, placement):
         fit = model.fit(train_data, epochs=cfg.epochs, steps_per_epoch=plan.steps_per_epoch,
-                        validation_data=validation_data, callbacks=callbacks, shuffle=False,
+                        validation_data=validation_data, callbacks=[*callbacks, count], shuffle=False,
                         verbose=0 if cfg.log_format == "json" else 1 if sys.stdout.isatty() else 2)
     if stop.signal_name:  # arrived after the last step: the epoch-end backup already holds everything
         raise backup.Interrupted(f"{stop.signal_name} after training; backup at "
                                  f"{join(cfg.model_dir, model_dir.BACKUP_DIR)}")
-    return Trained(epochs=len(fit.epoch), seconds=time.monotonic() - started)
+    return Trained(epochs=len(fit.epoch), seconds=time.monotonic() - started, steps=count.steps)
 
 
 def training_facts(trained: Trained, plan: Plan, placement, stopped_by: str, resize=None) -> dict:
     """What metrics.json records about the training itself."""
-    steps = trained.epochs * plan.steps_per_epoch
+    steps = trained.steps
     return {
         **({} if resize is None else {"steps_by_training_side": {str(k): v for k, v in sorted(resize.sides.items())}}),
         "stopped_by": stopped_by,
         "train_seconds_this_run": round(trained.seconds, 1),
+        "train_steps_this_run": steps,
         # includes validation passes and the first step's graph tracing, so it is a lower bound on step rate
         "train_steps_per_second_this_run": round(steps / trained.seconds, 3) if steps else None,
         "global_batch_size": plan.global_batch,
@@ -371,7 +385,8 @@ def summarize(cfg, metrics: dict, train_seconds: float, outputs: Outputs, publis
     def fmt(value):
         return "n/a" if value is None else f"{value:.4f}"
 
-    log.info(f"done in {train_seconds / 60:.1f} min of training ({metrics['stopped_by']}); {metrics['split']} "
+    log.info(f"done in {train_seconds / 60:.1f} min of training ({metrics['stopped_by']}, "
+             f"{metrics['train_steps_this_run']:,} steps); {metrics['split']} "
              f"accuracy {fmt(metrics['accuracy'])}, precision {fmt(metrics['precision'])}, recall "
              f"{fmt(metrics['recall'])}, ROC AUC {fmt(metrics['roc_auc'])}, log loss {fmt(metrics['log_loss'])} on "
              f"{metrics['examples']} images")

@@ -201,6 +201,10 @@ MUTATIONS = [
     M("no_abbreviated_flags", "trainer/config.py", "build_parser", "allow_abbrev=False,", "allow_abbrev=True,",
       "tests/trainer/test_config.py::test_unknown_and_abbreviated_flags_exit_2_with_a_suggestion",
       "refusing abbreviated flags (--epoch 1 taken for --epochs)"),
+    M("steps_counted_as_whole_epochs", "trainer/train.py", "training_facts", "steps = trained.steps",
+      "steps = trained.epochs * plan.steps_per_epoch",
+      "tests/trainer/test_train.py::test_metrics_count_the_steps_run_when_the_budget_stops_mid_epoch",
+      "metrics.json's step count and rate counting the steps run (a budget-cut last epoch counted in full)"),
     # ---- models: provenance and promotion
     M("model_checksums", "beam_pipelines/model_handler.py", "check_model", "verify_files(model_dir, info)", "pass",
       R + "test_untrusted_models.py::test_a_valid_model_with_swapped_weights_is_refused_by_its_checksums",

@@ -269,6 +269,9 @@ def test_time_budget_stops_training_gracefully_then_evaluates_and_exports(datase
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["stopped_by"] == "time_budget" and 1 <= metrics["epochs_completed"] < 200
+    # the budget stops at a batch end: the steps counted are those run, at most the started epochs' worth
+    steps_per_epoch = json.loads((model_dir / "config.json").read_text())["steps_per_epoch"]
+    assert 1 <= metrics["train_steps_this_run"] <= metrics["epochs_completed"] * steps_per_epoch
     # --log_format json: our lines are JSON objects (TensorFlow's C++ lines are not ours), one per epoch among them
     ours = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     assert not [line for line in result.stderr.splitlines() if "catsdogs-train:" in line]  # no text lines left
@@ -310,6 +313,7 @@ def test_progressive_resizing_trains_at_the_small_side_first_and_serves_at_the_f
     metrics = json.loads((model_dir / "metrics.json").read_text())
     steps = metrics["steps_by_training_side"]  # 6 steps per epoch, 30 in all: 16 until 40%, 32 from the ramp on
     assert set(steps) == {"16", "32"} and sum(steps.values()) == 30 and 10 <= steps["16"] <= 18, steps
+    assert metrics["train_steps_this_run"] == 30 and "(epochs, 30 steps)" in out
     assert "training at 16x16 from 0%" in out and "training at 32x32 from" in out
     version = publish.read_latest(str(model_dir / "export")).version
     info = json.loads((model_dir / "export" / version / "model_info.json").read_text())
@@ -334,6 +338,28 @@ def test_progressive_resizing_follows_the_time_budget_not_the_epochs(tmp_path):
     assert budget.stopped and len(sides) == 11  # 1.1% of the 1,000 steps
     assert sides[:5] == [16] * 5 and sides[-3:] == [32] * 3, sides  # 16 until 40% of the budget, 32 from 80%
     assert train.progressive_resize(run_plan, None) is None
+
+
+def test_metrics_count_the_steps_run_when_the_budget_stops_mid_epoch():
+    """A budget stops training at a batch end: metrics.json's steps and step rate count the steps run, not every
+    started epoch in full (a 60-minute run's last, partial epoch overstated them by up to an epoch)."""
+    import types
+
+    import keras
+
+    from tests.trainer.clocks import FakeClock, fit_on_the_budget
+
+    clock, progress, steps_run, count = FakeClock(), keras.Variable(0.0, trainable=False), [], train._StepCount()
+    budget, history = fit_on_the_budget(clock, progress, total_steps=1000, callbacks=[count],
+                                        on_step=lambda model: steps_run.append(1))
+    epochs, steps_per_epoch = len(history.epoch), 4  # 4 samples, batch 1
+    assert budget.stopped and count.steps == len(steps_run) < epochs * steps_per_epoch  # stopped mid-epoch
+    facts = train.training_facts(train.Trained(epochs=epochs, seconds=10.0, steps=count.steps),
+                                 types.SimpleNamespace(global_batch=1, steps_per_epoch=steps_per_epoch),
+                                 types.SimpleNamespace(num_replicas=1),
+                                 "time_budget")
+    assert facts["train_steps_this_run"] == len(steps_run)
+    assert facts["train_steps_per_second_this_run"] == pytest.approx(len(steps_run) / 10.0)
 
 
 def test_early_stopping_never_cuts_a_budget_run_short(tmp_path):
