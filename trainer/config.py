@@ -43,6 +43,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     weight_decay: float = 0.05  # AdamW; seed_cnn keeps the original recipe's plain Adam
     label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0  # mixup of the training batches, Beta(alpha, alpha) weights; 0: off
     ema_momentum: float = 0.0  # exponential moving average of the weights per step; 0: off
     width: int = 32  # resnet_lite: filters of the first stage, doubled at each later stage
     depth: int = 2  # resnet_lite: residual blocks per stage
@@ -102,6 +103,8 @@ class TrainConfig:
              f"--weight_decay must be in [0, 1) (got {self.weight_decay!r})")
         need(_is_number(self.label_smoothing) and 0 <= self.label_smoothing < 0.5,
              f"--label_smoothing must be in [0, 0.5) (got {self.label_smoothing!r})")
+        need(_is_number(self.mixup_alpha) and 0 <= self.mixup_alpha <= 10,
+             f"--mixup_alpha must be in [0, 10] (got {self.mixup_alpha!r}); 0.2 is the usual value, 0 turns it off")
         for name, low, high in (("width", 4, 1024), ("depth", 1, 16), ("stages", 1, 6)):
             value = getattr(self, name)
             need(_is_int(value) and low <= value <= high,
@@ -241,6 +244,9 @@ HELP = {
     "warmup_epochs": "epochs (fractions allowed) of linear warm-up from 0 to the peak rate, then cosine decay to 0",
     "weight_decay": "AdamW decoupled weight decay per step, relative to the learning rate (0: plain Adam)",
     "label_smoothing": "binary cross-entropy label smoothing, 0 to 0.5 (0.1 trains towards 0.05/0.95)",
+    "mixup_alpha": "mixup: each training image blended with another, and the labels alike, by a weight drawn from "
+                   "Beta(alpha, alpha) (0.2 is the usual value; the training accuracy is then counted against the "
+                   "blended labels); 0: off",
     "ema_momentum": "momentum per step of an exponential moving average of the weights (e.g. 0.999 averages about "
                     "the last 1000 steps); at the end the average and the best checkpoint are compared on the "
                     "validation split and the more accurate one is kept; 0: off",

@@ -2,7 +2,7 @@
 
 One step per line, in order:
     list shards -> interleave parallel reads -> parse + decode JPEG -> [cache] -> [shuffle, repeat] -> batch
-    -> [augment: flips, zoom/crop, small rotations, colour] -> prefetch
+    -> [augment: flips, zoom/crop, small rotations, colour] -> [mixup] -> prefetch
 
 Corrupt records are never skipped: a bad TFRecord raises DataLossError and a bad JPEG InvalidArgumentError, so a
 damaged dataset stops the run instead of silently shrinking it. Multi-worker sharding is by FILE when every worker
@@ -151,6 +151,19 @@ def augment_batch(images):
     return tf.clip_by_value(images, 0.0, 255.0)
 
 
+def mixup_batch(images, labels, alpha: float):
+    """Mixup (Zhang et al., 2018): each image blended with the next one in the batch (the batch rolled by one; the
+    batches are shuffled), by a weight drawn per image from Beta(alpha, alpha), and its label blended alike."""
+    import tensorflow as tf
+
+    batch = tf.shape(images)[0]
+    first, second = tf.random.gamma([batch], alpha), tf.random.gamma([batch], alpha)
+    weight = first / (first + second)  # Beta(alpha, alpha)
+    other_images, other_labels = tf.roll(images, 1, axis=0), tf.roll(labels, 1, axis=0)
+    images = other_images + tf.reshape(weight, [-1, 1, 1, 1]) * (images - other_images)
+    return images, other_labels + weight * (labels - other_labels)
+
+
 def resize_batch(images, side):
     """float32 [b, h, w, 3] -> [b, side, side, 3] (bilinear, antialiased) when side < h; else unchanged. side: an
     int32 scalar tensor (progressive resizing reads it from a variable per batch)."""
@@ -190,7 +203,8 @@ def resize(image, size):
 
 def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, training: bool, augment: bool = True,
                  cache: bool = False, shuffle_buffer: int | None = None, seed: int | None = None,
-                 num_workers: int = 1, num_examples: int | None = None, resize_to=None, train_side=None):
+                 num_workers: int = 1, num_examples: int | None = None, resize_to=None, train_side=None,
+                 mixup_alpha: float = 0.0):
     """Batches of (float32 [batch, h, w, 3] in [0, 255], float32 [batch]) from one split.
 
     training: shuffled, repeated forever (the caller sets steps_per_epoch), full batches only, augmented when
@@ -198,6 +212,7 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
     tf.distribute splits it across replicas. train_side (training only: progressive resizing) is an int32 variable:
     each batch is resized to the side it holds when the batch is made, before augmentation. num_examples (from
     metadata.json) makes the size known to Keras, and a split that holds another number of records fail.
+    mixup_alpha > 0 (training only) blends the augmented batches' images and labels (`mixup_batch`).
     shuffle_buffer and seed (training only) come from the caller's TrainConfig, where their defaults live.
     """
     import tensorflow as tf
@@ -232,6 +247,9 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
                               num_parallel_calls=autotune)
     if training and augment:
         dataset = dataset.map(lambda images, labels: (augment_batch(images), labels), num_parallel_calls=autotune)
+    if training and mixup_alpha > 0:
+        dataset = dataset.map(lambda images, labels: mixup_batch(images, labels, mixup_alpha),
+                              num_parallel_calls=autotune)
     options = tf.data.Options()
     # Evaluation passes shard by DATA so every worker sees the same number of batches.
     policy = auto_shard_policy(len(files), num_workers) if training else tf.data.experimental.AutoShardPolicy.DATA

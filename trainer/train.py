@@ -253,7 +253,7 @@ def input_pipelines(cfg, plan: Plan, placement, side=None):
     shuffle_buffer = max(cfg.shuffle_buffer, plan.train_count) if plan.cache else cfg.shuffle_buffer
     train_data = data.make_dataset(cfg.data_dir, "train", training=True, augment=cfg.augment,
                                    shuffle_buffer=shuffle_buffer, seed=cfg.seed,
-                                   train_side=side, **common)
+                                   train_side=side, mixup_alpha=cfg.mixup_alpha, **common)
     if not plan.validation_count:
         return train_data, None
     return train_data, data.make_dataset(cfg.data_dir, "validation", training=False,

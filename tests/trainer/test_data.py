@@ -52,6 +52,29 @@ def test_training_batches_are_full_augmented_and_in_pixel_range(dataset_dir):
     assert len(plain_values) > 1
 
 
+def test_mixup_blends_each_image_and_its_label_with_the_same_weight():
+    images = tf.constant(np.arange(8, dtype=np.float32).reshape(8, 1, 1, 1) * 10 * np.ones((1, 4, 4, 3), np.float32))
+    labels = tf.constant([0, 1] * 4, tf.float32)
+    mixed, soft = (tensor.numpy() for tensor in data.mixup_batch(images, labels, 0.4))
+    previous = np.roll(np.arange(8), 1)  # each image is blended with the one before it
+    labels = labels.numpy()
+    weight = (soft - labels[previous]) / (labels - labels[previous])  # neighbours' labels differ here
+    assert np.all((weight >= 0) & (weight <= 1)) and np.ptp(weight) > 0  # drawn per image
+    expected = weight * np.arange(8) * 10 + (1 - weight) * previous * 10
+    np.testing.assert_allclose(mixed, expected.reshape(8, 1, 1, 1) * np.ones((1, 4, 4, 3)), rtol=1e-5, atol=1e-3)
+
+
+def test_training_batches_carry_blended_labels_only_with_mixup(dataset_dir):
+    kwargs = {"image_size": (32, 32), "batch_size": 8, "training": True, "cache": True, "seed": 3,
+              "shuffle_buffer": 64, "augment": False}
+    plain = np.concatenate([labels.numpy() for _, labels in data.make_dataset(str(dataset_dir), "train",
+                                                                              **kwargs).take(5)])
+    assert set(plain) == {0.0, 1.0}
+    mixed = np.concatenate([labels.numpy() for _, labels in data.make_dataset(str(dataset_dir), "train",
+                                                                              mixup_alpha=0.2, **kwargs).take(5)])
+    assert np.all((mixed >= 0) & (mixed <= 1)) and np.any((mixed > 0) & (mixed < 1))
+
+
 def test_corrupt_tfrecord_fails_loudly(tmp_path):
     root = write_dataset(tmp_path / "data", size=32, per_class={"train": 6, "validation": 2, "test": 2},
                          num_shards=1)

@@ -285,7 +285,7 @@ def test_recipe_options_ema_flip_tta_and_a_larger_evaluation_size(dataset, tmp_p
     model_dir = tmp_path / "model"
     assert train.main(["--data_dir", str(dataset), "--model_dir", str(model_dir), *SMALL_NET, *NO_GATE, "--epochs", "3",
                        "--batch_size", "16", "--ema_momentum", "0.9", "--tta", "flip", "--eval_input_size", "40",
-                       "--label_smoothing", "0.1", "--time_budget_minutes", "5"]) == 0
+                       "--label_smoothing", "0.1", "--mixup_alpha", "0.2", "--time_budget_minutes", "5"]) == 0
     out = capsys.readouterr().err
     metrics = json.loads((model_dir / "metrics.json").read_text())
     # both candidates were scored on the validation split and the better one kept
