@@ -65,6 +65,17 @@ def agreement(version_dir: str, metadata: dict, scores_dir: str) -> dict:
             for split, (right, photos) in sorted(by_split.items())}
 
 
+def _scores_error(scores_dir: str) -> str | None:
+    """Why --scores is not a scoring run's directory (None when it is): a root of runs names its newest run."""
+    if glob.glob(os.path.join(scores_dir, "predictions-*.jsonl")):
+        return None
+    runs = sorted(os.path.dirname(path) for path in glob.glob(os.path.join(scores_dir, "*", "predictions-*.jsonl")))
+    if runs:
+        return (f"--scores {scores_dir} holds scoring runs, not predictions: pass one run's directory, "
+                f"e.g. --scores {runs[-1]} (the newest)")
+    return f"--scores {scores_dir} has no predictions-*.jsonl: pass a scoring run's directory, WORKDIR/scores/<run_id>"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
@@ -72,6 +83,9 @@ def main(argv=None) -> int:
                                                          "whose `latest` names the version, or a version directory)")
     parser.add_argument("--scores", required=True, help="the scoring run's directory (predictions-*.jsonl)")
     args = parser.parse_args(argv)
+    problem = _scores_error(args.scores)
+    if problem:
+        parser.error(problem)
     version_dir, metadata = dataset_contract.locate(args.dataset, storage.read_bytes, storage.exists)
     result = agreement(version_dir, metadata, args.scores)
     json.dump(result, sys.stdout, indent=2)

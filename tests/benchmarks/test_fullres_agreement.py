@@ -51,3 +51,20 @@ def test_help_shows_the_whole_description_with_its_usage_line(capsys):
     out = capsys.readouterr().out
     assert "dropped as a duplicate have no split of their own" in out  # the description, not only its first line
     assert "--scores work/scores/<run_id>" in out  # the example command, its layout kept
+
+
+def test_a_scores_root_instead_of_a_run_exits_2_naming_the_newest_run(tmp_path, capsys):
+    """`make score` writes SCORES/<run_id>/: given SCORES itself, the tool used to report 0 photos and exit 0."""
+    for run_id in ("20261204T204328Z", "20261205T012851Z"):
+        (tmp_path / run_id).mkdir()
+        _write_jsonl(tmp_path / run_id / "predictions-0.jsonl",
+                     [{"path": "/f/cat/cat.1.jpg", "predicted_class": "cat"}])
+    (tmp_path / "_incremental").mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        fullres_agreement.main(["--dataset", str(tmp_path / "no-dataset"), "--scores", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert f"e.g. --scores {tmp_path / '20261205T012851Z'} (the newest)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        fullres_agreement.main(["--dataset", str(tmp_path), "--scores", str(tmp_path / "_incremental")])
+    assert exit_.value.code == 2
+    assert "has no predictions-*.jsonl" in capsys.readouterr().err

@@ -208,6 +208,9 @@ MUTATIONS = [
       "steps = trained.epochs * plan.steps_per_epoch",
       "tests/trainer/test_train.py::test_metrics_count_the_steps_run_when_the_budget_stops_mid_epoch",
       "metrics.json's step count and rate counting the steps run (a budget-cut last epoch counted in full)"),
+    M("fullres_scores_root_accepted", "benchmarks/fullres_agreement.py", "main", "if problem:", "if False:",
+      "tests/benchmarks/test_fullres_agreement.py::test_a_scores_root_instead_of_a_run_exits_2_naming_the_newest_run",
+      "fullres_agreement refusing a --scores folder without predictions (it reported 0 photos and exit 0)"),
     # ---- models: provenance and promotion
     M("model_checksums", "beam_pipelines/model_handler.py", "check_model", "verify_files(model_dir, info)", "pass",
       R + "test_untrusted_models.py::test_a_valid_model_with_swapped_weights_is_refused_by_its_checksums",
