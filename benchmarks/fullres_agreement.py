@@ -23,8 +23,12 @@ from trainer import dataset_contract, storage
 _KAGGLE_NAME = re.compile(r"(?P<label>cat|dog)\.(?P<number>\d+)\.[^/]+$")
 
 
+def _prediction_files(scores_dir: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(scores_dir, "predictions-*.jsonl")))
+
+
 def _prediction_rows(scores_dir: str):
-    for path in sorted(glob.glob(os.path.join(scores_dir, "predictions-*.jsonl"))):
+    for path in _prediction_files(scores_dir):
         with open(path) as handle:
             for line in handle:
                 if line.strip():
@@ -67,9 +71,9 @@ def agreement(version_dir: str, metadata: dict, scores_dir: str) -> dict:
 
 def _scores_error(scores_dir: str) -> str | None:
     """Why --scores is not a scoring run's directory (None when it is): a root of runs names its newest run."""
-    if glob.glob(os.path.join(scores_dir, "predictions-*.jsonl")):
+    if _prediction_files(scores_dir):
         return None
-    runs = sorted(os.path.dirname(path) for path in glob.glob(os.path.join(scores_dir, "*", "predictions-*.jsonl")))
+    runs = [run for run in sorted(glob.glob(os.path.join(scores_dir, "*"))) if _prediction_files(run)]
     if runs:
         return (f"--scores {scores_dir} holds scoring runs, not predictions: pass one run's directory, "
                 f"e.g. --scores {runs[-1]} (the newest)")
