@@ -39,7 +39,7 @@ def command(dataset, model_dir, *flags):
 
 def test_default_model_learns_the_easy_task_and_writes_every_output(dataset, tmp_path, capsys):
     model_dir = tmp_path / "model"
-    argv = ["--data_dir", str(dataset), "--model_dir", str(model_dir), "--epochs", "10", "--batch_size", "16",
+    argv = ["--data_dir", str(dataset), "--model_dir", str(model_dir), "--epochs", "15", "--batch_size", "16",
             "--width", "8", "--depth", "1", "--stages", "3", "--learning_rate", "0.005", "--warmup_epochs", "0.5"]
     assert train.main(argv) == 0
     metrics = json.loads((model_dir / "metrics.json").read_text())
