@@ -56,6 +56,7 @@ class TrainConfig:
     stages: int = 4  # resnet_lite: stages, each halving the resolution
     dropout: float = 0.2  # before the classifier (resnet_lite and backbones)
     augment: bool = True
+    augment_strength: float = 1.0  # scales the zoom, rotation and colour ranges of --augment (flips stay)
     weights: str | None = None  # keras.applications weights file (local or gs://), e.g. efficientnetb0_notop.h5
     # Fine-tuning a backbone: epochs that train the new head alone (None: 2 with --weights, else 0), then the whole
     # network at --learning_rate x fine_tune_factor, cosine to 0.
@@ -128,6 +129,9 @@ class TrainConfig:
              f"--ema_momentum must be 0 (off) or in [0.5, 1) (got {self.ema_momentum!r}); 0.999 averages about "
              f"the last 1000 steps")
         need(_is_number(self.dropout) and 0 <= self.dropout < 1, f"--dropout must be in [0, 1) (got {self.dropout!r})")
+        need(_is_number(self.augment_strength) and 0 <= self.augment_strength <= 2,
+             f"--augment_strength must be in [0, 2] (got {self.augment_strength!r}): 1 is the documented ranges, 0 "
+             f"flips only")
         need(self.mixed_precision in MIXED_PRECISION,
              f"--mixed_precision must be one of {', '.join(MIXED_PRECISION)} (got {self.mixed_precision!r})")
         need(self.weights is None or self.model in APPLICATIONS,
@@ -266,6 +270,8 @@ HELP = {
     "stages": "resnet_lite: stages, each halving the resolution",
     "dropout": "dropout rate before the classifier, 0 to 1",
     "augment": "random flips, zoom-in crops, small rotations and colour changes of the training images (true/false)",
+    "augment_strength": "scales --augment's ranges (1: 0-20%% zoom, +-10 degrees, the colour changes of "
+                        "docs/TRAINING.md; 0.5: half of each; 0: flips only), 0 to 2",
     "weights": "keras.applications weights file (local or gs://; nothing is downloaded at run time), e.g. "
                "efficientnetb0_notop.h5; none: random initialisation",
     "freeze_backbone_epochs": "backbones: epochs that train the new head alone before the whole network is "

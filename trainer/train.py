@@ -252,6 +252,7 @@ def input_pipelines(cfg, plan: Plan, placement, side=None):
     # one class: when the split is cached in memory anyway, shuffle all of it.
     shuffle_buffer = max(cfg.shuffle_buffer, plan.train_count) if plan.cache else cfg.shuffle_buffer
     train_data = data.make_dataset(cfg.data_dir, "train", training=True, augment=cfg.augment,
+                                   augment_strength=cfg.augment_strength,
                                    shuffle_buffer=shuffle_buffer, seed=cfg.seed,
                                    train_side=side, mixup_alpha=cfg.mixup_alpha, **common)
     if not plan.validation_count:
