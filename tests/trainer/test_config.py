@@ -30,6 +30,8 @@ def test_defaults_are_valid_and_flags_map_onto_fields():
     ({"time_budget_minutes": 0}, "--time_budget_minutes must be > 0"),
     ({"steps_per_epoch": 0}, "--steps_per_epoch"),
     ({"dropout": 1.0}, "--dropout"),
+    ({"augment_strength": 2.5}, "--augment_strength must be in [0, 2] (got 2.5)"),
+    ({"augment_strength": -0.1}, "--augment_strength must be in [0, 2]"),
     ({"width": 2}, "--width"),
     ({"cache": "disk"}, "--cache"),
     ({"data_dir": ""}, "--data_dir is required"),

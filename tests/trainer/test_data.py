@@ -52,6 +52,21 @@ def test_training_batches_are_full_augmented_and_in_pixel_range(dataset_dir):
     assert len(plain_values) > 1
 
 
+def test_augment_strength_scales_the_ranges_and_zero_leaves_flips_only():
+    ramp = np.linspace(0, 255, 32, dtype=np.float32)
+    images = tf.constant(np.stack([ramp[None, :] * 0.5 + ramp[:, None] * 0.5] * 3, axis=-1)[None].repeat(64, 0))
+    mirrored = images.numpy()[:, :, ::-1]
+
+    def distance_from_a_flip(strength):  # per image: how far the output is from the image or its mirror
+        tf.random.set_seed(5)
+        out = data.augment_batch(images, strength).numpy()
+        return np.minimum(np.abs(out - images.numpy()).max(axis=(1, 2, 3)), np.abs(out - mirrored).max(axis=(1, 2, 3)))
+
+    flips_only = distance_from_a_flip(0.0)
+    assert flips_only.max() < 1e-3  # every image is itself or its mirror image, nothing else changed
+    assert 0 < np.median(distance_from_a_flip(0.5)) < np.median(distance_from_a_flip(1.0))
+
+
 def test_mixup_blends_each_image_and_its_label_with_the_same_weight():
     images = tf.constant(np.arange(8, dtype=np.float32).reshape(8, 1, 1, 1) * 10 * np.ones((1, 4, 4, 3), np.float32))
     labels = tf.constant([0, 1] * 4, tf.float32)
