@@ -213,10 +213,11 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
     """Batches of (float32 [batch, h, w, 3] in [0, 255], float32 [batch]) from one split.
 
     training: shuffled, repeated forever (the caller sets steps_per_epoch), full batches only, augmented when
-    `augment` (with `augment_strength`, `augment_batch`). Otherwise one deterministic pass, last batch partial. batch_size is the global batch:
-    tf.distribute splits it across replicas. train_side (training only: progressive resizing) is an int32 variable:
-    each batch is resized to the side it holds when the batch is made, before augmentation. num_examples (from
-    metadata.json) makes the size known to Keras, and a split that holds another number of records fail.
+    `augment` (with `augment_strength`, `augment_batch`). Otherwise one deterministic pass, last batch partial.
+    batch_size is the global batch: tf.distribute splits it across replicas. train_side (training only: progressive
+    resizing) is an int32 variable: each batch is resized to the side it holds when the batch is made, before
+    augmentation. num_examples (from metadata.json) makes the size known to Keras, and a split that holds another
+    number of records fail.
     mixup_alpha > 0 (training only) blends the augmented batches' images and labels (`mixup_batch`).
     shuffle_buffer and seed (training only) come from the caller's TrainConfig, where their defaults live.
     """
@@ -251,7 +252,8 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
         dataset = dataset.map(lambda images, labels: (resize_batch(images, train_side.value()), labels),
                               num_parallel_calls=autotune)
     if training and augment:
-        dataset = dataset.map(lambda images, labels: (augment_batch(images, augment_strength), labels), num_parallel_calls=autotune)
+        dataset = dataset.map(lambda images, labels: (augment_batch(images, augment_strength), labels),
+                              num_parallel_calls=autotune)
     if training and mixup_alpha > 0:
         dataset = dataset.map(lambda images, labels: mixup_batch(images, labels, mixup_alpha),
                               num_parallel_calls=autotune)
