@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from beam_pipelines import isolation
+from beam_pipelines import isolation, predictions
 from tests.beam_pipelines.test_score import export_tiny_model
 from tests.trainer.datasets import REPO
 
@@ -110,3 +110,9 @@ def read_outcomes(run_dir: Path) -> tuple[dict, dict]:
                 assert row["path"] not in predictions and row["path"] not in errors, f"{row['path']} twice"
                 rows[row["path"]] = row
     return predictions, errors
+
+
+def commit_markers(staging: Path) -> list[Path]:
+    """The commit markers of a local staging dir, as the resumed run reads them: not the `.tmp-*` file of a marker
+    whose write a SIGKILL interrupted (its name ends in .json too, and the launcher skips it)."""
+    return [path for path in (staging / predictions.COMMITTED).glob("*.json") if not path.name.startswith(".")]

@@ -16,11 +16,12 @@ import time
 
 import pytest
 
-from beam_pipelines import file_listing, predictions, score
+from beam_pipelines import file_listing, score
 from tests import corpus
 from tests.conftest import upload_tree
 from tests.reliability import faulty
 from tests.reliability.conftest import (
+    commit_markers,
     job_env,
     preprocess_command,
     preprocess_here,
@@ -55,7 +56,7 @@ def _kill_when(process: subprocess.Popen, ready, timeout: float = 300) -> str:
 
 def _committed_files(staging) -> int:
     """Files accounted for by the commit markers present (each marker's name ends in .<files>.json)."""
-    return sum(int(path.name.rsplit(".", 2)[-2]) for path in (staging / predictions.COMMITTED).glob("*.json"))
+    return sum(int(path.name.rsplit(".", 2)[-2]) for path in commit_markers(staging))
 
 
 def _rows_written(staging) -> set:
@@ -89,7 +90,7 @@ def test_a_run_killed_half_way_resumes_without_scoring_again_what_it_had_committ
     # 10 ms per file: the run scores for about three seconds, so "half the batches committed" is a moment to catch.
     process = subprocess.Popen(command, cwd=REPO, env=job_env(**{faulty.SLOW_ENV: 0.01}),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    stderr = _kill_when(process, lambda: len(list((staging / predictions.COMMITTED).glob("*.json"))) >= batches // 2)
+    stderr = _kill_when(process, lambda: len(commit_markers(staging)) >= batches // 2)
     assert process.returncode == -signal.SIGKILL, f"the run ended before half its batches committed: {stderr[-3000:]}"
     finished = _rows_written(staging)  # what the killed attempt had scored, committed or not
     committed = _committed_files(staging)

@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from beam_pipelines import lifecycle, predictions, score
+from beam_pipelines import lifecycle, score
 from tests import corpus
 from tests.reliability import faulty
 from tests.reliability.conftest import (
+    commit_markers,
     job_env,
     preprocess_command,
     preprocess_here,
@@ -40,7 +41,7 @@ def test_a_second_run_of_a_run_id_refuses_while_the_first_runs_and_takes_over_on
                              stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
-        while not list((staging / predictions.COMMITTED).glob("*.json")) and first.poll() is None:
+        while not commit_markers(staging) and first.poll() is None:
             assert time.monotonic() < deadline, "the first run committed nothing within 300 s"
             time.sleep(0.05)
         attempt = (staging / lifecycle.ATTEMPT_FILE).read_bytes()
@@ -55,7 +56,7 @@ def test_a_second_run_of_a_run_id_refuses_while_the_first_runs_and_takes_over_on
     finally:
         if first.poll() is None:
             first.kill()
-    committed = len(list((staging / predictions.COMMITTED).glob("*.json")))
+    committed = len(commit_markers(staging))
 
     with caplog.at_level("WARNING", logger="beam_pipelines.lifecycle"):
         score_here(*command[command.index("--model"):])  # the same command, in this process
