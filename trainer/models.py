@@ -4,10 +4,9 @@ and returns the float32 probability of class_names[1] (dog) with shape [batch, 1
 - `seed_cnn`: the original recipe, kept as the baseline: pixels / 255, Conv 32/64/128 (3x3, ReLU) each followed by
   2x2 max-pooling, Flatten, Dense 128, sigmoid; trained with Adam and binary cross-entropy.
 - `resnet_lite` (default): a compact residual network (a stride-2 stem, then stages of basic 3x3 blocks with batch
-  norm, each stage halving the resolution and doubling the width; at depth 2, ResNet-18's layout at half its width;
-  the default is depth 1, one block per stage), built from scratch, working at 160x160 by default (trained from 96x96
-  up: progressive resizing); input size, width, depth, stages and dropout are configurable (trainer/config.py has the
-  defaults).
+  norm, each stage halving the resolution and doubling the width; depth 1, one block per stage, by default; depth 2 is
+  ResNet-18's layout at half its width), built from scratch, working at 160x160 by default (trained from 96x96 up:
+  progressive resizing); input size, width, depth, stages and dropout are configurable (trainer/config.py).
 - keras.applications backbones (`efficientnet_b0`, `mobilenet_v3_small`, `resnet50_v2`): built with weights=None and
   loaded from a local or gs:// file (`--weights`), so nothing is downloaded at run time; a new sigmoid head.
   Fine-tuning (trainer/train.py): the head alone first (`--freeze_backbone_epochs`), then the whole network at a

@@ -23,11 +23,10 @@ under export/, `latest` unchanged), 5 lost a worker of a multi-worker run (resta
 backup), 143 interrupted by SIGTERM (re-run to resume).
 
 Cost, measured on the 2-core development CPU: resnet_lite (width 32) at 128x128 trains ~300 images/s at the default
-depth 1 (~200 at depth 2) with the real input pipeline, ~60 s per epoch of pets-180's 18,368 training images on a
-quiet day (~90 s at depth 2); a step's cost follows the pixels, so the default's steps at 96x96 cost about 0.56x that
-and those at 160x160 1.56x. `make train` stops at TIME_BUDGET=60 minutes (the default 60 epochs are a cap the hour
-does not reach on 2 cores: 50 at depth 1 on an AMD EPYC). docs/TRAINING.md has the GPU and transfer-learning
-schedules. Memory: the decoded dataset is cached in RAM when it fits --cache_limit_mb (train and
+depth 1 (~200 at depth 2) with the real input pipeline, ~60 s per pets-180 epoch (~90 s at depth 2) on a quiet day; a
+step's cost follows the pixels (0.56x that at 96x96, 1.56x at 160x160). `make train` stops at TIME_BUDGET=60 minutes
+(the default 60 epochs are a cap the hour does not reach on 2 cores). docs/TRAINING.md has the GPU and
+transfer-learning schedules. Memory: the decoded dataset is cached in RAM when it fits --cache_limit_mb (train and
 validation at 160x160: about 1.6 GB).
 """
 
