@@ -27,6 +27,7 @@ MIXED_PRECISION = ("auto", "on", "off")
 LOG_FORMATS = ("text", "json")
 RUN_ONLY = ("check_only", "log_format")
 CACHE = ("auto", "on", "off")
+LR_DECAYS = ("cosine", "linear")  # the learning rate's decay from the peak to 0 (schedules.decayed)
 TTA = ("none", "flip")  # test-time augmentation of the export: "flip" averages the photo and its mirror image
 
 
@@ -41,6 +42,7 @@ class TrainConfig:
     batch_size: int = 64  # per replica; the global batch is batch_size x replicas
     learning_rate: float = 2e-3  # peak rate for one replica at batch_size; scaled linearly with the replica count
     warmup_epochs: float = 1.0
+    lr_decay: str = "cosine"  # after the warm-up: cosine or linear decay to 0 (at the budget's end, else --epochs')
     weight_decay: float = 0.05  # AdamW; seed_cnn keeps the original recipe's plain Adam
     label_smoothing: float = 0.0
     mixup_alpha: float = 0.0  # mixup of the training batches, Beta(alpha, alpha) weights; 0: off
@@ -102,6 +104,10 @@ class TrainConfig:
         epochs = self.epochs if _is_int(self.epochs) else 1
         need(_is_number(self.warmup_epochs) and 0 <= self.warmup_epochs <= epochs,
              f"--warmup_epochs must be between 0 and --epochs ({self.epochs}) (got {self.warmup_epochs!r})")
+        need(self.lr_decay in LR_DECAYS, f"--lr_decay must be one of {', '.join(LR_DECAYS)} (got {self.lr_decay!r})")
+        need(self.lr_decay == "cosine" or self.model not in APPLICATIONS or self.freeze_backbone_epochs == 0
+             or (self.freeze_backbone_epochs is None and not self.weights),
+             "--lr_decay linear does not apply to fine-tuning a backbone (its schedule is cosine); leave it out")
         need(_is_number(self.weight_decay) and 0 <= self.weight_decay < 1,
              f"--weight_decay must be in [0, 1) (got {self.weight_decay!r})")
         need(_is_number(self.label_smoothing) and 0 <= self.label_smoothing < 0.5,
@@ -247,7 +253,9 @@ HELP = {
     "epochs": "maximum epochs (passes over the training split); the epoch schedule anneals at the last one",
     "batch_size": "images per replica per step; global batch = batch_size x replicas",
     "learning_rate": "peak learning rate for ONE replica at --batch_size; multiplied by the number of replicas",
-    "warmup_epochs": "epochs (fractions allowed) of linear warm-up from 0 to the peak rate, then cosine decay to 0",
+    "warmup_epochs": "epochs (fractions allowed) of linear warm-up from 0 to the peak rate, then the decay to 0",
+    "lr_decay": "after the warm-up, the learning rate's decay to 0 at the end of the time budget (else of --epochs): "
+                "cosine, or linear (a straight line)",
     "weight_decay": "AdamW decoupled weight decay per step, relative to the learning rate (0: plain Adam)",
     "label_smoothing": "binary cross-entropy label smoothing, 0 to 0.5 (0.1 trains towards 0.05/0.95)",
     "mixup_alpha": "mixup: each training image blended with another, and the labels alike, by a weight drawn from "

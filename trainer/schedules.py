@@ -1,8 +1,8 @@
 """Learning-rate schedules, and the time budget's clock.
 
-- `learning_rate_schedule` (no time budget): linear warm-up to the peak, then cosine decay to 0 at the last step of
-  --epochs.
-- `BudgetSchedule` (with --time_budget_minutes): the same warm-up, then cosine decay over the fraction of the budget
+- `learning_rate_schedule` (no time budget): linear warm-up to the peak, then cosine decay (or, with
+  `--lr_decay linear`, straight-line decay) to 0 at the last step of --epochs.
+- `BudgetSchedule` (with --time_budget_minutes): the same warm-up, then the same decay over the fraction of the budget
   used, so the rate reaches 0 exactly when the budget ends (or at the last step of --epochs, whichever comes first):
   a run anneals fully on a slow or busy machine too. `TimeBudget` measures that fraction before every step, writes
   it where the schedule reads it, and stops training when it reaches 1.
@@ -26,12 +26,39 @@ from trainer import logger
 log = logger.get()
 
 
-def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int):
-    """Linear warm-up from 0 to peak over warmup_steps, then cosine decay to 0 at total_steps."""
+def decayed(fraction, decay: str):
+    """The share of the peak left at `fraction` (0 -> 1, a tensor) of the decay: cosine, or a straight line."""
+    if decay == "linear":
+        return 1.0 - fraction
+    return 0.5 * (1.0 + keras.ops.cos(math.pi * fraction))
+
+
+def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int, decay: str = "cosine"):
+    """Linear warm-up from 0 to peak over warmup_steps, then cosine (or linear) decay to 0 at total_steps."""
+    if decay == "linear":
+        return LinearDecay(peak, warmup_steps, total_steps)
     if warmup_steps <= 0:
         return keras.optimizers.schedules.CosineDecay(peak, decay_steps=max(total_steps, 1))
     return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=max(total_steps - warmup_steps, 1),
                                                   warmup_target=peak, warmup_steps=warmup_steps)
+
+
+@keras.saving.register_keras_serializable(package="catsdogs")
+class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to peak over warmup_steps, then a straight line to 0 at total_steps (`--lr_decay linear`)."""
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int):
+        self.peak, self.warmup_steps, self.total_steps = float(peak), int(warmup_steps), int(total_steps)
+
+    def __call__(self, step):
+        ops = keras.ops
+        step = ops.cast(step, "float32")
+        warm = ops.minimum(1.0, step / self.warmup_steps) if self.warmup_steps > 0 else 1.0
+        fraction = ops.clip((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 0.0, 1.0)
+        return self.peak * warm * decayed(fraction, "linear")
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
 
 
 @keras.saving.register_keras_serializable(package="catsdogs")
@@ -76,20 +103,21 @@ class BudgetClock:
 
 @keras.saving.register_keras_serializable(package="catsdogs")
 class BudgetSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to peak over warmup_steps, times a cosine over `progress` (0 -> 1, the fraction of the time
-    budget used, a variable TimeBudget sets before every step): 0 exactly when the budget ends."""
+    """Linear warm-up to peak over warmup_steps, times a cosine (or, decay="linear", a straight line) over
+    `progress` (0 -> 1, the fraction of the time budget used, a variable TimeBudget sets before every step): 0
+    exactly when the budget ends."""
 
-    def __init__(self, peak: float, warmup_steps: int, progress):
-        self.peak, self.warmup_steps, self.progress = float(peak), int(warmup_steps), progress
+    def __init__(self, peak: float, warmup_steps: int, progress, decay: str = "cosine"):
+        self.peak, self.warmup_steps, self.progress, self.decay = float(peak), int(warmup_steps), progress, decay
 
     def __call__(self, step):
         ops = keras.ops
         warm = ops.minimum(1.0, (ops.cast(step, "float32") + 1.0) / max(self.warmup_steps, 1))
         fraction = ops.clip(ops.cast(ops.convert_to_tensor(self.progress), "float32"), 0.0, 1.0)
-        return self.peak * warm * 0.5 * (1.0 + ops.cos(math.pi * fraction))
+        return self.peak * warm * decayed(fraction, self.decay)
 
     def get_config(self):  # the progress variable is state, not config: it is set before every step
-        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "progress": 0.0}
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "progress": 0.0, "decay": self.decay}
 
 
 def steps_fraction(model, total_steps: int) -> float:

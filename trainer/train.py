@@ -273,9 +273,10 @@ def build_model(cfg, plan: Plan, placement):
                                                   plan.head_epochs * plan.steps_per_epoch, plan.total_steps,
                                                   cfg.fine_tune_factor)
         elif cfg.time_budget_minutes:
-            schedule = schedules.BudgetSchedule(plan.peak_rate, plan.warmup_steps, progress)
+            schedule = schedules.BudgetSchedule(plan.peak_rate, plan.warmup_steps, progress, cfg.lr_decay)
         else:
-            schedule = schedules.learning_rate_schedule(plan.peak_rate, plan.warmup_steps, plan.total_steps)
+            schedule = schedules.learning_rate_schedule(plan.peak_rate, plan.warmup_steps, plan.total_steps,
+                                                        cfg.lr_decay)
         compile_model(model, cfg, schedule)
         freeze = fine_tune.prepare_fine_tuning(model, cfg, plan.head_epochs)
     return model, freeze, progress

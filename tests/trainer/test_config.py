@@ -25,6 +25,9 @@ def test_defaults_are_valid_and_flags_map_onto_fields():
     ({"learning_rate": 0.0}, "--learning_rate"),
     ({"warmup_epochs": 61}, "--warmup_epochs must be between 0 and --epochs (60)"),
     ({"warmup_epochs": -1}, "--warmup_epochs must be between 0 and --epochs"),
+    ({"lr_decay": "step"}, "--lr_decay must be one of cosine, linear (got 'step')"),
+    ({"lr_decay": "linear", "model": "efficientnet_b0", "weights": "w.h5"}, "--lr_decay linear does not apply to "
+                                                                            "fine-tuning a backbone"),
     ({"mixed_precision": "yes"}, "--mixed_precision must be one of auto, on, off"),
     ({"weights": "w.h5"}, "--weights only applies to keras.applications backbones"),
     ({"time_budget_minutes": 0}, "--time_budget_minutes must be > 0"),

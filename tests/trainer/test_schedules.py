@@ -24,6 +24,15 @@ def test_no_warm_up_starts_at_the_peak():
     assert rates(schedule, (0, 50, 100)) == pytest.approx([0.01, 0.005, 0], abs=1e-9)
 
 
+def test_linear_decay_warms_up_then_falls_in_a_straight_line_to_zero_at_the_last_step():
+    schedule = schedules.learning_rate_schedule(0.01, warmup_steps=10, total_steps=110, decay="linear")
+    assert rates(schedule, (0, 5, 10, 35, 60, 110, 200)) == pytest.approx([0, 0.005, 0.01, 0.0075, 0.005, 0, 0],
+                                                                          abs=1e-9)
+    assert schedules.LinearDecay(**schedule.get_config()).get_config() == schedule.get_config()
+    no_warm_up = schedules.learning_rate_schedule(0.01, warmup_steps=0, total_steps=100, decay="linear")
+    assert rates(no_warm_up, (0, 25, 100)) == pytest.approx([0.01, 0.0075, 0], abs=1e-9)
+
+
 def test_fine_tune_schedule_head_at_the_peak_then_the_whole_network_lower():
     schedule = schedules.FineTuneSchedule(0.01, warmup_steps=2, head_steps=10, total_steps=30, factor=0.1)
     warm, head, switch, middle, end = rates(schedule, (0, 9, 10, 20, 30))
@@ -39,6 +48,10 @@ def test_budget_schedule_follows_the_fraction_of_the_budget_used():
     for fraction, expected in ((0.5, 0.005), (1.0, 0.0), (1.5, 0.0)):
         progress.assign(fraction)
         assert float(schedule(1000)) == pytest.approx(expected, abs=1e-9)
+    linear = schedules.BudgetSchedule(0.01, warmup_steps=10, progress=progress, decay="linear")
+    for fraction, expected in ((0.25, 0.0075), (0.5, 0.005), (1.0, 0.0)):  # cosine at 0.25: 0.0085
+        progress.assign(fraction)
+        assert float(linear(1000)) == pytest.approx(expected, abs=1e-9)
 
 
 def test_time_budget_anneals_to_zero_and_stops_exactly_when_the_budget_is_used():

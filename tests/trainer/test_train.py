@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.trainer.datasets import REPO, run_python, write_dataset
-from trainer import backup, credentials, plan, publish, train
+from trainer import backup, config, credentials, data, distribute, plan, publish, train
 
 pytestmark = pytest.mark.slow
 
@@ -303,6 +303,18 @@ def test_recipe_options_ema_flip_tta_and_a_larger_evaluation_size(dataset, tmp_p
     version = publish.read_latest(str(model_dir / "export")).version
     info = json.loads((model_dir / "export" / version / "model_info.json").read_text())
     assert info["tta"] == "flip" and info["input_size"] == [32, 32]  # served at the dataset's size
+
+
+@pytest.mark.parametrize("budget", [[], ["--time_budget_minutes", "5"]], ids=["epochs", "budget"])
+def test_lr_decay_linear_reaches_the_optimizer_with_and_without_a_budget(dataset, tmp_path, budget):
+    cfg = config.parse_args(["--data_dir", str(dataset), "--model_dir", str(tmp_path), *SMALL_NET, "--epochs", "4",
+                             "--warmup_epochs", "0", "--lr_decay", "linear", *budget])
+    placement = distribute.choose(cfg.mixed_precision)
+    run_plan = plan.plan_run(cfg, data.read_metadata(cfg.data_dir), placement)
+    model, _, progress = train.build_model(cfg, run_plan, placement)
+    model.optimizer.iterations.assign(run_plan.total_steps // 4)
+    progress.assign(0.25)  # a quarter of the way: a straight line leaves 3/4 of the peak, a cosine 0.85
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.75 * run_plan.peak_rate, rel=1e-5)
 
 
 def test_progressive_resizing_trains_at_the_small_side_first_and_serves_at_the_full_side(dataset, tmp_path, capsys):
