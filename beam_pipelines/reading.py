@@ -4,8 +4,8 @@ Both jobs process a FileBatch through `decoded(...)`: it yields `(ref, outcome)`
 outcome is `("ok", value)` (the decoder's result) or `("rejected", reason, detail)`. Three things overlap:
 - reads: up to READ_AHEAD files are being read by READ_THREADS threads (on GCS each read is a request of tens of
   milliseconds: read one at a time, a worker would mostly wait);
-- decoding: a feeder thread per decoder child (isolation.DecodeRunner, a few files in flight each) sends it the bytes
-  and queues its answers, so N children decode on N cores;
+- decoding: a feeder thread per decoder child (isolation.DecodeRunner, up to 16 files in flight each, sent several
+  to a message) sends it the bytes and queues its answers, HAND_OFF at a time, so N children decode on N cores;
 - the caller's own work on the answers (the model on a batch of pixels, writing records), which releases the GIL in
   TensorFlow and in file I/O.
 A file that cannot be used costs that file only: it comes out rejected with its reason, never as an exception.
@@ -23,6 +23,7 @@ from trainer import storage
 READ_THREADS = 8
 READ_AHEAD = 32  # files being read at once: enough to hide GCS latency, few enough to bound memory
 QUEUE_SIZE = 256  # decoded results waiting for the caller (pixels of a 180x180 image: 97 KB each)
+HAND_OFF = 16  # results a feeder thread hands the caller at once: one queue hand-off (a thread wake-up) per 16 files
 READ_ERROR = isolation.READ_ERROR
 FILE_TOO_LARGE = isolation.FILE_TOO_LARGE
 REASONS = (READ_ERROR, FILE_TOO_LARGE, *file_listing.LISTING_PROBLEMS)
@@ -93,7 +94,7 @@ def decoded(refs, *, decoders, pool: concurrent.futures.Executor, size, max_pixe
     stream, so N decoder processes decode N files at a time, each taking the next file when it is free.
     """
     decoders = list(decoders)
-    results = queue.Queue(maxsize=QUEUE_SIZE)
+    results = queue.Queue(maxsize=max(1, QUEUE_SIZE // HAND_OFF))  # lists of up to HAND_OFF (ref, outcome)
     stop = threading.Event()
     reads = read_ahead(refs, max_bytes, pool)
     lock = threading.Lock()
@@ -115,17 +116,22 @@ def decoded(refs, *, decoders, pool: concurrent.futures.Executor, size, max_pixe
                 return
             ref, data = item
             if type(data) is tuple:  # a rejection (a LocalFile is a tuple too, but goes to the decoder)
-                if not put((ref, data)):
+                if not put([(ref, data)]):
                     return
                 continue
             yield ref, data
 
     def feed(decoder):
         try:
+            handed = []
             for ref, outcome in decoder.decode_stream(readable(), size, max_pixels):
-                if not put((ref, outcome)):
-                    return
-            put(_End())
+                handed.append((ref, outcome))
+                if len(handed) == HAND_OFF:
+                    if not put(handed):
+                        return
+                    handed = []
+            if not handed or put(handed):
+                put(_End())
         except BaseException as error:  # noqa: BLE001 - handed to the caller's thread, which raises it
             put(_End(error))
 
@@ -142,7 +148,7 @@ def decoded(refs, *, decoders, pool: concurrent.futures.Executor, size, max_pixe
                 if item.error is not None:
                     raise item.error
                 continue
-            yield item
+            yield from item
     finally:
         stop.set()
         for feeder in feeders:

@@ -95,3 +95,52 @@ def test_a_fifo_listed_among_the_files_is_never_opened(tmp_path, pool):
         pytest.fail("the FIFO was opened: a worker reading it would block for ever")
     [(_, outcome)] = results
     assert outcome[:2] == ("rejected", file_listing.NOT_A_FILE) and "never read" in outcome[2]
+
+
+class _CountingRequests:
+    """The real request pipe, with each message's files and bytes counted on the way in."""
+
+    def __init__(self, connection, messages):
+        self.connection, self.messages = connection, messages
+
+    def send(self, message):
+        self.messages.append((len(message), sum(isolation._payload(data) for data, _, _ in message)))
+        self.connection.send(message)
+
+    def close(self):
+        self.connection.close()
+
+
+def counted_runner(messages):
+    runner = isolation.DecodeRunner(30)
+    start = runner._start
+
+    def start_and_count():
+        start()
+        runner._requests = _CountingRequests(runner._requests, messages)
+
+    runner._start = start_and_count
+    return runner
+
+
+def test_files_go_to_the_child_several_to_a_message_within_the_byte_cap(tmp_path, monkeypatch):
+    paths = corpus.write_easy_dataset(tmp_path, per_class=20, size=24)  # 40 photos
+    local = [(path, isolation.LocalFile(str(path), 10**6)) for path in paths]
+    messages = []
+    with counted_runner(messages) as runner:
+        outcomes = list(runner.decode_stream(local, SIZE, 10**6, in_flight=16))
+    assert [tag for tag, _ in outcomes] == paths and all(outcome[0] == "ok" for _, outcome in outcomes)
+    # 16 first, then a refill whenever fewer than 8 are unanswered: 40 files in 4 messages, not 40
+    assert sum(files for files, _ in messages) == 40 and max(files for files, _ in messages) == 16
+    assert len(messages) <= 5, messages
+
+    # Remote files travel as bytes: at most BYTES_IN_FLIGHT of them in flight (beyond the first file)
+    encoded = [(path, path.read_bytes()) for path in paths]
+    largest = max(len(data) for _, data in encoded)
+    monkeypatch.setattr(isolation, "BYTES_IN_FLIGHT", 3 * largest)
+    messages.clear()
+    with counted_runner(messages) as runner:
+        outcomes = list(runner.decode_stream(encoded, SIZE, 10**6, in_flight=16))
+    assert [tag for tag, _ in outcomes] == paths and all(outcome[0] == "ok" for _, outcome in outcomes)
+    assert sum(files for files, _ in messages) == 40 and all(sent <= 3 * largest for _, sent in messages)
+    assert max(files for files, _ in messages) >= 2  # still several to a message when they fit
