@@ -101,12 +101,12 @@ class TrainConfig:
              f"--batch_size (per replica) must be an integer in 1..4096 (got {self.batch_size!r})")
         need(_is_number(self.learning_rate) and 0 < self.learning_rate <= 1,
              f"--learning_rate must be in (0, 1] (got {self.learning_rate!r}); 1e-3 suits Adam")
-        epochs = self.epochs if _is_int(self.epochs) else 1
+        epochs_ok = _is_int(self.epochs)
+        epochs = self.epochs if epochs_ok else 1
         need(_is_number(self.warmup_epochs) and 0 <= self.warmup_epochs <= epochs,
              f"--warmup_epochs must be between 0 and --epochs ({self.epochs}) (got {self.warmup_epochs!r})")
         need(self.lr_decay in LR_DECAYS, f"--lr_decay must be one of {', '.join(LR_DECAYS)} (got {self.lr_decay!r})")
-        need(self.lr_decay == "cosine" or self.model not in APPLICATIONS or self.freeze_backbone_epochs == 0
-             or (self.freeze_backbone_epochs is None and not self.weights),
+        need(self.lr_decay == "cosine" or not epochs_ok or self.head_only_epochs() == 0,
              "--lr_decay linear does not apply to fine-tuning a backbone (its schedule is cosine); leave it out")
         need(_is_number(self.weight_decay) and 0 <= self.weight_decay < 1,
              f"--weight_decay must be in [0, 1) (got {self.weight_decay!r})")

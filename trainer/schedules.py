@@ -9,6 +9,7 @@
 - `progressive_side` and `ProgressiveResize` (with --progressive_resize_from): the side the training images are
   resized to follows the same progress: the starting side for the first 40%, growing to the network side by 80%,
   the network side for the last 20%, so most steps are cheap and the annealed end is at full resolution.
+- `for_run`: which of these a run uses.
 - `FineTuneSchedule`: a pretrained backbone's two phases: the new head alone at the peak, then the whole network
   at peak x --fine_tune_factor, cosine-decayed to 0.
 
@@ -41,6 +42,17 @@ def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int, dec
         return keras.optimizers.schedules.CosineDecay(peak, decay_steps=max(total_steps, 1))
     return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=max(total_steps - warmup_steps, 1),
                                                   warmup_target=peak, warmup_steps=warmup_steps)
+
+
+def for_run(cfg, plan, progress):
+    """The run's schedule: a backbone's fine-tuning schedule (in steps) when it has head-only epochs; else, with a
+    time budget, BudgetSchedule over the budget's `progress`; else the epochs' warm-up and decay (--lr_decay)."""
+    if plan.head_epochs:
+        return FineTuneSchedule(plan.peak_rate, plan.warmup_steps, plan.head_epochs * plan.steps_per_epoch,
+                                plan.total_steps, cfg.fine_tune_factor)
+    if cfg.time_budget_minutes:
+        return BudgetSchedule(plan.peak_rate, plan.warmup_steps, progress, cfg.lr_decay)
+    return learning_rate_schedule(plan.peak_rate, plan.warmup_steps, plan.total_steps, cfg.lr_decay)
 
 
 @keras.saving.register_keras_serializable(package="catsdogs")

@@ -263,21 +263,11 @@ def input_pipelines(cfg, plan: Plan, placement, side=None):
 
 def build_model(cfg, plan: Plan, placement):
     """(compiled model, the fine-tuning callback or None, the time budget's progress variable), built inside the
-    strategy's scope. The learning rate follows the time budget when there is one (schedules.BudgetSchedule),
-    else the epochs; a backbone's fine-tuning schedule is in steps either way."""
+    strategy's scope, with the run's learning-rate schedule (schedules.for_run)."""
     with placement.strategy.scope():
         model = models.build_model(cfg, plan.image_size, any_size=plan.start_side is not None)
         progress = keras.Variable(0.0, dtype="float32", trainable=False, name="budget_progress")
-        if plan.head_epochs:
-            schedule = schedules.FineTuneSchedule(plan.peak_rate, plan.warmup_steps,
-                                                  plan.head_epochs * plan.steps_per_epoch, plan.total_steps,
-                                                  cfg.fine_tune_factor)
-        elif cfg.time_budget_minutes:
-            schedule = schedules.BudgetSchedule(plan.peak_rate, plan.warmup_steps, progress, cfg.lr_decay)
-        else:
-            schedule = schedules.learning_rate_schedule(plan.peak_rate, plan.warmup_steps, plan.total_steps,
-                                                        cfg.lr_decay)
-        compile_model(model, cfg, schedule)
+        compile_model(model, cfg, schedules.for_run(cfg, plan, progress))
         freeze = fine_tune.prepare_fine_tuning(model, cfg, plan.head_epochs)
     return model, freeze, progress
 
