@@ -46,6 +46,7 @@ class TrainConfig:
     weight_decay: float = 0.05  # AdamW; seed_cnn keeps the original recipe's plain Adam
     label_smoothing: float = 0.0
     mixup_alpha: float = 0.0  # mixup of the training batches, Beta(alpha, alpha) weights; 0: off
+    cutmix_alpha: float = 0.0  # cutmix of the training batches, Beta(alpha, alpha) areas; 0: off
     ema_momentum: float = 0.0  # exponential moving average of the weights per step; 0: off
     width: int = 32  # resnet_lite: filters of the first stage, doubled at each later stage
     # resnet_lite: residual blocks per stage. 1 since 2026-12-05: it ties depth 2 on validation over an hour, costs
@@ -114,6 +115,10 @@ class TrainConfig:
              f"--label_smoothing must be in [0, 0.5) (got {self.label_smoothing!r})")
         need(_is_number(self.mixup_alpha) and 0 <= self.mixup_alpha <= 10,
              f"--mixup_alpha must be in [0, 10] (got {self.mixup_alpha!r}); 0.2 is the usual value, 0 turns it off")
+        need(_is_number(self.cutmix_alpha) and 0 <= self.cutmix_alpha <= 10,
+             f"--cutmix_alpha must be in [0, 10] (got {self.cutmix_alpha!r}); 1 is the usual value, 0 turns it off")
+        need(not (self.mixup_alpha and self.cutmix_alpha),
+             "--mixup_alpha and --cutmix_alpha both mix the training batches: choose one (set the other to 0)")
         for name, low, high in (("width", 4, 1024), ("depth", 1, 16), ("stages", 1, 6)):
             value = getattr(self, name)
             need(_is_int(value) and low <= value <= high,
@@ -261,6 +266,9 @@ HELP = {
     "mixup_alpha": "mixup: each training image blended with another, and the labels alike, by a weight drawn from "
                    "Beta(alpha, alpha) (0.2 is the usual value; the training accuracy is then counted against the "
                    "blended labels); 0: off",
+    "cutmix_alpha": "cutmix: into each training image a box of another is pasted, its area drawn from Beta(alpha, "
+                    "alpha), and the labels blended by area (1 is the usual value; the training accuracy is then "
+                    "counted against the blended labels); 0: off",
     "ema_momentum": "momentum per step of an exponential moving average of the weights (e.g. 0.999 averages about "
                     "the last 1000 steps); at the end the average and the best checkpoint are compared on the "
                     "validation split and the more accurate one is kept; 0: off",

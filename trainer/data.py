@@ -2,7 +2,7 @@
 
 One step per line, in order:
     list shards -> interleave parallel reads -> parse + decode JPEG -> [cache] -> [shuffle, repeat] -> batch
-    -> [augment: flips, zoom/crop, small rotations, colour] -> [mixup] -> prefetch
+    -> [augment: flips, zoom/crop, small rotations, colour] -> [mixup or cutmix] -> prefetch
 
 Corrupt records are never skipped: a bad TFRecord raises DataLossError and a bad JPEG InvalidArgumentError, so a
 damaged dataset stops the run instead of silently shrinking it. Multi-worker sharding is by FILE when every worker
@@ -169,6 +169,32 @@ def mixup_batch(images, labels, alpha: float):
     return images, other_labels + weight * (labels - other_labels)
 
 
+def cutmix_batch(images, labels, alpha: float):
+    """CutMix (Yun et al., 2019): into each image, a box of the next one in the batch (the batch rolled by one, as in
+    `mixup_batch`) is pasted: its area (1 - lam) of the image, lam drawn per image from Beta(alpha, alpha), its centre
+    uniform, clipped at the borders. The label is blended by the share of the image's own pixels that remain."""
+    import tensorflow as tf
+
+    batch, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
+    first, second = tf.random.gamma([batch], alpha), tf.random.gamma([batch], alpha)
+    side = tf.sqrt(1.0 - first / (first + second))  # the box's sides, as fractions of the image's
+
+    def span(length):  # per image: [start, end) of the box along one axis, and the mask of rows (or columns) in it
+        size = tf.cast(length, tf.float32)
+        centre = tf.random.uniform([batch], 0.0, size)
+        half = side * size / 2
+        start = tf.clip_by_value(tf.round(centre - half), 0.0, size)
+        end = tf.clip_by_value(tf.round(centre + half), 0.0, size)
+        position = tf.cast(tf.range(length), tf.float32)[tf.newaxis, :]
+        return (position >= start[:, tf.newaxis]) & (position < end[:, tf.newaxis])
+
+    pasted = span(height)[:, :, tf.newaxis] & span(width)[:, tf.newaxis, :]  # [batch, height, width]
+    other_images, other_labels = tf.roll(images, 1, axis=0), tf.roll(labels, 1, axis=0)
+    images = tf.where(pasted[..., tf.newaxis], other_images, images)
+    kept = 1.0 - tf.reduce_mean(tf.cast(pasted, tf.float32), axis=[1, 2])
+    return images, other_labels + kept * (labels - other_labels)
+
+
 def resize_batch(images, side):
     """float32 [b, h, w, 3] -> [b, side, side, 3] (bilinear, antialiased) when side < h; else unchanged. side: an
     int32 scalar tensor (progressive resizing reads it from a variable per batch)."""
@@ -209,7 +235,7 @@ def resize(image, size):
 def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, training: bool, augment: bool = True,
                  cache: bool = False, shuffle_buffer: int | None = None, seed: int | None = None,
                  num_workers: int = 1, num_examples: int | None = None, resize_to=None, train_side=None,
-                 mixup_alpha: float = 0.0, augment_strength: float = 1.0):
+                 mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, augment_strength: float = 1.0):
     """Batches of (float32 [batch, h, w, 3] in [0, 255], float32 [batch]) from one split.
 
     training: shuffled, repeated forever (the caller sets steps_per_epoch), full batches only, augmented when
@@ -218,7 +244,8 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
     resizing) is an int32 variable: each batch is resized to the side it holds when the batch is made, before
     augmentation. num_examples (from metadata.json) makes the size known to Keras, and a split that holds another
     number of records fail.
-    mixup_alpha > 0 (training only) blends the augmented batches' images and labels (`mixup_batch`).
+    mixup_alpha > 0 (training only) blends the augmented batches' images and labels (`mixup_batch`); cutmix_alpha > 0
+    pastes a box of another image into each, and blends the labels by area (`cutmix_batch`).
     shuffle_buffer and seed (training only) come from the caller's TrainConfig, where their defaults live.
     """
     import tensorflow as tf
@@ -256,6 +283,9 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
                               num_parallel_calls=autotune)
     if training and mixup_alpha > 0:
         dataset = dataset.map(lambda images, labels: mixup_batch(images, labels, mixup_alpha),
+                              num_parallel_calls=autotune)
+    if training and cutmix_alpha > 0:
+        dataset = dataset.map(lambda images, labels: cutmix_batch(images, labels, cutmix_alpha),
                               num_parallel_calls=autotune)
     options = tf.data.Options()
     # Evaluation passes shard by DATA so every worker sees the same number of batches.

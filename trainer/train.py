@@ -254,7 +254,8 @@ def input_pipelines(cfg, plan: Plan, placement, side=None):
     train_data = data.make_dataset(cfg.data_dir, "train", training=True, augment=cfg.augment,
                                    augment_strength=cfg.augment_strength,
                                    shuffle_buffer=shuffle_buffer, seed=cfg.seed,
-                                   train_side=side, mixup_alpha=cfg.mixup_alpha, **common)
+                                   train_side=side, mixup_alpha=cfg.mixup_alpha,
+                                   cutmix_alpha=cfg.cutmix_alpha, **common)
     if not plan.validation_count:
         return train_data, None
     return train_data, data.make_dataset(cfg.data_dir, "validation", training=False,

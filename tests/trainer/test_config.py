@@ -29,6 +29,9 @@ def test_defaults_are_valid_and_flags_map_onto_fields():
     ({"lr_decay": "linear", "model": "efficientnet_b0", "weights": "w.h5"}, "--lr_decay linear does not apply to "
                                                                             "fine-tuning a backbone"),
     ({"mixed_precision": "yes"}, "--mixed_precision must be one of auto, on, off"),
+    ({"cutmix_alpha": -1}, "--cutmix_alpha must be in [0, 10] (got -1)"),
+    ({"cutmix_alpha": 1.0, "mixup_alpha": 0.2}, "--mixup_alpha and --cutmix_alpha both mix the training batches: "
+                                                "choose one"),
     ({"weights": "w.h5"}, "--weights only applies to keras.applications backbones"),
     ({"time_budget_minutes": 0}, "--time_budget_minutes must be > 0"),
     ({"steps_per_epoch": 0}, "--steps_per_epoch"),

@@ -79,14 +79,32 @@ def test_mixup_blends_each_image_and_its_label_with_the_same_weight():
     np.testing.assert_allclose(mixed, expected.reshape(8, 1, 1, 1) * np.ones((1, 4, 4, 3)), rtol=1e-5, atol=1e-3)
 
 
-def test_training_batches_carry_blended_labels_only_with_mixup(dataset_dir):
+def test_cutmix_pastes_one_box_of_the_previous_image_and_blends_the_label_by_its_area():
+    tf.random.set_seed(11)
+    images = tf.constant(np.arange(1, 9, dtype=np.float32).reshape(8, 1, 1, 1) * np.ones((1, 12, 16, 3), np.float32))
+    labels = tf.constant([0, 1] * 4, tf.float32)
+    mixed, soft = (tensor.numpy() for tensor in data.cutmix_batch(images, labels, 1.0))
+    own, previous = np.arange(1, 9), np.roll(np.arange(1, 9), 1)  # each image takes its box from the one before it
+    pasted = mixed[..., 0] == previous[:, None, None]
+    assert np.all(pasted | (mixed[..., 0] == own[:, None, None]))  # every pixel is its own or the previous image's
+    assert np.all(mixed == mixed[..., :1])  # whole pixels are pasted, all channels alike
+    for box in pasted:  # the pasted pixels form one rectangle: the product of its rows and its columns
+        np.testing.assert_array_equal(box, np.outer(box.any(axis=1), box.any(axis=0)))
+    kept = 1 - pasted.mean(axis=(1, 2))
+    assert 0 < kept.min() < 1 and np.ptp(kept) > 0  # boxes of several sizes, drawn per image
+    labels = labels.numpy()
+    np.testing.assert_allclose(soft, labels[previous - 1] + kept * (labels - labels[previous - 1]), atol=1e-6)
+
+
+@pytest.mark.parametrize("mixing", ["mixup_alpha", "cutmix_alpha"])
+def test_training_batches_carry_blended_labels_only_when_mixed(dataset_dir, mixing):
     kwargs = {"image_size": (32, 32), "batch_size": 8, "training": True, "cache": True, "seed": 3,
               "shuffle_buffer": 64, "augment": False}
     plain = np.concatenate([labels.numpy() for _, labels in data.make_dataset(str(dataset_dir), "train",
                                                                               **kwargs).take(5)])
     assert set(plain) == {0.0, 1.0}
     mixed = np.concatenate([labels.numpy() for _, labels in data.make_dataset(str(dataset_dir), "train",
-                                                                              mixup_alpha=0.2, **kwargs).take(5)])
+                                                                              **{mixing: 1.0}, **kwargs).take(5)])
     assert np.all((mixed >= 0) & (mixed <= 1)) and np.any((mixed > 0) & (mixed < 1))
 
 
