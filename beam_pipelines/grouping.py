@@ -234,8 +234,8 @@ def decide(item, ratios):
     yield "linked"
     if not converged:
         yield "unconverged"
-    if node.fixed:
-        return  # photos of earlier versions never move
+    if node.fixed:  # photos of earlier versions never move
+        return
     if len(splits) > 1:
         yield Change(node.batch, node, "reject", reason=ACROSS_SPLITS)
         return

@@ -299,6 +299,23 @@ def test_the_dataflow_job_graph_carries_no_record_bytes_through_a_shuffle(duplic
     assert not (tmp_path / "out" / "latest").exists()  # nothing ran
 
 
+def test_building_the_pipeline_draws_no_warning_from_beam(duplicates_dir, tmp_path, caplog):
+    """Beam checks each DoFn as the graph is built; a warning there (e.g. "Using yield and return") would be printed
+    on every run, to every user, about our code."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_pipelines import options
+
+    root, _ = duplicates_dir
+    pipeline_options = PipelineOptions(["--runner", "DirectRunner", "--input", str(root),
+                                        "--output_dir", str(tmp_path / "out")])
+    config = options.preprocess_config(pipeline_options)
+    with caplog.at_level("WARNING", logger="apache_beam"):
+        preprocess.build(beam.Pipeline(options=pipeline_options), config, preprocess.plan_version(config))
+    assert [record.getMessage() for record in caplog.records if record.name.startswith("apache_beam")] == []
+
+
 def test_refuses_overwrites_and_skips_a_current_dataset(tmp_path, capsys):
     corpus.write_easy_dataset(tmp_path / "in", per_class=3, size=32)
     output_dir = tmp_path / "out"
