@@ -170,9 +170,9 @@ def mixup_batch(images, labels, alpha: float):
 
 
 def cutmix_batch(images, labels, alpha: float):
-    """CutMix (Yun et al., 2019): into each image, a box of the next one in the batch (the batch rolled by one, as in
-    `mixup_batch`) is pasted: its area (1 - lam) of the image, lam drawn per image from Beta(alpha, alpha), its centre
-    uniform, clipped at the borders. The label is blended by the share of the image's own pixels that remain."""
+    """CutMix (Yun et al., 2019): into each image, a box of the one before it in the batch (the batch rolled by one,
+    as in `mixup_batch`) is pasted: its area (1 - lam) of the image, lam drawn per image from Beta(alpha, alpha), its
+    centre uniform, clipped at the borders. The label is blended by the share of the image's own pixels that remain."""
     import tensorflow as tf
 
     batch, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
