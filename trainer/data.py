@@ -156,14 +156,20 @@ def augment_batch(images, strength: float = 1.0):
     return tf.clip_by_value(images, 0.0, 255.0)
 
 
+def _beta_per_image(batch, alpha: float):
+    """float32 [batch] drawn from Beta(alpha, alpha), as the ratio of two Gamma(alpha) draws (TF has no Beta)."""
+    import tensorflow as tf
+
+    first, second = tf.random.gamma([batch], alpha), tf.random.gamma([batch], alpha)
+    return first / (first + second)
+
+
 def mixup_batch(images, labels, alpha: float):
-    """Mixup (Zhang et al., 2018): each image blended with the next one in the batch (the batch rolled by one; the
+    """Mixup (Zhang et al., 2018): each image blended with the one before it in the batch (the batch rolled by one; the
     batches are shuffled), by a weight drawn per image from Beta(alpha, alpha), and its label blended alike."""
     import tensorflow as tf
 
-    batch = tf.shape(images)[0]
-    first, second = tf.random.gamma([batch], alpha), tf.random.gamma([batch], alpha)
-    weight = first / (first + second)  # Beta(alpha, alpha)
+    weight = _beta_per_image(tf.shape(images)[0], alpha)
     other_images, other_labels = tf.roll(images, 1, axis=0), tf.roll(labels, 1, axis=0)
     images = other_images + tf.reshape(weight, [-1, 1, 1, 1]) * (images - other_images)
     return images, other_labels + weight * (labels - other_labels)
@@ -176,8 +182,7 @@ def cutmix_batch(images, labels, alpha: float):
     import tensorflow as tf
 
     batch, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
-    first, second = tf.random.gamma([batch], alpha), tf.random.gamma([batch], alpha)
-    side = tf.sqrt(1.0 - first / (first + second))  # the box's sides, as fractions of the image's
+    side = tf.sqrt(1.0 - _beta_per_image(batch, alpha))  # the box's sides, as fractions of the image's
 
     def span(length):  # per image: [start, end) of the box along one axis, and the mask of rows (or columns) in it
         size = tf.cast(length, tf.float32)
