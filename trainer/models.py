@@ -5,7 +5,8 @@ and returns the float32 probability of class_names[1] (dog) with shape [batch, 1
   2x2 max-pooling, Flatten, Dense 128, sigmoid; trained with Adam and binary cross-entropy.
 - `resnet_lite` (default): a compact residual network (a stride-2 stem, then stages of basic 3x3 blocks with batch
   norm, each stage halving the resolution and doubling the width; depth 1, one block per stage, by default; depth 2 is
-  ResNet-18's layout at half its width), built from scratch, working at 160x160 by default (trained from 96x96 up:
+  ResNet-18's layout at half its width; its batch norm trains through TensorFlow's fused kernel, trainer/fused_norm.py),
+  built from scratch, working at 160x160 by default (trained from 96x96 up:
   progressive resizing); input size, width, depth, stages and dropout are configurable (trainer/config.py).
 - keras.applications backbones (`efficientnet_b0`, `mobilenet_v3_small`, `resnet50_v2`): built with weights=None and
   loaded from a local or gs:// file (`--weights`), so nothing is downloaded at run time; a new sigmoid head.
@@ -79,30 +80,34 @@ def seed_cnn(input_size):
 def _residual_block(x, filters: int, stride: int, name: str):
     import keras
 
+    from trainer.fused_norm import FusedBatchNormalization as BatchNorm
+
     layers = keras.layers
     shortcut = x
     # Plain 3x3 convolutions: on CPU (oneDNN) they run ~2x more images/s than depthwise-separable ones of the
     # same width, measured, although they cost more FLOPs.
     y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
-    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn1")(y)
+    y = BatchNorm(momentum=BN_MOMENTUM, name=f"{name}_bn1")(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
     # gamma 0: each block starts as the identity, which keeps deep stacks trainable from the first step
-    y = layers.BatchNormalization(momentum=BN_MOMENTUM, gamma_initializer="zeros", name=f"{name}_bn2")(y)
+    y = BatchNorm(momentum=BN_MOMENTUM, gamma_initializer="zeros", name=f"{name}_bn2")(y)
     if stride != 1 or shortcut.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(shortcut)
-        shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_proj_bn")(shortcut)
+        shortcut = BatchNorm(momentum=BN_MOMENTUM, name=f"{name}_proj_bn")(shortcut)
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, y]))
 
 
 def resnet_lite(input_size, width: int = 32, depth: int = 2, stages: int = 4, dropout: float = 0.2):
     import keras
 
+    from trainer.fused_norm import FusedBatchNormalization as BatchNorm
+
     layers = keras.layers
     inputs = keras.Input((*input_size, 3), name="pixels")
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)
     x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
+    x = BatchNorm(momentum=BN_MOMENTUM, name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     for stage in range(stages):
         filters = width * 2**stage
