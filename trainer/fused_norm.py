@@ -1,13 +1,14 @@
-"""Batch normalization whose training step is TensorFlow's fused kernel instead of Keras 3's chain of small ops.
+"""Batch normalization through TensorFlow's fused kernel instead of Keras 3's chain of small ops.
 
 Keras 3 normalizes with `ops.moments` and `tf.nn.batch_normalization`: two reductions and a handful of elementwise ops
-over the whole activation, each a pass over memory, and as many again in the gradient. `FusedBatchNormV3` does the
-statistics and the normalization in one kernel (and its gradient in another). On 2 CPU cores that took resnet_lite's
-training step at 160 from about 750 to 540 CPU ms (benchmarks/bn_step.py, docs/TRAINING.md "Cheaper steps").
+over the whole activation in a training step, each a pass over memory, and as many again in the gradient; two passes
+in inference. `FusedBatchNormV3` does the statistics and the normalization in one kernel (its gradient in another).
+On 2 CPU cores that took resnet_lite's training step at 160 from about 750 to 540 CPU ms, and its inference from 2.46
+to 2.19 CPU ms per photo (benchmarks/train_step_precision.py, docs/TRAINING.md "Cheaper steps").
 
-Only the training path changes, and only where the fused kernel computes exactly what Keras does: a 4-D channels-last
-input, no mask, not synchronized across replicas. Everything else, evaluation and the export included, is Keras'
-own code. The variables (gamma, beta, moving mean and variance) are Keras', so weights files load either way.
+The fused kernel is taken only where it computes exactly what Keras does: a 4-D channels-last input, no mask, not
+synchronized across replicas, no renorm; anything else is Keras' own code. The variables (gamma, beta, moving mean
+and variance) are Keras', so weights files load either way.
 """
 
 import keras
@@ -16,18 +17,24 @@ import tensorflow as tf
 
 @keras.saving.register_keras_serializable(package="catsdogs")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
-    """keras.layers.BatchNormalization with the fused kernel for a training step (see the module docstring)."""
+    """keras.layers.BatchNormalization through the fused kernel, in training and inference (module docstring)."""
 
     def _fusable(self, inputs, mask) -> bool:
         return (keras.backend.backend() == "tensorflow" and mask is None and not self.synchronized
                 and not self.renorm and len(inputs.shape) == 4 and self.axis in (3, -1))
 
     def call(self, inputs, training=None, mask=None):
-        if not (training and self.trainable and self._fusable(inputs, mask)):
+        if not self._fusable(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         channels = inputs.shape[-1]
         gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels], tf.float32)
         beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels], tf.float32)
+        if not (training and self.trainable):  # the moving statistics, as Keras uses them in inference
+            outputs = tf.compat.v1.nn.fused_batch_norm(
+                inputs, gamma, beta, mean=tf.cast(self.moving_mean, tf.float32),
+                variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon, data_format="NHWC",
+                is_training=False)[0]
+            return tf.cast(outputs, self.compute_dtype)
         outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             inputs, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True)
         # The kernel returns the unbiased variance (n - 1); Keras keeps the biased one (n) in its moving average.

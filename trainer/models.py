@@ -5,7 +5,7 @@ and returns the float32 probability of class_names[1] (dog) with shape [batch, 1
   2x2 max-pooling, Flatten, Dense 128, sigmoid; trained with Adam and binary cross-entropy.
 - `resnet_lite` (default): a compact residual network (a stride-2 stem, then stages of basic 3x3 blocks with batch
   norm, each stage halving the resolution and doubling the width; depth 1, one block per stage, by default; depth 2 is
-  ResNet-18's layout at half its width; its batch norm trains through TensorFlow's fused kernel, trainer/fused_norm.py),
+  ResNet-18's layout at half its width; its batch norm runs TensorFlow's fused kernel, trainer/fused_norm.py),
   built from scratch, working at 160x160 by default (trained from 96x96 up:
   progressive resizing); input size, width, depth, stages and dropout are configurable (trainer/config.py).
 - keras.applications backbones (`efficientnet_b0`, `mobilenet_v3_small`, `resnet50_v2`): built with weights=None and
