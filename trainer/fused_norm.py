@@ -3,8 +3,9 @@
 Keras 3 normalizes with `ops.moments` and `tf.nn.batch_normalization`: two reductions and a handful of elementwise ops
 over the whole activation in a training step, each a pass over memory, and as many again in the gradient; two passes
 in inference. `FusedBatchNormV3` does the statistics and the normalization in one kernel (its gradient in another).
-On 2 CPU cores that took resnet_lite's training step at 160 from about 750 to 540 CPU ms, and its inference from 2.46
-to 2.19 CPU ms per photo (benchmarks/train_step_precision.py, docs/TRAINING.md "Cheaper steps").
+On 2 CPU cores that took resnet_lite's training step at 160 from about 750 to 540 CPU ms
+(benchmarks/train_step_precision.py --norm) and its export's inference from about 3.3 to 3.0 CPU ms per photo
+(benchmarks.score_bench.model_only_rate); docs/TRAINING.md "Cheaper steps".
 
 The fused kernel is taken only where it computes exactly what Keras does: a 4-D channels-last input, no mask, not
 synchronized across replicas, no renorm; anything else is Keras' own code. The variables (gamma, beta, moving mean
