@@ -29,6 +29,7 @@ class Plan:
     total_steps: int
     head_epochs: int
     cache: bool
+    cache_start_side: bool  # also a cache of the training split at start_side (progressive resizing's first phase)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,15 +51,18 @@ def plan_run(cfg: config_lib.TrainConfig, metadata: dict, placement: distribute.
     steps_per_epoch = max(1, math.ceil(train_count / global_batch))
     if cfg.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
-    network_size = cfg.model_input_size(image_size)
+    network_size, start_side = cfg.model_input_size(image_size), cfg.start_side(image_size)
+    splits = ("train", "validation")
     return Plan(
-        image_size=image_size, network_size=network_size, start_side=cfg.start_side(image_size),
+        image_size=image_size, network_size=network_size, start_side=start_side,
         class_names=list(metadata["class_names"]),
         global_batch=global_batch, peak_rate=distribute.scaled_learning_rate(cfg.learning_rate, placement.num_replicas),
         train_count=train_count, validation_count=validation_count, steps_per_epoch=steps_per_epoch,
         warmup_steps=round(cfg.warmup_epochs * steps_per_epoch), total_steps=cfg.epochs * steps_per_epoch,
         head_epochs=cfg.head_only_epochs(),
-        cache=data.should_cache(cfg.cache, metadata, ("train", "validation"), cfg.cache_limit_mb, size=network_size))
+        cache=data.should_cache(cfg.cache, metadata, splits, cfg.cache_limit_mb, size=network_size),
+        cache_start_side=start_side is not None and data.should_cache(cfg.cache, metadata, splits, cfg.cache_limit_mb,
+                                                                      size=network_size, low_side=start_side))
 
 
 def prepare_outputs(cfg: config_lib.TrainConfig, placement: distribute.Placement) -> Outputs:

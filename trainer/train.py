@@ -196,6 +196,7 @@ def resolved_config(cfg, plan: Plan, placement, metadata: dict, previous: dict |
         "total_steps": plan.total_steps,
         "head_only_epochs": plan.head_epochs,
         "cache": plan.cache,
+        "cache_start_side": plan.cache_start_side,
         "image_size": plan.image_size,
         "network_input_size": plan.network_size,
         "progressive_start_side": plan.start_side,
@@ -210,7 +211,8 @@ def announce(cfg, plan: Plan, placement, resume_epoch: int) -> None:
     log.info(f"{cfg.model} at {height}x{width} on {plan.image_size[0]}x{plan.image_size[1]} images, "
              f"{placement.kind} strategy, {placement.num_replicas} replica(s), global batch {plan.global_batch}, "
              f"peak lr {plan.peak_rate:g}, precision {placement.precision}, "
-             f"{plan.steps_per_epoch} steps/epoch, cache {'on' if plan.cache else 'off'}")
+             f"{plan.steps_per_epoch} steps/epoch, cache {'on' if plan.cache else 'off'}"
+             + (f" (and at {plan.start_side}x{plan.start_side})" if plan.cache_start_side else ""))
     log.info(f"training on {', '.join(placement.devices)}"
              + (f" (worker {placement.task_id} of {placement.num_workers})" if placement.multi_worker else ""))
     if cfg.time_budget_minutes:
@@ -254,8 +256,8 @@ def input_pipelines(cfg, plan: Plan, placement, side=None):
     train_data = data.make_dataset(cfg.data_dir, "train", training=True, augment=cfg.augment,
                                    augment_strength=cfg.augment_strength,
                                    shuffle_buffer=shuffle_buffer, seed=cfg.seed,
-                                   train_side=side, mixup_alpha=cfg.mixup_alpha,
-                                   cutmix_alpha=cfg.cutmix_alpha, **common)
+                                   train_side=side, low_side=plan.start_side if plan.cache_start_side else None,
+                                   mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, **common)
     if not plan.validation_count:
         return train_data, None
     return train_data, data.make_dataset(cfg.data_dir, "validation", training=False,

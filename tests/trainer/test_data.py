@@ -67,6 +67,21 @@ def test_augment_strength_scales_the_ranges_and_zero_leaves_flips_only():
     assert 0 < np.median(distance_from_a_flip(0.5)) < np.median(distance_from_a_flip(1.0))
 
 
+def test_colour_jitter_applies_the_per_pixel_formulas_as_one_matrix_per_image():
+    rng = np.random.default_rng(4)
+    images = rng.uniform(0, 255, (6, 5, 7, 3)).astype(np.float32)
+    saturation, contrast, brightness = (rng.uniform(low, high, 6).astype(np.float32)
+                                        for low, high in ((0.4, 1.6), (0.7, 1.3), (-0.3, 0.3)))
+    grey = (images * np.array(data.GREY, np.float32)).sum(-1, keepdims=True)
+    per_image = lambda values: values[:, None, None, None]  # noqa: E731
+    expected = grey + per_image(saturation) * (images - grey)
+    mean = grey.mean(axis=(1, 2, 3), keepdims=True)
+    expected = (expected - mean) * per_image(contrast) + mean + per_image(brightness) * 255
+    out = data.jitter_colour(tf.constant(images), *map(tf.constant, (saturation, contrast, brightness))).numpy()
+    np.testing.assert_allclose(out, np.clip(expected, 0, 255), atol=2e-3)
+    assert 0 < (out == 255).mean() < 0.5 and (out == 0).any()  # the clip was exercised, on part of the pixels
+
+
 def test_mixup_blends_each_image_and_its_label_with_the_same_weight():
     images = tf.constant(np.arange(8, dtype=np.float32).reshape(8, 1, 1, 1) * 10 * np.ones((1, 4, 4, 3), np.float32))
     labels = tf.constant([0, 1] * 4, tf.float32)
@@ -136,6 +151,11 @@ def test_shard_policy_and_cache_choice():
     assert not data.should_cache("auto", metadata, ("train", "validation"), limit_mb=1024)
     assert data.should_cache("on", metadata, ("train",), limit_mb=0)
     assert not data.should_cache("off", metadata, ("train",), limit_mb=4096)
+    # at 160: 1,611 MB; with the training split's second cache at 96 (progressive resizing), 527 MB more
+    assert data.should_cache("auto", metadata, ("train", "validation"), limit_mb=2048, size=(160, 160))
+    assert not data.should_cache("auto", metadata, ("train", "validation"), limit_mb=2048, size=(160, 160),
+                                 low_side=96)
+    assert data.should_cache("auto", metadata, ("train", "validation"), limit_mb=2200, size=(160, 160), low_side=96)
 
 
 def test_record_counts_are_checked_against_metadata_before_training(tmp_path):
@@ -149,6 +169,31 @@ def test_record_counts_are_checked_against_metadata_before_training(tmp_path):
             writer.write(record.numpy())
     with pytest.raises(data.DatasetMissing, match="train split holds 11 records but metadata.json lists 12"):
         data.check_record_counts(str(root))
+
+
+def test_the_start_side_batches_come_from_a_second_cache_holding_the_same_photos_resized_once(dataset_dir):
+    def one_pass(low_side):  # the 20 training photos, each once (the buffer shuffles the whole split)
+        side = tf.Variable(16, dtype=tf.int32)
+        batches = data.make_dataset(str(dataset_dir), "train", image_size=(32, 32), batch_size=4, training=True,
+                                    cache=True, seed=3, shuffle_buffer=64, train_side=side, low_side=low_side,
+                                    augment=False)
+        in_order = tf.data.Options()
+        in_order.deterministic = True  # so 5 batches are one pass, not a batch of the next one out of order
+        return np.concatenate([images.numpy() for images, _ in batches.with_options(in_order).take(5)]), batches, side
+
+    cached, batches, side = one_pass(low_side=16)
+    resized_per_batch, _, _ = one_pass(low_side=None)
+    assert cached.shape == resized_per_batch.shape == (20, 16, 16, 3)
+    np.testing.assert_array_equal(cached, np.round(cached))  # resized once, kept as 8-bit pixels
+    assert not np.allclose(resized_per_batch, np.round(resized_per_batch))
+    # the same photos and the same resize, rounded: each cached image is within half a level of its own match
+    distance = np.abs(cached[:, None] - resized_per_batch[None]).max(axis=(2, 3, 4))
+    assert sorted(distance.argmin(axis=1)) == list(range(20)) and distance.min(axis=1).max() <= 0.5 + 1e-3
+    side.assign(32)  # growing: the split at its own side, resized per batch
+    assert next(iter(batches))[0].shape == (4, 32, 32, 3)
+    side.assign(24)
+    images = next(iter(batches))[0].numpy()
+    assert images.shape == (4, 24, 24, 3) and not np.allclose(images, np.round(images))
 
 
 def test_progressive_resizing_batches_follow_the_side_variable(dataset_dir):

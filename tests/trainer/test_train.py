@@ -326,6 +326,7 @@ def test_progressive_resizing_trains_at_the_small_side_first_and_serves_at_the_f
     steps = metrics["steps_by_training_side"]  # 6 steps per epoch, 30 in all: 16 until 40%, 32 from the ramp on
     assert set(steps) == {"16", "32"} and sum(steps.values()) == 30 and 10 <= steps["16"] <= 18, steps
     assert metrics["train_steps_this_run"] == 30 and "(epochs, 30 steps)" in out
+    assert json.loads((model_dir / "config.json").read_text())["cache_start_side"]  # the 16-pixel batches: cached
     assert "training at 16x16 from 0%" in out and "training at 32x32 from" in out
     version = publish.read_latest(str(model_dir / "export")).version
     info = json.loads((model_dir / "export" / version / "model_info.json").read_text())
