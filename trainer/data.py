@@ -254,21 +254,15 @@ def resize(image, size):
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
-def _by_training_side(dataset, batches, train_side, low_side: int):
-    """Training batches at the side train_side holds, from two caches: the split resized once to low_side (where
-    progressive resizing spends the first 40% of a run, most of its steps) while train_side holds low_side, else
-    the split at its own side, each batch resized to train_side (resize_batch). Resizing every batch from the
-    cached side instead cost a tenth of a training step's CPU at 96 of 160 (docs/TRAINING.md). The second cache
-    fills when the side first grows."""
+def _by_training_side(small, large, train_side, low_side: int):
+    """Per batch, when it is made: from `small` (the split cached once at low_side, where progressive resizing spends
+    the first 40% of a run, most of its steps) while train_side holds low_side, else from `large` (the split at its own
+    side, each batch resized to train_side). Resizing every batch from the cached side instead cost a tenth of a
+    training step's CPU at 96 of 160 (docs/TRAINING.md). The second cache fills when the side first grows."""
     import tensorflow as tf
 
-    autotune = tf.data.AUTOTUNE
-    small = batches(dataset.map(lambda image, label: (resize(image, [low_side, low_side]), label),
-                                num_parallel_calls=autotune))
-    large = batches(dataset).map(lambda images, labels: (resize_batch(images, train_side.value()), labels),
-                                 num_parallel_calls=autotune)
     choice = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).repeat()
-    choice = choice.map(lambda _: tf.cast(train_side.value() != low_side, tf.int64))  # per batch, when it is made
+    choice = choice.map(lambda _: tf.cast(train_side.value() != low_side, tf.int64))
     return tf.data.Dataset.choose_from_datasets([small, large], choice)
 
 
@@ -320,14 +314,16 @@ def make_dataset(data_dir: str, split: str, *, image_size, batch_size: int, trai
         images = images.batch(batch_size, drop_remainder=training, num_parallel_calls=autotune)
         return images.map(lambda pixels, labels: (tf.cast(pixels, tf.float32), labels), num_parallel_calls=autotune)
 
-    side = (resize_to or image_size)[0]
-    if training and train_side is not None and cache and low_side is not None and low_side < side:
-        dataset = _by_training_side(dataset, batches, train_side, low_side)
+    if training and train_side is not None:
+        resized = batches(dataset).map(lambda images, labels: (resize_batch(images, train_side.value()), labels),
+                                       num_parallel_calls=autotune)
+        if cache and low_side is not None and low_side < (resize_to or image_size)[0]:
+            small = batches(dataset.map(lambda image, label: (resize(image, [low_side, low_side]), label),
+                                        num_parallel_calls=autotune))
+            resized = _by_training_side(small, resized, train_side, low_side)
+        dataset = resized
     else:
         dataset = batches(dataset)
-        if training and train_side is not None:
-            dataset = dataset.map(lambda images, labels: (resize_batch(images, train_side.value()), labels),
-                                  num_parallel_calls=autotune)
     if training and augment:
         dataset = dataset.map(lambda images, labels: (augment_batch(images, augment_strength), labels),
                               num_parallel_calls=autotune)
